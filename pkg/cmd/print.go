@@ -1,0 +1,43 @@
+package cmd
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"sigs.k8s.io/yaml"
+)
+
+// validateOutputFormat accepts "", "json" and "yaml" (allowEmpty controls the human default).
+func validateOutputFormat(output string, allowEmpty bool) error {
+	switch output {
+	case "json", "yaml":
+		return nil
+	case "":
+		if allowEmpty {
+			return nil
+		}
+	}
+	return usageErrorf("unsupported output format %q: use -o json or -o yaml", output)
+}
+
+// printObject writes v to out as JSON or YAML, the way kubectl -o json|yaml does.
+func printObject(out io.Writer, format string, v any) error {
+	switch format {
+	case "json":
+		b, err := json.MarshalIndent(v, "", "    ")
+		if err != nil {
+			return fmt.Errorf("encode json: %w", err)
+		}
+		_, err = fmt.Fprintln(out, string(b))
+		return err
+	case "yaml":
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode yaml: %w", err)
+		}
+		_, err = out.Write(b)
+		return err
+	}
+	return fmt.Errorf("unsupported output format %q", format)
+}

@@ -1,0 +1,125 @@
+// Package cmd holds the cobra commands of kubectl ks-mc: flags, prompts and printing.
+// KubeSphere logic lives in pkg/installer and the tunnel runtime in pkg/tunnel.
+package cmd
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/klog/v2"
+
+	// Exec, OIDC and other auth plugins referenced by kubeconfigs.
+	_ "k8s.io/client-go/plugin/pkg/client/auth"
+)
+
+// CommandName is how users invoke the plugin.
+const CommandName = "kubectl ks-mc"
+
+// Execute runs the root command with the process's streams and returns the exit code.
+func Execute() int {
+	streams := genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr}
+	root := NewCmdRoot(streams)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(streams.ErrOut, "error:", err)
+		var exit *ExitError
+		if errors.As(err, &exit) {
+			return exit.Code
+		}
+		return 1
+	}
+	return 0
+}
+
+// ExitError carries a specific exit code out of a command.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// NewCmdRoot builds the root command and all subcommands.
+func NewCmdRoot(streams genericiooptions.IOStreams) *cobra.Command {
+	configFlags := genericclioptions.NewConfigFlags(true)
+	cmd := &cobra.Command{
+		Use:   "ks-mc",
+		Short: "Set up KubeSphere multi-cluster (agent connection) in one command per cluster",
+		Long: `ks-mc turns KubeSphere 3.x multi-cluster set-up in agent connection mode into
+one scriptable, re-runnable command per cluster:
+
+  kubectl ks-mc init-host --context host            make a cluster the host
+  kubectl ks-mc join --context member1 --host-context host
+                                                     join a member through the agent tunnel
+  kubectl ks-mc status --host-context host          show the fleet
+
+The same binary also runs the reverse tunnel (proxy mode in the host, agent mode in
+a member).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		// Flags are parsed by cobra; unknown subcommands produce a usage error.
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
+		CompletionOptions: cobra.CompletionOptions{
+			HiddenDefaultCmd: false,
+		},
+	}
+	cmd.SetIn(streams.In)
+	cmd.SetOut(streams.Out)
+	cmd.SetErr(streams.ErrOut)
+	// kubectl maps "kubectl ks-mc" to this binary; make help and usage read that way.
+	cmd.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: CommandName}
+
+	flags := cmd.PersistentFlags()
+	configFlags.AddFlags(flags)
+	addKlogFlags(flags)
+
+	f := &Factory{ConfigFlags: configFlags, Streams: streams}
+	cmd.AddCommand(NewCmdVersion(streams))
+	for _, add := range subcommands {
+		cmd.AddCommand(add(f))
+	}
+	return cmd
+}
+
+// subcommands are registered by the files that define them (init functions), so that
+// independent commands do not edit one list.
+var subcommands []func(*Factory) *cobra.Command
+
+func registerCommand(add func(*Factory) *cobra.Command) { subcommands = append(subcommands, add) }
+
+// addKlogFlags exposes klog's -v (and --vmodule) the way kubectl does; -v controls log verbosity only.
+func addKlogFlags(flags *pflag.FlagSet) {
+	gofs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(gofs)
+	gofs.VisitAll(func(f *flag.Flag) {
+		switch f.Name {
+		case "v", "vmodule":
+			pf := pflag.PFlagFromGoFlag(f)
+			if f.Name == "v" {
+				pf.Shorthand = "v"
+			}
+			flags.AddFlag(pf)
+		}
+	})
+	// Logs go to stderr, never into stdout results.
+	_ = gofs.Set("logtostderr", "true")
+}
+
+// Factory hands shared, lazily built collaborators to the commands.
+type Factory struct {
+	ConfigFlags *genericclioptions.ConfigFlags
+	Streams     genericiooptions.IOStreams
+}
+
+// usageErrorf reports a wrong invocation.
+func usageErrorf(format string, args ...any) error {
+	return fmt.Errorf(format+"\nSee '%s --help'.", append(args, CommandName)...)
+}
+
