@@ -1,0 +1,441 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// PodRunner runs Deployments that use the ks-mc image as local processes of the ks-mc binary: the
+// sandbox's stand-in for a kubelet and a container runtime, for our own image only.
+type PodRunner struct {
+	Kube            kubernetes.Interface
+	Cluster         *Cluster
+	Binary          string
+	ImageRepository string
+	Kubeconfig      string // the cluster's kubeconfig, handed to pods as KUBECONFIG
+	Dir             string // per-pod working directories (volumes)
+	LogDir, PIDDir  string
+	Log             io.Writer
+
+	running map[string]*podProc
+}
+
+type podProc struct {
+	hash     string
+	proc     *Proc
+	restarts int
+	nextTry  time.Time
+}
+
+// Run reconciles every second until ctx ends, then stops its processes.
+func (r *PodRunner) Run(ctx context.Context) {
+	r.running = map[string]*podProc{}
+	defer func() {
+		for key, p := range r.running {
+			r.stop(key, p)
+		}
+	}()
+	for {
+		if err := r.reconcile(ctx); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(r.Log, "%v\n", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// ImageRepositoryOf strips the tag and digest of an image reference.
+func ImageRepositoryOf(image string) string {
+	if i := strings.Index(image, "@"); i >= 0 {
+		image = image[:i]
+	}
+	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
+		image = image[:i]
+	}
+	return image
+}
+
+// ourContainer returns the first container of the template that uses the ks-mc image.
+func (r *PodRunner) ourContainer(spec *corev1.PodSpec) *corev1.Container {
+	for i := range spec.Containers {
+		if ImageRepositoryOf(spec.Containers[i].Image) == r.ImageRepository {
+			return &spec.Containers[i]
+		}
+	}
+	return nil
+}
+
+func (r *PodRunner) reconcile(ctx context.Context) error {
+	list, err := r.Kube.AppsV1().Deployments("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list deployments: %w", err)
+	}
+	want := map[string]*appsv1.Deployment{}
+	for i := range list.Items {
+		d := &list.Items[i]
+		if d.DeletionTimestamp != nil || r.ourContainer(&d.Spec.Template.Spec) == nil {
+			continue
+		}
+		n := 1
+		if d.Spec.Replicas != nil {
+			n = int(*d.Spec.Replicas)
+		}
+		for i := 0; i < n; i++ {
+			want[fmt.Sprintf("%s/%s/%d", d.Namespace, d.Name, i)] = d
+		}
+	}
+	for key, p := range r.running {
+		d, ok := want[key]
+		if !ok || templateHash(d) != p.hash {
+			r.stop(key, p)
+			delete(r.running, key)
+		}
+	}
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		d := want[key]
+		p := r.running[key]
+		if p != nil {
+			select {
+			case <-p.proc.Exited():
+				if time.Now().Before(p.nextTry) {
+					continue
+				}
+				fmt.Fprintf(r.Log, "pod %s exited (%v); restarting (restart %d)\n", key, p.proc.failure().(*ComponentError).Err, p.restarts+1)
+			default:
+				continue
+			}
+		}
+		np, err := r.start(ctx, key, d)
+		if err != nil {
+			fmt.Fprintf(r.Log, "pod %s: %v\n", key, err)
+			continue
+		}
+		if p != nil {
+			np.restarts = p.restarts + 1
+		}
+		backoff := time.Duration(1<<min(np.restarts, 4)) * time.Second
+		np.nextTry = time.Now().Add(backoff)
+		r.running[key] = np
+	}
+	return nil
+}
+
+func templateHash(d *appsv1.Deployment) string {
+	b, _ := json.Marshal(d.Spec.Template)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func (r *PodRunner) stop(key string, p *podProc) {
+	fmt.Fprintf(r.Log, "pod %s: stopping\n", key)
+	stopPID(p.proc.PID, p.proc.Binary, 10*time.Second)
+	_ = os.Remove(filepath.Join(r.PIDDir, pidFileName(p.proc.Name)))
+}
+
+// start resolves the container's command, env and volumes and starts the process.
+func (r *PodRunner) start(ctx context.Context, key string, d *appsv1.Deployment) (*podProc, error) {
+	if r.Binary == "" {
+		return nil, fmt.Errorf("no ks-mc binary configured (set KSMC_BINARY) to run image %s", r.ImageRepository)
+	}
+	spec := d.Spec.Template.Spec
+	c := r.ourContainer(&spec)
+	parts := strings.Split(key, "/")
+	podName := fmt.Sprintf("%s-%s-%s", d.Name, templateHash(d)[:6], parts[2])
+	podDir := filepath.Join(r.Dir, d.Namespace+"_"+d.Name+"_"+parts[2])
+	_ = os.RemoveAll(podDir)
+	mounts, err := r.writeVolumes(ctx, d.Namespace, spec, c, podDir)
+	if err != nil {
+		return nil, err
+	}
+	env, err := r.resolveEnv(ctx, d.Namespace, podName, spec, c)
+	if err != nil {
+		return nil, err
+	}
+	vars := map[string]string{}
+	for _, e := range env {
+		vars[e.Name] = rewritePaths(e.Value, mounts)
+	}
+	var argv []string
+	if len(c.Command) > 0 {
+		if path.Base(c.Command[0]) != "kubectl-ks_mc" {
+			return nil, fmt.Errorf("container %s: command %q is not the ks-mc entrypoint", c.Name, c.Command[0])
+		}
+		argv = append(argv, c.Command[1:]...)
+	}
+	argv = append(argv, c.Args...)
+	for i, a := range argv {
+		argv[i] = rewritePaths(expandVars(a, vars), mounts)
+	}
+	envList := []string{"KUBECONFIG=" + r.Kubeconfig}
+	for _, e := range env {
+		envList = append(envList, e.Name+"="+vars[e.Name])
+	}
+	p, err := startProc(procOptions{
+		Name: r.Cluster.Name + "/pod/" + strings.ReplaceAll(key, "/", "_"), Binary: r.Binary, Args: argv, Env: envList,
+		Dir: podDir, LogPath: filepath.Join(r.LogDir, "pod-"+r.Cluster.Name+"-"+d.Namespace+"-"+d.Name+"-"+parts[2]+".log"),
+		PIDDir: r.PIDDir, Netns: r.Cluster.Netns, Detach: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(r.Log, "pod %s: started pid %d: %s %s\n", key, p.PID, filepath.Base(r.Binary), redactArgs(argv))
+	return &podProc{hash: templateHash(d), proc: p}, nil
+}
+
+// redactArgs hides values of flags that look secret in the runner's own log line.
+func redactArgs(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		out[i] = a
+		if k, _, ok := strings.Cut(a, "="); ok && strings.Contains(strings.ToLower(k), "token") && !strings.Contains(strings.ToLower(k), "file") {
+			out[i] = k + "=<redacted>"
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+func (r *PodRunner) resolveEnv(ctx context.Context, ns, podName string, spec corev1.PodSpec, c *corev1.Container) ([]corev1.EnvVar, error) {
+	var out []corev1.EnvVar
+	vars := map[string]string{}
+	add := func(name, value string) {
+		vars[name] = value
+		out = append(out, corev1.EnvVar{Name: name, Value: value})
+	}
+	for _, ef := range c.EnvFrom {
+		data := map[string]string{}
+		switch {
+		case ef.SecretRef != nil:
+			s, err := r.Kube.CoreV1().Secrets(ns).Get(ctx, ef.SecretRef.Name, metav1.GetOptions{})
+			if err != nil {
+				if ef.SecretRef.Optional != nil && *ef.SecretRef.Optional {
+					continue
+				}
+				return nil, fmt.Errorf("envFrom secret %s: %w", ef.SecretRef.Name, err)
+			}
+			for k, v := range s.Data {
+				data[k] = string(v)
+			}
+		case ef.ConfigMapRef != nil:
+			cm, err := r.Kube.CoreV1().ConfigMaps(ns).Get(ctx, ef.ConfigMapRef.Name, metav1.GetOptions{})
+			if err != nil {
+				if ef.ConfigMapRef.Optional != nil && *ef.ConfigMapRef.Optional {
+					continue
+				}
+				return nil, fmt.Errorf("envFrom configmap %s: %w", ef.ConfigMapRef.Name, err)
+			}
+			data = cm.Data
+		}
+		keys := make([]string, 0, len(data))
+		for k := range data {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			add(ef.Prefix+k, data[k])
+		}
+	}
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			add(e.Name, expandVars(e.Value, vars))
+			continue
+		}
+		vf := e.ValueFrom
+		switch {
+		case vf.SecretKeyRef != nil:
+			s, err := r.Kube.CoreV1().Secrets(ns).Get(ctx, vf.SecretKeyRef.Name, metav1.GetOptions{})
+			if err != nil {
+				if vf.SecretKeyRef.Optional != nil && *vf.SecretKeyRef.Optional {
+					continue
+				}
+				return nil, fmt.Errorf("env %s: secret %s: %w", e.Name, vf.SecretKeyRef.Name, err)
+			}
+			v, ok := s.Data[vf.SecretKeyRef.Key]
+			if !ok {
+				return nil, fmt.Errorf("env %s: secret %s has no key %s", e.Name, vf.SecretKeyRef.Name, vf.SecretKeyRef.Key)
+			}
+			add(e.Name, string(v))
+		case vf.ConfigMapKeyRef != nil:
+			cm, err := r.Kube.CoreV1().ConfigMaps(ns).Get(ctx, vf.ConfigMapKeyRef.Name, metav1.GetOptions{})
+			if err != nil {
+				if vf.ConfigMapKeyRef.Optional != nil && *vf.ConfigMapKeyRef.Optional {
+					continue
+				}
+				return nil, fmt.Errorf("env %s: configmap %s: %w", e.Name, vf.ConfigMapKeyRef.Name, err)
+			}
+			add(e.Name, cm.Data[vf.ConfigMapKeyRef.Key])
+		case vf.FieldRef != nil:
+			switch vf.FieldRef.FieldPath {
+			case "status.podIP", "status.hostIP":
+				add(e.Name, r.Cluster.NodeIP)
+			case "metadata.name":
+				add(e.Name, podName)
+			case "metadata.namespace":
+				add(e.Name, ns)
+			case "spec.nodeName":
+				add(e.Name, nodeName(r.Cluster))
+			case "spec.serviceAccountName":
+				add(e.Name, spec.ServiceAccountName)
+			default:
+				return nil, fmt.Errorf("env %s: fieldRef %s is not supported by the sandbox", e.Name, vf.FieldRef.FieldPath)
+			}
+		case vf.ResourceFieldRef != nil:
+			add(e.Name, "0")
+		}
+	}
+	return out, nil
+}
+
+// mount maps a container path to the local directory standing in for it.
+type mount struct{ path, local string }
+
+func (r *PodRunner) writeVolumes(ctx context.Context, ns string, spec corev1.PodSpec, c *corev1.Container, podDir string) ([]mount, error) {
+	var mounts []mount
+	for _, vm := range c.VolumeMounts {
+		var vol *corev1.Volume
+		for i := range spec.Volumes {
+			if spec.Volumes[i].Name == vm.Name {
+				vol = &spec.Volumes[i]
+			}
+		}
+		if vol == nil {
+			return nil, fmt.Errorf("volumeMount %s: no such volume", vm.Name)
+		}
+		local := filepath.Join(podDir, "volumes", vm.Name)
+		if err := os.MkdirAll(local, 0o700); err != nil {
+			return nil, err
+		}
+		files := map[string][]byte{}
+		switch {
+		case vol.Secret != nil:
+			s, err := r.Kube.CoreV1().Secrets(ns).Get(ctx, vol.Secret.SecretName, metav1.GetOptions{})
+			if err != nil {
+				if vol.Secret.Optional != nil && *vol.Secret.Optional {
+					break
+				}
+				return nil, fmt.Errorf("volume %s: secret %s: %w", vm.Name, vol.Secret.SecretName, err)
+			}
+			files = pick(s.Data, vol.Secret.Items)
+		case vol.ConfigMap != nil:
+			cm, err := r.Kube.CoreV1().ConfigMaps(ns).Get(ctx, vol.ConfigMap.Name, metav1.GetOptions{})
+			if err != nil {
+				if vol.ConfigMap.Optional != nil && *vol.ConfigMap.Optional {
+					break
+				}
+				return nil, fmt.Errorf("volume %s: configmap %s: %w", vm.Name, vol.ConfigMap.Name, err)
+			}
+			data := map[string][]byte{}
+			for k, v := range cm.Data {
+				data[k] = []byte(v)
+			}
+			files = pick(data, vol.ConfigMap.Items)
+		case vol.EmptyDir != nil:
+		default:
+			// Projected service-account tokens and other kinds: the process uses KUBECONFIG instead.
+			continue
+		}
+		for name, data := range files {
+			p := filepath.Join(local, name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(p, data, 0o600); err != nil {
+				return nil, err
+			}
+		}
+		target := local
+		if vm.SubPath != "" {
+			target = filepath.Join(local, vm.SubPath)
+		}
+		mounts = append(mounts, mount{path: strings.TrimSuffix(vm.MountPath, "/"), local: target})
+	}
+	// Longest mount path first, so nested mounts win.
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].path) > len(mounts[j].path) })
+	return mounts, nil
+}
+
+func pick(data map[string][]byte, items []corev1.KeyToPath) map[string][]byte {
+	out := map[string][]byte{}
+	if len(items) == 0 {
+		for k, v := range data {
+			out[k] = v
+		}
+		return out
+	}
+	for _, it := range items {
+		if v, ok := data[it.Key]; ok {
+			out[it.Path] = v
+		}
+	}
+	return out
+}
+
+// rewritePaths replaces a container path inside s (a flag value or an env value) by its local copy.
+func rewritePaths(s string, mounts []mount) string {
+	for _, m := range mounts {
+		for _, sep := range []string{"=", ""} {
+			prefix := ""
+			rest := s
+			if sep != "" {
+				k, v, ok := strings.Cut(s, sep)
+				if !ok {
+					continue
+				}
+				prefix, rest = k+sep, v
+			}
+			if rest == m.path || strings.HasPrefix(rest, m.path+"/") {
+				return prefix + m.local + strings.TrimPrefix(rest, m.path)
+			}
+		}
+	}
+	return s
+}
+
+// expandVars expands $(VAR) references like the kubelet: unknown references stay as written and
+// $$(VAR) escapes.
+func expandVars(s string, vars map[string]string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '$' && i+1 < len(s) {
+			if s[i+1] == '$' {
+				b.WriteByte('$')
+				i++
+				continue
+			}
+			if s[i+1] == '(' {
+				if end := strings.IndexByte(s[i+2:], ')'); end >= 0 {
+					name := s[i+2 : i+2+end]
+					if v, ok := vars[name]; ok {
+						b.WriteString(v)
+						i += 2 + end
+						continue
+					}
+				}
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
