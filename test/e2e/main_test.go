@@ -55,10 +55,14 @@ func run(m *testing.M) int {
 	// Build (or reuse) the control-plane binaries once, before any test's timeout starts.
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	if _, err := sandbox.EnsureBinaries(ctx, os.Stderr); err != nil {
+	start := time.Now()
+	bins, err := sandbox.EnsureBinaries(ctx, os.Stdout)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	fmt.Printf("sandbox binaries (kubernetes %s, etcd %s, kwok %s) ready in %s after %s\n",
+		sandbox.KubernetesVersion, sandbox.EtcdVersion, sandbox.KwokVersion, bins, time.Since(start).Round(time.Millisecond))
 	code := m.Run()
 	shared.stop()
 	return code

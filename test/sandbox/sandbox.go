@@ -277,7 +277,7 @@ func (s *Sandbox) startCluster(ctx context.Context, c *Cluster, o Options, kcfg 
 	if err != nil {
 		return err
 	}
-	ports, err := pickPorts(c, bindHost, 3)
+	ports, err := pickPorts(c, bindHost, 4)
 	if err != nil {
 		return err
 	}
@@ -373,10 +373,7 @@ func (s *Sandbox) startCluster(ctx context.Context, c *Cluster, o Options, kcfg 
 	if err != nil {
 		return err
 	}
-	kwokPort, err := freePort(bindHost)
-	if err != nil {
-		return err
-	}
+	kwokPort := ports[3]
 	kwok, err := start("kwok", filepath.Join(s.BinDir, BinKwok),
 		"--kubeconfig", ownPath, "--manage-all-nodes=true", "--node-ip", c.NodeIP,
 		"--server-address", fmt.Sprintf("%s:%d", bindHost, kwokPort), "--cidr", fmt.Sprintf("10.244.%d.0/24", c.Index))
