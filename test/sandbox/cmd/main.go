@@ -125,6 +125,9 @@ func demo(ctx context.Context, dir string, clusters, isolate []string) error {
 	if bin == "" {
 		return fmt.Errorf("set KSMC_BINARY to the built kubectl-ks_mc (make demo does)")
 	}
+	if len(isolate) == 0 && len(clusters) > 1 && canIsolate() {
+		isolate = clusters[1:]
+	}
 	s, err := up(ctx, dir, clusters, isolate)
 	if err != nil {
 		return err
