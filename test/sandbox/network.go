@@ -15,12 +15,12 @@ import (
 // Network isolation (Options.Isolated), for tests that need a member the host cannot dial:
 //
 //	root namespace (this machine: kubectl, ks-mc, tests)
-//	   | veth 10.213.0.2 <-> 10.213.0.1
+//	   | veth 10.X.0.2 <-> 10.X.0.1          (10.X.0.0/16 per sandbox, X in 200..249)
 //	router namespace "ksmc-<id>-rt" (ip_forward=1 inside it only; nftables filter)
-//	   | veth 10.213.<n>.1 <-> 10.213.<n>.2   one per isolated cluster n, in namespace "ksmc-<id>-<name>"
+//	   | veth 10.X.<n>.1 <-> 10.X.<n>.2   one per isolated cluster n, in namespace "ksmc-<id>-<name>"
 //
 // Every process of an isolated cluster (etcd, control plane, kwok, process-backed pods) runs inside
-// its namespace and listens on 10.213.<n>.2, its node IP.
+// its namespace and listens on 10.X.<n>.2, its node IP.
 // With isolation on, every cluster runs in a namespace of its own behind the router; the router drops
 // new connections towards an Isolated cluster unless they come from the root namespace (the operator's
 // machine). So a host's components cannot dial an isolated member, while the member dials the host.
@@ -28,7 +28,12 @@ import (
 // The addresses are the project's own test hosts inside namespaces the sandbox creates; no other
 // address is ever dialled.
 
-const netPrefix = "10.213"
+// netPrefix is the sandbox's private /16, derived from its directory so that two isolated
+// sandboxes (say a test run and the demo) do not collide: 10.200.0.0/16 … 10.249.0.0/16.
+func netPrefix(s *Sandbox) string {
+	sum := sha256.Sum256([]byte(s.Dir))
+	return fmt.Sprintf("10.%d", 200+int(sum[0])%50)
+}
 
 func netnsName(dir, cluster string) string {
 	sum := sha256.Sum256([]byte(dir))
@@ -41,10 +46,7 @@ func routerName(s *Sandbox) string {
 }
 
 // isolatedNodeIP is the address of isolated cluster index n inside its namespace.
-func isolatedNodeIP(n int) string { return fmt.Sprintf("%s.%d.2", netPrefix, n) }
-
-// RootIP is this machine's address on the sandbox network, reachable from isolated clusters.
-const RootIP = netPrefix + ".0.2"
+func isolatedNodeIP(s *Sandbox, n int) string { return fmt.Sprintf("%s.%d.2", netPrefix(s), n) }
 
 func setupNetwork(ctx context.Context, s *Sandbox, log io.Writer) error {
 	if _, err := exec.LookPath("nft"); err != nil {
@@ -52,13 +54,15 @@ func setupNetwork(ctx context.Context, s *Sandbox, log io.Writer) error {
 	}
 	teardownNetwork(s)
 	rt := routerName(s)
+	netPrefix := netPrefix(s)
+	rootIP := netPrefix + ".0.2"
 	id := strings.TrimSuffix(strings.TrimPrefix(rt, "ksmc-"), "-rt")
 	cmds := [][]string{
 		{"ip", "netns", "add", rt},
 		{"ip", "netns", "exec", rt, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
 		{"ip", "netns", "exec", rt, "ip", "link", "set", "lo", "up"},
 		{"ip", "link", "add", "ks" + id + "r0", "type", "veth", "peer", "name", "ks" + id + "r0p", "netns", rt},
-		{"ip", "addr", "add", RootIP + "/24", "dev", "ks" + id + "r0"},
+		{"ip", "addr", "add", rootIP + "/24", "dev", "ks" + id + "r0"},
 		{"ip", "link", "set", "ks" + id + "r0", "up"},
 		{"ip", "netns", "exec", rt, "ip", "addr", "add", netPrefix + ".0.1/24", "dev", "ks" + id + "r0p"},
 		{"ip", "netns", "exec", rt, "ip", "link", "set", "ks" + id + "r0p", "up"},
@@ -68,7 +72,7 @@ func setupNetwork(ctx context.Context, s *Sandbox, log io.Writer) error {
 		if c.Netns == "" {
 			continue
 		}
-		c.NodeIP = isolatedNodeIP(c.Index)
+		c.NodeIP = isolatedNodeIP(s, c.Index)
 		in := fmt.Sprintf("ks%sc%d", id, c.Index)
 		cmds = append(cmds,
 			[]string{"ip", "netns", "add", c.Netns},
@@ -112,7 +116,7 @@ func teardownNetwork(s *Sandbox) {
 	if err := exec.Command("ip", "netns", "pids", rt).Run(); err != nil {
 		return // never set up
 	}
-	_ = exec.Command("ip", "route", "del", netPrefix+".0.0/16").Run()
+	_ = exec.Command("ip", "route", "del", netPrefix(s)+".0.0/16").Run()
 	for _, c := range s.Clusters {
 		if c.Netns != "" {
 			_ = exec.Command("ip", "netns", "del", c.Netns).Run()
