@@ -85,6 +85,8 @@ a member).`,
 	for _, add := range subcommands {
 		cmd.AddCommand(add(f))
 	}
+	// Context and cluster-name suggestions for <TAB> (pkg/cmd/completion.go).
+	registerCompletions(cmd)
 	return cmd
 }
 
