@@ -1,0 +1,189 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/util/duration"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"text/tabwriter"
+
+	"github.com/ks-mc/ks-mc/pkg/installer"
+)
+
+func init() { registerCommand(NewCmdStatus) }
+
+// StatusOptions holds the flags of "kubectl ks-mc status".
+type StatusOptions struct {
+	Host     hostFlags
+	Output   string
+	Contexts []string
+
+	genericiooptions.IOStreams
+
+	// NewHostClients (nil result: no host), NewContextClients build the clients (replaced in tests).
+	NewHostClients    func() (*installer.Clients, error)
+	NewContextClients func() ([]*installer.Clients, error)
+	// Now is the clock for ages (tests).
+	Now func() time.Time
+}
+
+// NewStatusOptions returns StatusOptions with defaults.
+func NewStatusOptions(streams genericiooptions.IOStreams) *StatusOptions {
+	return &StatusOptions{IOStreams: streams, Now: time.Now}
+}
+
+// NewCmdStatus shows the host's clusters and the roles of the given contexts.
+func NewCmdStatus(f *Factory) *cobra.Command {
+	o := NewStatusOptions(f.Streams)
+	cmd := &cobra.Command{
+		Use:   "status [--host-context HOST]",
+		Short: "Show the host's member clusters and the roles of the given contexts",
+		Long: `Show one row per Cluster of the host (name, connection, agent, ready, versions, nodes, last
+transition) and the KubeSphere role of the given contexts (the current or --context one, the host, and
+--contexts). Without --host-context the current context is used as the host when it is one.`,
+		Example: "  kubectl ks-mc status --host-context host\n  kubectl ks-mc status --context member1 --host-context host -o yaml",
+		Args:    cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := validateOutputFormat(o.Output, true); err != nil {
+				return err
+			}
+			o.complete(f)
+			return o.Run(c.Context())
+		},
+	}
+	o.Host.add(cmd, false)
+	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "Output format: json or yaml")
+	cmd.Flags().StringSliceVar(&o.Contexts, "contexts", nil, "More kubeconfig contexts whose role to show (comma-separated)")
+	return cmd
+}
+
+func (o *StatusOptions) complete(f *Factory) {
+	current := currentContextName(f)
+	if o.NewHostClients == nil {
+		o.NewHostClients = func() (*installer.Clients, error) {
+			if o.Host.given() {
+				return o.Host.clients(f)
+			}
+			// The current context, if it is a host.
+			c, err := clientsFromFlags(f)
+			if err != nil {
+				return nil, err
+			}
+			cc, err := installer.GetClusterConfiguration(context.Background(), c)
+			if err != nil || cc.ClusterRole() != installer.RoleHost {
+				return nil, nil
+			}
+			return c, nil
+		}
+	}
+	if o.NewContextClients == nil {
+		o.NewContextClients = func() ([]*installer.Clients, error) {
+			var out []*installer.Clients
+			seen := map[string]bool{}
+			if c, err := clientsFromFlags(f); err == nil {
+				out = append(out, c)
+				seen[current] = true
+			}
+			for _, name := range o.Contexts {
+				if seen[name] {
+					continue
+				}
+				seen[name] = true
+				h := hostFlags{Context: name}
+				c, err := h.clients(f)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, c)
+			}
+			return out, nil
+		}
+	}
+}
+
+// Run prints the status.
+func (o *StatusOptions) Run(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	capVerbosity(o.ErrOut)
+	host, err := o.NewHostClients()
+	if err != nil {
+		return err
+	}
+	contexts, err := o.NewContextClients()
+	if err != nil {
+		return err
+	}
+	if host != nil {
+		dup := false
+		for _, c := range contexts {
+			dup = dup || c.Context == host.Context
+		}
+		if !dup {
+			contexts = append([]*installer.Clients{host}, contexts...)
+		}
+	}
+	rep, err := installer.Status(ctx, host, contexts)
+	if err != nil {
+		return fmt.Errorf("host%s: %w", ctxSuffix(host), err)
+	}
+	if o.Output != "" {
+		return printObject(o.Out, o.Output, rep)
+	}
+	w := tabwriter.NewWriter(o.Out, 0, 8, 2, ' ', 0)
+	if host == nil {
+		fmt.Fprintln(o.ErrOut, "no host selected (and the current context is not a host): pass --host-context to list member clusters")
+	} else {
+		fmt.Fprintln(w, "NAME\tROLE\tCONNECTION\tAGENT\tREADY\tKUBERNETES\tKUBESPHERE\tNODES\tLAST TRANSITION")
+		for _, r := range rep.Clusters {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, dash(r.Connection), r.Agent, r.Ready,
+				dash(r.KubernetesVersion), dash(r.KubeSphereVersion), strconv.FormatInt(r.Nodes, 10), o.age(r.LastTransition))
+		}
+		_ = w.Flush()
+		for _, r := range rep.Clusters {
+			if r.Message != "" {
+				fmt.Fprintf(o.Out, "%s: %s\n", r.Name, r.Message)
+			}
+		}
+		fmt.Fprintln(o.Out)
+	}
+	fmt.Fprintln(w, "CONTEXT\tROLE\tKUBESPHERE\tCLUSTER ON HOST")
+	for _, c := range rep.Contexts {
+		role := c.Role
+		if c.Error != "" {
+			role = "error: " + c.Error
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", dash(c.Context), dash(role), dash(c.KubeSphereVersion), dash(c.Cluster))
+	}
+	return w.Flush()
+}
+
+func ctxSuffix(c *installer.Clients) string {
+	if c == nil || c.Context == "" {
+		return ""
+	}
+	return " (" + c.Context + ")"
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (o *StatusOptions) age(ts string) string {
+	if ts == "" {
+		return "-"
+	}
+	t, err := time.Parse(time.RFC3339, ts)
+	if err != nil {
+		return ts
+	}
+	return duration.HumanDuration(o.Now().Sub(t)) + " ago"
+}

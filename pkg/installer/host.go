@@ -1,0 +1,387 @@
+package installer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ks-mc/ks-mc/pkg/manifests"
+)
+
+// Tunnel implementations a host can run in Deployment kubesphere-system/tower.
+const (
+	TunnelTower = "tower" // KubeSphere's own Tower
+	TunnelKsMc  = "ks-mc" // the bundled ks-mc proxy
+)
+
+// ccObject names the ClusterConfiguration in results and messages.
+var ccObject = "ClusterConfiguration " + KubeSphereNamespace + "/" + ClusterConfigurationName
+
+// HostOptions configure InitHost.
+type HostOptions struct {
+	// ProxyPublishAddress, when set, is published (validated first); else an existing value is kept,
+	// else the tower Service's load balancer address is used, else the AddressFunc is asked.
+	ProxyPublishAddress string
+	// Timeout bounds the whole run (installer runs and rollouts).
+	Timeout time.Duration
+	// NoRestart skips restarting ks-apiserver.
+	NoRestart bool
+	// Force allows a member cluster to become host and patching while ks-installer runs.
+	Force  bool
+	DryRun DryRun
+	// Tunnel is TunnelTower, TunnelKsMc or "" (keep what runs; Tower on a fresh host).
+	Tunnel string
+	// Proxy renders the ks-mc proxy Deployment (Tunnel == TunnelKsMc).
+	Proxy manifests.ProxyValues
+	// LoadBalancerWait is how long to wait for a freshly created tower Service to get a load balancer
+	// address before asking for one (default 30s).
+	LoadBalancerWait time.Duration
+	// HealthTimeout bounds one GET /health probe (default 5s).
+	HealthTimeout time.Duration
+	// HealthWait is how long to retry /health after switching the tunnel (default 20s).
+	HealthWait time.Duration
+	// PollInterval between checks while waiting (default 2s).
+	PollInterval time.Duration
+}
+
+// AddressRequest is what the AddressFunc gets when the proxy address needs an answer.
+type AddressRequest struct {
+	// Reason says why ("Service kubesphere-system/tower has no external address (<pending>)").
+	Reason string
+	// Candidates are likely reachable addresses (may be empty).
+	Candidates []AddressCandidate
+	// NodePort of the tower Service (0 when unknown).
+	NodePort int32
+	// Changed is true when this run already changed the cluster (the role was set): the answer
+	// completes the set-up, a re-run with the flag does too.
+	Changed bool
+}
+
+// AddressFunc supplies the proxy address: a prompt on a terminal, an error naming the flag
+// otherwise. The returned value is validated with ValidateProxyAddress.
+type AddressFunc func(ctx context.Context, req AddressRequest) (string, error)
+
+// HostState is what preflight observed.
+type HostState struct {
+	CC          *ClusterConfiguration
+	Config      *KubeSphereConfig
+	Tower       *corev1.Service
+	TowerDeploy *appsv1.Deployment
+	// CurrentTunnel is what Deployment tower runs now ("" when absent).
+	CurrentTunnel string
+	Installer     InstallerState
+	Drift         []string
+	// Address is the validated --proxy-publish-address ("" when not given).
+	Address string
+}
+
+// Change is one change init-host made (or, in a dry run, would make).
+type Change struct {
+	Object  string         `json:"object"`
+	Action  string         `json:"action"`
+	Summary string         `json:"summary"`
+	Patch   map[string]any `json:"patch,omitempty"`
+	// Manifest is a rendered object (the proxy Deployment).
+	Manifest any `json:"manifest,omitempty"`
+}
+
+// HostResult is the machine-readable outcome of init-host.
+type HostResult struct {
+	Context             string   `json:"context,omitempty"`
+	ClusterRole         string   `json:"clusterRole"`
+	KubeSphereVersion   string   `json:"kubesphereVersion,omitempty"`
+	ProxyPublishAddress string   `json:"proxyPublishAddress,omitempty"`
+	AddressSource       string   `json:"addressSource,omitempty"`
+	Tunnel              string   `json:"tunnel"`
+	DryRun              DryRun   `json:"dryRun,omitempty"`
+	Changed             bool     `json:"changed"`
+	Changes             []Change `json:"changes"`
+	Verify              []Check  `json:"verify,omitempty"`
+	// Pending lists what a dry run could not determine without applying.
+	Pending []string `json:"pending,omitempty"`
+}
+
+// Host runs init-host against one cluster.
+type Host struct {
+	c    *Clients
+	opts HostOptions
+	rep  Reporter
+	ask  AddressFunc
+
+	deadline  time.Time
+	result    *HostResult
+	ccChanged bool
+	// tunnelSwitched: the proxy was rolled out by this run (verify waits for it to listen).
+	tunnelSwitched bool
+}
+
+// NewHost prepares an init-host run. ask may be nil (then a needed address is an error).
+func NewHost(c *Clients, opts HostOptions, rep Reporter, ask AddressFunc) *Host {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 15 * time.Minute
+	}
+	if opts.LoadBalancerWait <= 0 {
+		opts.LoadBalancerWait = 30 * time.Second
+	}
+	if opts.HealthTimeout <= 0 {
+		opts.HealthTimeout = 5 * time.Second
+	}
+	if opts.HealthWait <= 0 {
+		opts.HealthWait = 20 * time.Second
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 2 * time.Second
+	}
+	if opts.DryRun == "" {
+		opts.DryRun = DryRunNone
+	}
+	if ask == nil {
+		ask = func(context.Context, AddressRequest) (string, error) {
+			return "", errors.New("a proxy address is needed: pass --proxy-publish-address=" + ProxyAddressExample)
+		}
+	}
+	return &Host{c: c, opts: opts, rep: reporterOrNop(rep), ask: ask}
+}
+
+// HostAccess is what init-host needs to be allowed to do.
+func HostAccess(opts HostOptions) []Access {
+	ns := KubeSphereNamespace
+	wants := []Access{
+		{Verb: "get", Group: ClusterConfigurationGVR.Group, Resource: ClusterConfigurationGVR.Resource, Namespace: ns, Name: ClusterConfigurationName},
+		{Verb: "patch", Group: ClusterConfigurationGVR.Group, Resource: ClusterConfigurationGVR.Resource, Namespace: ns, Name: ClusterConfigurationName},
+		{Verb: "get", Resource: "configmaps", Namespace: ns, Name: KubeSphereConfigName},
+		{Verb: "get", Resource: "services", Namespace: ns, Name: TowerName},
+		{Verb: "get", Group: "apps", Resource: "deployments", Namespace: ns},
+	}
+	if !opts.NoRestart {
+		wants = append(wants, Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: APIServerName})
+	}
+	if opts.Tunnel == TunnelKsMc {
+		wants = append(wants,
+			Access{Verb: "update", Group: "apps", Resource: "deployments", Namespace: ns, Name: TowerName},
+			Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: TowerName})
+	}
+	return wants
+}
+
+// Preflight checks the cluster without changing anything. The returned state is nil when the
+// cluster or KubeSphere could not be read (the Preflight then holds the error).
+func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
+	p := &Preflight{}
+	ctxName := h.c.Context
+	if ctxName == "" {
+		ctxName = "(current context)"
+	}
+	sv, err := h.c.Kube.Discovery().ServerVersion()
+	if err != nil {
+		p.Error("check --context and --kubeconfig", "cluster of context %s is not reachable: %v", ctxName, err)
+		return p, nil
+	}
+	p.OK("cluster of context %s is reachable (Kubernetes %s)", ctxName, sv.GitVersion)
+
+	cc, err := GetClusterConfiguration(ctx, h.c)
+	if errors.Is(err, ErrKubeSphereNotInstalled) {
+		p.Error(InstallKubeSphereHint, "KubeSphere is not installed: %s not found", ccObject)
+		return p, nil
+	}
+	if err != nil {
+		p.Error("", "%v", err)
+		return p, nil
+	}
+	st := &HostState{CC: cc}
+
+	switch v := cc.Version(); {
+	case v == "":
+		p.Warn("wait until the KubeSphere installation finished", "KubeSphere version unknown (%s has no status.core.version)", ccObject)
+	case strings.HasPrefix(v, "v3.") || strings.HasPrefix(v, "3."):
+		p.OK("KubeSphere %s installed", v)
+	default:
+		p.Warn("ks-mc supports KubeSphere 3.x", "KubeSphere %s installed", v)
+	}
+	if s := cc.ComponentStatus("core"); s != "" && s != "enabled" {
+		p.Warn("wait for the KubeSphere installation to finish", "KubeSphere core status is %q", s)
+	}
+
+	switch role := cc.ClusterRole(); role {
+	case RoleHost:
+		p.OK("cluster role: host already")
+	case RoleNone:
+		p.OK("cluster role: none, will become host")
+	case RoleMember:
+		msg := "cluster role is member: KubeSphere does not support switching a member to host (it uninstalls nothing and may leave the host's Cluster object pointing here)"
+		if h.opts.Force {
+			p.Warn("", "%s; continuing because of --force", msg)
+		} else {
+			p.Error("remove it from its host first (kubectl ks-mc unjoin), or pass --force to switch anyway", "%s", msg)
+		}
+	default:
+		p.Error("fix spec.multicluster.clusterRole (host, member or none)", "unknown cluster role %q in %s", role, ccObject)
+	}
+
+	if cfg, err := GetKubeSphereConfig(ctx, h.c); err != nil {
+		p.Warn("", "cannot read kubesphere-config: %v", err)
+	} else {
+		st.Config = cfg
+		st.Drift = ConfigDrift(cc, cfg)
+	}
+
+	st.Installer, _ = GetInstallerState(ctx, h.c, time.Time{})
+	h.installerCheck(p, st)
+
+	CheckAccessInto(ctx, p, h.c, HostAccess(h.opts))
+
+	if svc, err := h.c.Kube.CoreV1().Services(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+		st.Tower = svc
+	} else if !apierrors.IsNotFound(err) {
+		p.Warn("", "cannot read Service %s/%s: %v", KubeSphereNamespace, TowerName, err)
+	}
+	if d, err := h.c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+		st.TowerDeploy = d
+		st.CurrentTunnel = TunnelOf(d)
+	}
+	h.addressCheck(p, st)
+	h.tunnelCheck(p, st)
+
+	if !h.opts.NoRestart {
+		if _, err := h.c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, APIServerName, metav1.GetOptions{}); err != nil {
+			p.Error("pass --no-restart to skip the restart", "cannot read deployment %s/%s to restart it: %v", KubeSphereNamespace, APIServerName, err)
+		}
+	}
+	return p, st
+}
+
+// wantsHostSettings reports whether the CC already carries what init-host would set.
+func (h *Host) wantsHostSettings(st *HostState) bool {
+	if st.CC.ClusterRole() != RoleHost {
+		return false
+	}
+	return st.Address == "" || st.Address == st.CC.ProxyPublishAddress()
+}
+
+func (h *Host) installerCheck(p *Preflight, st *HostState) {
+	logs := InstallerLogsCommand(h.c.Context)
+	running := st.Installer.Phase == InstallerRunning || (st.Installer.Phase == InstallerUnknown && len(st.Drift) > 0)
+	switch {
+	case st.Installer.Phase == InstallerFailed:
+		p.Warn("see: "+logs, "the last ks-installer run failed at task %q", st.Installer.Task)
+	case running && h.wantsHostSettings(st):
+		p.OK("ks-installer is still applying the host settings (from an earlier run): init-host waits for it")
+	case running:
+		why := st.Installer.Describe()
+		if len(st.Drift) > 0 {
+			why = "kubesphere-config does not match the ClusterConfiguration yet: " + st.Drift[0]
+		}
+		if h.opts.Force {
+			p.Warn("", "ks-installer appears to be running (%s); continuing because of --force", why)
+		} else {
+			p.Error("wait for it to finish ("+logs+" -f), then re-run; or pass --force", "ks-installer appears to be running (%s)", why)
+		}
+	default:
+		p.OK("ks-installer is not running")
+	}
+}
+
+func (h *Host) addressCheck(p *Preflight, st *HostState) {
+	if h.opts.ProxyPublishAddress != "" {
+		addr, err := ValidateProxyAddress(h.opts.ProxyPublishAddress)
+		if err != nil {
+			p.Error("fix --proxy-publish-address", "%v", err)
+			return
+		}
+		st.Address = addr
+		p.OK("proxy address %s (--proxy-publish-address)", addr)
+		return
+	}
+	if cur := st.CC.ProxyPublishAddress(); cur != "" {
+		if _, err := ValidateProxyAddress(cur); err != nil {
+			p.Error("pass a valid --proxy-publish-address", "the published proxy address in %s is invalid: %v", ccObject, err)
+			return
+		}
+		p.OK("proxy address %s (already published)", cur)
+		return
+	}
+	switch {
+	case st.Tower == nil:
+		p.OK("Service %s/%s does not exist yet: ks-installer creates it, then its load balancer address is used or one is asked for (--proxy-publish-address)", KubeSphereNamespace, TowerName)
+	case LoadBalancerAddress(st.Tower) != "":
+		p.OK("proxy address %s (load balancer of Service %s)", LoadBalancerAddress(st.Tower), TowerName)
+	default:
+		p.Warn("pass --proxy-publish-address="+ProxyAddressExample+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName)
+	}
+}
+
+func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
+	switch {
+	case h.opts.Tunnel == TunnelKsMc:
+		if err := h.opts.Proxy.Validate(); err != nil {
+			p.Error("check --proxy-image", "%v", err)
+			return
+		}
+		if st.CurrentTunnel == TunnelKsMc {
+			p.OK("tunnel: Deployment tower runs the ks-mc proxy")
+		} else {
+			p.OK("tunnel: Deployment tower will run the ks-mc proxy (%s)", h.opts.Proxy.Image)
+		}
+	case h.opts.Tunnel == TunnelTower && st.CurrentTunnel == TunnelKsMc:
+		p.Error("keep --tunnel=ks-mc (members joined through it would lose their connection)",
+			"tunnel: Deployment tower runs the ks-mc proxy; switching back to KubeSphere's Tower is not supported by init-host")
+	case st.CurrentTunnel == TunnelKsMc:
+		p.OK("tunnel: Deployment tower runs the ks-mc proxy (kept)")
+	default:
+		p.OK("tunnel: KubeSphere's Tower")
+	}
+}
+
+// TunnelOf tells which tunnel a tower Deployment runs.
+func TunnelOf(d *appsv1.Deployment) string {
+	if d == nil {
+		return ""
+	}
+	if manifests.IsProxyDeployment(d) {
+		return TunnelKsMc
+	}
+	return TunnelTower
+}
+
+// HostTunnel reads Deployment kubesphere-system/tower and tells which tunnel the host runs
+// (TunnelTower or TunnelKsMc); "" when there is no tower Deployment. For join's --tunnel=auto.
+func HostTunnel(ctx context.Context, c *Clients) (string, error) {
+	d, err := c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)
+	}
+	return TunnelOf(d), nil
+}
+
+// HostPatch builds the ClusterConfiguration merge patch for a host: clusterRole host and, when
+// address is not empty, proxyPublishAddress. Fields that already hold the wanted value are left out,
+// so an empty patch means nothing to change. Nothing else of the object is touched.
+func HostPatch(cc *ClusterConfiguration, address string) MergePatch {
+	p := MergePatch{}
+	p.SetIfDifferent(cc.Object.Object, RoleHost, "spec", "multicluster", "clusterRole")
+	if address != "" {
+		p.SetIfDifferent(cc.Object.Object, address, "spec", "multicluster", "proxyPublishAddress")
+	}
+	return p
+}
+
+func describeHostPatch(p MergePatch) string {
+	var parts []string
+	if v, ok := p.Get("spec", "multicluster", "clusterRole"); ok {
+		parts = append(parts, fmt.Sprintf("clusterRole: %v", v))
+	}
+	if v, ok := p.Get("spec", "multicluster", "proxyPublishAddress"); ok {
+		parts = append(parts, fmt.Sprintf("proxyPublishAddress: %v", v))
+	}
+	return "set " + strings.Join(parts, ", ")
+}

@@ -1,0 +1,230 @@
+package installer
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
+
+	"github.com/ks-mc/ks-mc/pkg/manifests"
+)
+
+// Helpers around KubeSphere's Cluster objects, the agent Deployment and cluster identity, shared by
+// join, unjoin and status.
+
+// Condition types of a KubeSphere Cluster.
+const (
+	ConditionInitialized    = "Initialized"
+	ConditionAgentAvailable = "AgentAvailable"
+	ConditionFederated      = "Federated"
+	ConditionReady          = "Ready"
+)
+
+// ClusterCondition is one entry of a Cluster's status.conditions.
+type ClusterCondition struct {
+	Type               string `json:"type"`
+	Status             string `json:"status"`
+	Reason             string `json:"reason,omitempty"`
+	Message            string `json:"message,omitempty"`
+	LastTransitionTime string `json:"lastTransitionTime,omitempty"`
+}
+
+// ClusterConditions reads status.conditions.
+func ClusterConditions(c *unstructured.Unstructured) []ClusterCondition {
+	raw, _, _ := unstructured.NestedSlice(c.Object, "status", "conditions")
+	out := make([]ClusterCondition, 0, len(raw))
+	for _, r := range raw {
+		m, ok := r.(map[string]any)
+		if !ok {
+			continue
+		}
+		s := func(k string) string { v, _ := m[k].(string); return v }
+		out = append(out, ClusterCondition{Type: s("type"), Status: s("status"), Reason: s("reason"), Message: s("message"), LastTransitionTime: s("lastTransitionTime")})
+	}
+	return out
+}
+
+// FindCondition returns the condition of the given type (nil when absent).
+func FindCondition(conds []ClusterCondition, typ string) *ClusterCondition {
+	for i := range conds {
+		if conds[i].Type == typ {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+func conditionTrue(conds []ClusterCondition, typ string) bool {
+	c := FindCondition(conds, typ)
+	return c != nil && c.Status == "True"
+}
+
+// DescribeConditions renders "Initialized=True, AgentAvailable=False (Agent has not connected…)".
+func DescribeConditions(conds []ClusterCondition) string {
+	if len(conds) == 0 {
+		return "no conditions yet"
+	}
+	parts := make([]string, 0, len(conds))
+	for _, c := range conds {
+		s := c.Type + "=" + c.Status
+		if c.Status != "True" && c.Message != "" {
+			s += " (" + c.Message + ")"
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ClusterMemberUID is the member identity a Cluster is bound to: status.uid (set by KubeSphere once
+// it reached the member), else the annotation ks-mc wrote when it created the Cluster.
+func ClusterMemberUID(c *unstructured.Unstructured) string {
+	if uid, _, _ := unstructured.NestedString(c.Object, "status", "uid"); uid != "" {
+		return uid
+	}
+	return c.GetAnnotations()[manifests.MemberUIDAnnotation]
+}
+
+// IsHostCluster reports whether a Cluster is the host's own (label cluster-role.kubesphere.io/host).
+func IsHostCluster(c *unstructured.Unstructured) bool {
+	_, ok := c.GetLabels()[manifests.ClusterHostRoleLabel]
+	return ok
+}
+
+// GetCluster reads a Cluster on the host; (nil, nil) when it does not exist.
+func GetCluster(ctx context.Context, host *Clients, name string) (*unstructured.Unstructured, error) {
+	c, err := host.Dynamic.Resource(manifests.ClusterGVR).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get Cluster %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// ListClusters lists the host's Cluster objects.
+func ListClusters(ctx context.Context, host *Clients) ([]unstructured.Unstructured, error) {
+	list, err := host.Dynamic.Resource(manifests.ClusterGVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list Clusters: %w", err)
+	}
+	return list.Items, nil
+}
+
+// KubeSystemUID is the UID of namespace kube-system, which KubeSphere uses as a cluster's identity.
+func KubeSystemUID(ctx context.Context, c *Clients) (string, error) {
+	ns, err := c.Kube.CoreV1().Namespaces().Get(ctx, "kube-system", metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("get namespace kube-system: %w", err)
+	}
+	return string(ns.UID), nil
+}
+
+// GetAgentDeployment reads kubesphere-system/cluster-agent on a member; (nil, nil) when absent.
+func GetAgentDeployment(ctx context.Context, member *Clients) (*appsv1.Deployment, error) {
+	d, err := member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Get(ctx, manifests.AgentName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
+	}
+	return d, nil
+}
+
+// AgentInfo is what an agent Deployment says about its connection (never the token).
+type AgentInfo struct {
+	Tunnel      manifests.Tunnel
+	ClusterName string
+	ProxyServer string
+}
+
+// InspectAgent reads the tunnel kind, cluster name and proxy address of an agent Deployment.
+func InspectAgent(d *appsv1.Deployment) AgentInfo {
+	var info AgentInfo
+	if d == nil || len(d.Spec.Template.Spec.Containers) == 0 {
+		return info
+	}
+	c := d.Spec.Template.Spec.Containers[0]
+	info.Tunnel = manifests.TunnelTower
+	if len(c.Command) == 0 && len(c.Args) > 0 && c.Args[0] == "agent" {
+		info.Tunnel = manifests.TunnelKSMC
+	}
+	for _, a := range append(append([]string{}, c.Command...), c.Args...) {
+		if v, ok := strings.CutPrefix(a, "--name="); ok {
+			info.ClusterName = v
+		}
+		if v, ok := strings.CutPrefix(a, "--proxy-server="); ok {
+			info.ProxyServer = v
+		}
+	}
+	return info
+}
+
+// sameProxy compares two proxy addresses loosely (case, trailing slash).
+func sameProxy(a, b string) bool {
+	norm := func(s string) string { return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), "/") }
+	return norm(a) == norm(b)
+}
+
+// ServerClock returns how far the API server's clock is ahead of this machine's (negative: behind),
+// from the Date header of GET /version, and the request's round trip time.
+type ServerClock func(ctx context.Context, c *Clients) (offset, rtt time.Duration, err error)
+
+// APIServerClock implements ServerClock with the Clients' REST config.
+func APIServerClock(ctx context.Context, c *Clients) (time.Duration, time.Duration, error) {
+	if c.Config == nil {
+		return 0, 0, fmt.Errorf("no REST config")
+	}
+	hc, err := rest.HTTPClientFor(c.Config)
+	if err != nil {
+		return 0, 0, err
+	}
+	u, err := url.Parse(c.Config.Host)
+	if err != nil {
+		return 0, 0, err
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/version"
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	end := time.Now()
+	resp.Body.Close()
+	date, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		return 0, 0, fmt.Errorf("no Date header in the API server's answer")
+	}
+	rtt := end.Sub(start)
+	mid := start.Add(rtt / 2)
+	// The header has second precision (truncated): add half a second to center the estimate.
+	return date.Add(500 * time.Millisecond).Sub(mid), rtt, nil
+}
+
+// kubeSphereMinor parses "v3.4.1" into (3, 4, 1, true).
+func kubeSphereVersion(v string) (major, minor, patch int, ok bool) {
+	v = strings.TrimPrefix(strings.TrimSpace(v), "v")
+	if i := strings.IndexAny(v, "-+"); i >= 0 {
+		v = v[:i]
+	}
+	n, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch)
+	if err != nil && n < 2 {
+		return 0, 0, 0, false
+	}
+	return major, minor, patch, n >= 2
+}

@@ -1,0 +1,122 @@
+package installer
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/tunnel"
+)
+
+// HostProxyAddress resolves the address agents dial, KubeSphere's way: multicluster.proxyPublishAddress
+// (kubesphere-config, else the ClusterConfiguration), else the tower Service's load balancer
+// address. "" when there is none.
+func HostProxyAddress(ctx context.Context, host *Clients, cc *ClusterConfiguration, cfg *KubeSphereConfig) string {
+	addr := ""
+	if cfg != nil {
+		addr = cfg.Multicluster.ProxyPublishAddress
+	}
+	if addr == "" && cc != nil {
+		addr = cc.ProxyPublishAddress()
+	}
+	if addr == "" {
+		if svc, err := host.Kube.CoreV1().Services(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+			addr = LoadBalancerAddress(svc)
+		}
+	}
+	return addr
+}
+
+// RenderAgentOptions select what "kubectl ks-mc render agent" renders.
+type RenderAgentOptions struct {
+	Name       string
+	Tunnel     manifests.Tunnel
+	AgentImage string
+	CACertHash string
+	// ProxyAddress overrides the host's published address.
+	ProxyAddress string
+}
+
+// RenderAgentFor renders the agent of an existing Cluster from the host's data (token, proxy
+// address, agent image, tunnel). The returned objects hold the token: redact before printing.
+func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([]*unstructured.Unstructured, manifests.Tunnel, error) {
+	if err := manifests.ValidateClusterName(o.Name); err != nil {
+		return nil, "", err
+	}
+	c, err := GetCluster(ctx, host, o.Name)
+	if err != nil {
+		return nil, "", err
+	}
+	if c == nil {
+		return nil, "", fmt.Errorf("Cluster %s does not exist on the host: create it with kubectl ks-mc join%s (or --dry-run to see it)", o.Name, host.contextFlag())
+	}
+	token, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "token")
+	if token == "" {
+		return nil, "", fmt.Errorf("Cluster %s has no spec.connection.token yet: is the host's proxy running (kubectl -n %s get deployment %s%s)?", o.Name, KubeSphereNamespace, TowerName, host.contextFlag())
+	}
+	cc, err := GetClusterConfiguration(ctx, host)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg, err := GetKubeSphereConfig(ctx, host)
+	if err != nil {
+		return nil, "", err
+	}
+	addr := o.ProxyAddress
+	if addr == "" {
+		addr = HostProxyAddress(ctx, host, cc, cfg)
+	}
+	if addr == "" {
+		return nil, "", fmt.Errorf("the host has no proxy address: %s (or pass --proxy-address)", initHostHint(host))
+	}
+	tun := o.Tunnel
+	if tun == "" || tun == manifests.TunnelAuto {
+		t, err := HostTunnel(ctx, host)
+		if err != nil {
+			return nil, "", err
+		}
+		tun = manifests.TunnelTower
+		if t == TunnelKsMc {
+			tun = manifests.TunnelKSMC
+		}
+	}
+	pin := o.CACertHash
+	if pin == "" && tun == manifests.TunnelKSMC && strings.HasPrefix(addr, "https://") {
+		if pin, err = ProxyCACertHash(ctx, host); err != nil {
+			return nil, "", fmt.Errorf("%w (or pass --ca-cert-hash)", err)
+		}
+	}
+	image := o.AgentImage
+	if image == "" && tun == manifests.TunnelTower {
+		image = cfg.Multicluster.AgentImage
+	}
+	objs, err := manifests.RenderAgent(tun, manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: addr, Image: image, CACertHash: pin})
+	return objs, tun, err
+}
+
+// ProxyCACertHash reads the pin of the bundled proxy's CA from its Secret on the host
+// (kubesphere-system/ks-mc-proxy-ca, created by the proxy on first start): the sha256 of the CA
+// certificate's public key, computed from the certificate itself.
+func ProxyCACertHash(ctx context.Context, host *Clients) (string, error) {
+	s, err := host.Kube.CoreV1().Secrets(KubeSphereNamespace).Get(ctx, tunnel.DefaultCASecretName, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read the proxy CA (Secret %s/%s): %w", KubeSphereNamespace, tunnel.DefaultCASecretName, err)
+	}
+	block, _ := pem.Decode(s.Data[corev1.TLSCertKey])
+	if block == nil {
+		return "", fmt.Errorf("Secret %s/%s has no PEM certificate in %s", KubeSphereNamespace, tunnel.DefaultCASecretName, corev1.TLSCertKey)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("Secret %s/%s: parse the CA certificate: %w", KubeSphereNamespace, tunnel.DefaultCASecretName, err)
+	}
+	return tunnel.CACertHash(cert), nil
+}

@@ -1,0 +1,133 @@
+package installer
+
+import (
+	"context"
+	"errors"
+	"sort"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// ClusterRow is one Cluster of a host, as "kubectl ks-mc status" shows it.
+type ClusterRow struct {
+	Name string `json:"name"`
+	// Role is host (the host's own Cluster) or member.
+	Role       string `json:"role"`
+	Connection string `json:"connection"`
+	// Agent is Connected/Disconnected from AgentAvailable ("-" for a direct connection).
+	Agent             string `json:"agent"`
+	Ready             string `json:"ready"`
+	KubernetesVersion string `json:"kubernetesVersion,omitempty"`
+	KubeSphereVersion string `json:"kubesphereVersion,omitempty"`
+	Nodes             int64  `json:"nodes"`
+	// LastTransition is the latest lastTransitionTime of the conditions (RFC 3339).
+	LastTransition string `json:"lastTransition,omitempty"`
+	// Message explains a Ready condition that is not True.
+	Message    string             `json:"message,omitempty"`
+	UID        string             `json:"uid,omitempty"`
+	Conditions []ClusterCondition `json:"conditions,omitempty"`
+}
+
+// ContextRole is the KubeSphere role of one kubeconfig context.
+type ContextRole struct {
+	Context           string `json:"context"`
+	Role              string `json:"role,omitempty"`
+	KubeSphereVersion string `json:"kubesphereVersion,omitempty"`
+	// Cluster is this context's Cluster name on the host (matched by kube-system UID).
+	Cluster string `json:"cluster,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// StatusReport is the fleet as the host sees it plus the roles of the given contexts.
+type StatusReport struct {
+	Host     string        `json:"host,omitempty"`
+	Clusters []ClusterRow  `json:"clusters"`
+	Contexts []ContextRole `json:"contexts"`
+}
+
+// ClusterRowOf summarises a Cluster object.
+func ClusterRowOf(c *unstructured.Unstructured) ClusterRow {
+	row := ClusterRow{Name: c.GetName(), Role: RoleMember, Agent: "-", Ready: "Unknown"}
+	if IsHostCluster(c) {
+		row.Role = RoleHost
+	}
+	row.Connection, _, _ = unstructured.NestedString(c.Object, "spec", "connection", "type")
+	row.KubernetesVersion, _, _ = unstructured.NestedString(c.Object, "status", "kubernetesVersion")
+	row.KubeSphereVersion, _, _ = unstructured.NestedString(c.Object, "status", "kubeSphereVersion")
+	row.UID = ClusterMemberUID(c)
+	if n, ok, _ := unstructured.NestedFieldNoCopy(c.Object, "status", "nodeCount"); ok {
+		if f, ok := toFloat(n); ok {
+			row.Nodes = int64(f)
+		}
+	}
+	row.Conditions = ClusterConditions(c)
+	if row.Connection == "proxy" {
+		row.Agent = "Disconnected"
+		if conditionTrue(row.Conditions, ConditionAgentAvailable) {
+			row.Agent = "Connected"
+		}
+	}
+	if r := FindCondition(row.Conditions, ConditionReady); r != nil {
+		row.Ready = r.Status
+		if r.Status != "True" {
+			row.Message = r.Message
+		}
+	}
+	for _, cond := range row.Conditions {
+		if cond.LastTransitionTime > row.LastTransition {
+			row.LastTransition = cond.LastTransitionTime
+		}
+	}
+	return row
+}
+
+// Status lists the host's Clusters and the roles of the given contexts (host may be nil when only
+// roles are wanted). A context that cannot be read is reported in its row, not as an error.
+func Status(ctx context.Context, host *Clients, contexts []*Clients) (*StatusReport, error) {
+	rep := &StatusReport{Clusters: []ClusterRow{}, Contexts: []ContextRole{}}
+	byUID := map[string]string{}
+	if host != nil {
+		rep.Host = host.Context
+		clusters, err := ListClusters(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		for i := range clusters {
+			row := ClusterRowOf(&clusters[i])
+			rep.Clusters = append(rep.Clusters, row)
+			if row.UID != "" {
+				byUID[row.UID] = row.Name
+			}
+		}
+		sort.Slice(rep.Clusters, func(a, b int) bool {
+			ra, rb := rep.Clusters[a], rep.Clusters[b]
+			if (ra.Role == RoleHost) != (rb.Role == RoleHost) {
+				return ra.Role == RoleHost
+			}
+			return ra.Name < rb.Name
+		})
+	}
+	for _, c := range contexts {
+		if c == nil {
+			continue
+		}
+		cr := ContextRole{Context: c.Context}
+		cc, err := GetClusterConfiguration(ctx, c)
+		switch {
+		case errors.Is(err, ErrKubeSphereNotInstalled):
+			cr.Role = "no KubeSphere"
+		case err != nil:
+			cr.Error = err.Error()
+		default:
+			cr.Role = cc.ClusterRole()
+			cr.KubeSphereVersion = cc.Version()
+		}
+		if err == nil || errors.Is(err, ErrKubeSphereNotInstalled) {
+			if uid, err := KubeSystemUID(ctx, c); err == nil {
+				cr.Cluster = byUID[uid]
+			}
+		}
+		rep.Contexts = append(rep.Contexts, cr)
+	}
+	return rep, nil
+}

@@ -1,0 +1,122 @@
+package manifests
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// ClusterGVR is KubeSphere's cluster-scoped Cluster resource.
+var ClusterGVR = schema.GroupVersionResource{Group: "cluster.kubesphere.io", Version: "v1alpha1", Resource: "clusters"}
+
+// Labels and annotations of a Cluster (KubeSphere's own, plus ks-mc's member link).
+const (
+	ClusterGroupLabel     = "cluster.kubesphere.io/group"
+	ClusterRegionLabel    = "cluster.kubesphere.io/region"
+	ClusterHostRoleLabel  = "cluster-role.kubesphere.io/host"
+	DescriptionAnnotation = "kubesphere.io/description"
+	CreatorAnnotation     = "kubesphere.io/creator"
+	// MemberUIDAnnotation records the member's kube-system UID when ks-mc creates the Cluster, so a
+	// re-run can adopt it before KubeSphere has filled status.uid.
+	MemberUIDAnnotation = "ks-mc.io/member-uid"
+	// MaxClusterNameLength: the proxy creates Service mc-<name>, a 63-character DNS label.
+	MaxClusterNameLength = 60
+)
+
+// ClusterValues are the inputs of the Cluster object.
+type ClusterValues struct {
+	Name        string
+	Provider    string
+	Description string
+	Group       string
+	Region      string
+	// MemberUID is the member's kube-system UID (annotation MemberUIDAnnotation).
+	MemberUID string
+	// Labels and Annotations are extra metadata from the user.
+	Labels      map[string]string
+	Annotations map[string]string
+}
+
+// RenderCluster renders the Cluster of an agent connection.
+func RenderCluster(v ClusterValues) (*unstructured.Unstructured, error) {
+	if err := ValidateClusterName(v.Name); err != nil {
+		return nil, err
+	}
+	labels := map[string]string{ManagedByLabel: ManagedByValue}
+	for k, val := range v.Labels {
+		labels[k] = val
+	}
+	if v.Group != "" {
+		labels[ClusterGroupLabel] = v.Group
+	}
+	if v.Region != "" {
+		labels[ClusterRegionLabel] = v.Region
+	}
+	annotations := map[string]string{CreatorAnnotation: ManagedByValue}
+	for k, val := range v.Annotations {
+		annotations[k] = val
+	}
+	if v.Description != "" {
+		annotations[DescriptionAnnotation] = v.Description
+	}
+	if v.MemberUID != "" {
+		annotations[MemberUIDAnnotation] = v.MemberUID
+	}
+	provider := v.Provider
+	data := struct {
+		Name, Provider      string
+		Labels, Annotations map[string]string
+	}{v.Name, provider, labels, annotations}
+	objs, err := renderTemplateObjects(agentTemplateFS, "templates/cluster.yaml", data)
+	if err != nil {
+		return nil, err
+	}
+	if len(objs) != 1 {
+		return nil, fmt.Errorf("cluster template rendered %d objects, want 1", len(objs))
+	}
+	return objs[0], nil
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// ValidateClusterName checks that name is a DNS label of at most 60 characters (it becomes the
+// Service mc-<name> on the host).
+func ValidateClusterName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("cluster name is empty")
+	case len(name) > MaxClusterNameLength:
+		return fmt.Errorf("cluster name %q is %d characters long: at most %d are allowed (the host creates Service mc-<name>)", name, len(name), MaxClusterNameLength)
+	case !dnsLabel.MatchString(name):
+		return fmt.Errorf("cluster name %q is not a DNS label: use lowercase letters, digits and '-', starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+// SanitizeClusterName turns a kubeconfig context name (say "arn:aws:eks:eu-west-1:123:cluster/Prod_1"
+// or "kind-member1") into a valid cluster name: lowercase, every run of other characters replaced by
+// '-', trimmed to 60 characters. It returns "" when nothing usable remains.
+func SanitizeClusterName(s string) string {
+	s = strings.ToLower(s)
+	var b strings.Builder
+	dash := false
+	for _, r := range s {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+			dash = false
+			continue
+		}
+		if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	out := strings.Trim(b.String(), "-")
+	if len(out) > MaxClusterNameLength {
+		out = strings.TrimRight(out[:MaxClusterNameLength], "-")
+	}
+	return out
+}
