@@ -190,7 +190,6 @@ func (o *JoinOptions) Run(parent context.Context) error {
 	if parent == nil {
 		parent = context.Background()
 	}
-	capVerbosity(o.ErrOut)
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))

@@ -25,12 +25,13 @@ func validateOutputFormat(output string, allowEmpty bool) error {
 func printObject(out io.Writer, format string, v any) error {
 	switch format {
 	case "json":
-		b, err := json.MarshalIndent(v, "", "    ")
-		if err != nil {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "    ")
+		enc.SetEscapeHTML(false) // keep "<redacted>" readable
+		if err := enc.Encode(v); err != nil {
 			return fmt.Errorf("encode json: %w", err)
 		}
-		_, err = fmt.Fprintln(out, string(b))
-		return err
+		return nil
 	case "yaml":
 		b, err := yaml.Marshal(v)
 		if err != nil {

@@ -99,7 +99,6 @@ func (o *RenderAgentOptions) Run(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	capVerbosity(o.ErrOut)
 	host, err := o.NewHostClients()
 	if err != nil {
 		return err

@@ -66,6 +66,9 @@ a member).`,
 		// Flags are parsed by cobra; unknown subcommands produce a usage error.
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
+		// Every command talks to clusters whose objects hold secrets: keep -v below client-go's
+		// body-logging levels.
+		PersistentPreRun: func(*cobra.Command, []string) { capVerbosity(streams.ErrOut) },
 		CompletionOptions: cobra.CompletionOptions{
 			HiddenDefaultCmd: false,
 		},
@@ -124,4 +127,3 @@ type Factory struct {
 func usageErrorf(format string, args ...any) error {
 	return fmt.Errorf(format+"\nSee '%s --help'.", append(args, CommandName)...)
 }
-

@@ -110,7 +110,6 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	capVerbosity(o.ErrOut)
 	host, err := o.NewHostClients()
 	if err != nil {
 		return err
