@@ -129,13 +129,19 @@ func GetInstallerState(ctx context.Context, c *Clients, since time.Time) (Instal
 		t := metav1.NewTime(since)
 		opts.SinceTime = &t
 	}
-	raw, err := c.Kube.CoreV1().Pods(KubeSphereNamespace).GetLogs(pod.Name, opts).Do(ctx).Raw()
+	raw, err := podLogs(ctx, c, pod.Name, opts)
 	if err != nil {
 		return InstallerState{Phase: InstallerUnknown, Pod: podDesc}, nil
 	}
 	st := ParseInstallerLog(string(raw))
 	st.Pod = podDesc
 	return st, nil
+}
+
+// podLogs reads a pod's logs in kubesphere-system (a variable so tests can supply log text: the
+// fake clientset always answers "fake logs").
+var podLogs = func(ctx context.Context, c *Clients, pod string, opts *corev1.PodLogOptions) ([]byte, error) {
+	return c.Kube.CoreV1().Pods(KubeSphereNamespace).GetLogs(pod, opts).Do(ctx).Raw()
 }
 
 func newestPod(pods []corev1.Pod) *corev1.Pod {

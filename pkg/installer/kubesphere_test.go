@@ -3,11 +3,14 @@ package installer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
@@ -239,4 +242,52 @@ func TestWaitForInstallerTimeoutAndDone(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Errorf("err %v after %d polls", err, n)
 	}
+}
+
+func TestWaitForInstallerFailsFastOnFailedTask(t *testing.T) {
+	installerPod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "ks-installer-abc", Namespace: KubeSphereNamespace, Labels: map[string]string{"app": "ks-installer"}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+	}
+	fc := newFakeCluster(t, testCCYAML, installerPod)
+	logs := ""
+	var gotSince *metav1.Time
+	orig := podLogs
+	podLogs = func(_ context.Context, _ *Clients, pod string, o *corev1.PodLogOptions) ([]byte, error) {
+		if pod != "ks-installer-abc" {
+			return nil, fmt.Errorf("logs of %s", pod)
+		}
+		gotSince = o.SinceTime
+		return []byte(logs), nil
+	}
+	defer func() { podLogs = orig }()
+	wait := func() error {
+		return WaitForInstaller(context.Background(), fc.c, WaitOptions{
+			What: "the host settings", Timeout: 300 * time.Millisecond, Interval: 20 * time.Millisecond, Since: time.Now(),
+			Done: func(context.Context) (bool, string, error) { return false, "status.multicluster.status is unset", nil },
+		}, nil)
+	}
+
+	// An old failure with no run start in the window is not taken for this run's.
+	logs = "Task 'multicluster' failed:\n"
+	var te *InstallerTimeoutError
+	if err := wait(); !errors.As(err, &te) {
+		t.Fatalf("stale failure: %v", err)
+	}
+	if gotSince == nil {
+		t.Error("logs read without SinceTime")
+	}
+	mustContain(t, te.Error(), "installer: ks-installer failed (task multicluster); pod ks-installer-abc Running, ready")
+
+	logs = "Start installing multicluster\nTask 'multicluster' failed:\n{\"msg\": \"x\"}\n"
+	start := time.Now()
+	err := wait()
+	var fe *InstallerFailedError
+	if !errors.As(err, &fe) || fe.Task != "multicluster" {
+		t.Fatalf("err = %v", err)
+	}
+	if time.Since(start) > 250*time.Millisecond {
+		t.Error("failure not reported before the timeout")
+	}
+	mustContain(t, err.Error(), `ks-installer failed at task "multicluster"`, "kubectl logs -n kubesphere-system -l app=ks-installer --context test-host")
 }

@@ -166,6 +166,9 @@ func (r *PodRunner) start(ctx context.Context, key string, d *appsv1.Deployment)
 	podName := fmt.Sprintf("%s-%s-%s", d.Name, templateHash(d)[:6], parts[2])
 	podDir := filepath.Join(r.Dir, d.Namespace+"_"+d.Name+"_"+parts[2])
 	_ = os.RemoveAll(podDir)
+	if err := os.MkdirAll(podDir, 0o700); err != nil { // the process's working directory
+		return nil, fmt.Errorf("create pod directory: %w", err)
+	}
 	mounts, err := r.writeVolumes(ctx, d.Namespace, spec, c, podDir)
 	if err != nil {
 		return nil, err
