@@ -141,6 +141,9 @@ func GetInstallerState(ctx context.Context, c *Clients, since time.Time) (Instal
 // podLogs reads a pod's logs in kubesphere-system (a variable so tests can supply log text: the
 // fake clientset always answers "fake logs").
 var podLogs = func(ctx context.Context, c *Clients, pod string, opts *corev1.PodLogOptions) ([]byte, error) {
+	// The kubelet may be slow or unreachable from the apiserver: logs are a hint, never a wait.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	return c.Kube.CoreV1().Pods(KubeSphereNamespace).GetLogs(pod, opts).Do(ctx).Raw()
 }
 
