@@ -190,9 +190,23 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 	klog.InfoS("ks-mc proxy listening", "address", ln.Addr().String(), "tls", o.TLS, "caCertHash", ca.Hash(), "version", version.Version)
 
 	ctrlErr := make(chan error, 1)
-	runController := func(ctx context.Context) { ctrlErr <- ctrl.Run(ctx, 2) }
+	// Agents are answered 503 until the Cluster cache has synced: a starting proxy must not refuse
+	// them as unknown.
+	p.SetStandby(true)
+	runController := func(ctx context.Context) {
+		go func() {
+			for !ctrl.HasSynced() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			p.SetStandby(false)
+		}()
+		ctrlErr <- ctrl.Run(ctx, 2)
+	}
 	if o.LeaderElect {
-		p.SetStandby(true)
 		go o.leaderElect(ctx, kube, p, runController, ctrlErr)
 	} else {
 		go runController(ctx)
@@ -234,7 +248,6 @@ func (o *ProxyOptions) leaderElect(ctx context.Context, kube kubernetes.Interfac
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
 				klog.InfoS("leading: serving agents", "lease", o.Namespace+"/"+o.LeaseName, "identity", id)
-				p.SetStandby(false)
 				run(ctx)
 			},
 			OnStoppedLeading: func() {

@@ -1,0 +1,629 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/ks-mc/ks-mc/pkg/manifests"
+)
+
+// Kubernetes-side names of the contract.
+const (
+	// FieldManager is used for server-side apply of the objects the proxy renders.
+	FieldManager = "ks-mc"
+	// ServicePrefix + cluster name is the per-cluster Service.
+	ServicePrefix = "mc-"
+	// KubeSpherePortOffset: kubesphereAPIServerPort = kubernetesAPIServerPort + 10000.
+	KubeSpherePortOffset = 10000
+	// AdminUser is the client certificate's CN in the kubeconfig written into the Cluster.
+	AdminUser = "kubernetes-admin"
+)
+
+// AgentDialer is what the controller needs from the proxy.
+type AgentDialer interface {
+	StreamDialer
+	Agents(cluster string) int
+}
+
+// ControllerConfig configures the proxy's Kubernetes side.
+type ControllerConfig struct {
+	Dynamic dynamic.Interface
+	Kube    kubernetes.Interface
+	// Namespace holds the mc-<name> Services (kubesphere-system).
+	Namespace string
+	// BindAddress is where the per-cluster listeners listen.
+	BindAddress string
+	CA          *CA
+	// PortMin..PortMax is the kubernetesAPIServerPort range (6000–7000).
+	PortMin, PortMax int
+	Resync           time.Duration
+	HandshakeTimeout time.Duration
+	Logger           *logr.Logger
+}
+
+// DefaultControllerConfig returns the contract's defaults.
+func DefaultControllerConfig() *ControllerConfig {
+	return &ControllerConfig{Namespace: "kubesphere-system", BindAddress: "0.0.0.0", PortMin: 6000, PortMax: 7000,
+		Resync: 10 * time.Minute, HandshakeTimeout: 10 * time.Second}
+}
+
+// Validate reports the first invalid field.
+func (c *ControllerConfig) Validate() error {
+	switch {
+	case c == nil:
+		return fmt.Errorf("%w: nil controller config", ErrInvalidConfig)
+	case c.Dynamic == nil || c.Kube == nil:
+		return fmt.Errorf("%w: controller needs Kubernetes clients", ErrInvalidConfig)
+	case c.CA == nil:
+		return fmt.Errorf("%w: controller needs the proxy CA", ErrInvalidConfig)
+	case c.Namespace == "":
+		return fmt.Errorf("%w: namespace is required", ErrInvalidConfig)
+	case c.PortMin < 1 || c.PortMax < c.PortMin || c.PortMax+KubeSpherePortOffset > 65535:
+		return fmt.Errorf("%w: invalid port range %d-%d", ErrInvalidConfig, c.PortMin, c.PortMax)
+	case c.Resync <= 0:
+		return fmt.Errorf("%w: resync must be positive", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Controller watches Clusters on the host and implements the Kubernetes-side contract: ports,
+// token, Service, endpoints, conditions, kubeconfig, and the per-cluster listeners while an agent is
+// connected. It is also the proxy's Authenticator.
+type Controller struct {
+	cfg      ControllerConfig
+	log      logr.Logger
+	informer cache.SharedIndexInformer
+	queue    workqueue.TypedRateLimitingInterface[string]
+
+	mu        sync.Mutex
+	proxy     AgentDialer
+	ports     map[string]int // reservations: cluster → kubernetesAPIServerPort
+	listeners map[string]*servedCluster
+}
+
+type servedCluster struct {
+	l         *ClusterListener
+	port      int
+	clusterIP string
+}
+
+// NewController validates cfg and builds the informer; call SetProxy before Run.
+func NewController(cfg *ControllerConfig) (*Controller, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Controller{cfg: *cfg, ports: map[string]int{}, listeners: map[string]*servedCluster{}}
+	c.log = klog.Background().WithName("controller")
+	if cfg.Logger != nil {
+		c.log = *cfg.Logger
+	}
+	f := dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync)
+	c.informer = f.ForResource(manifests.ClusterGVR).Informer()
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "clusters"})
+	_, err := c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueueObj,
+		UpdateFunc: func(_, n any) { c.enqueueObj(n) },
+		DeleteFunc: c.enqueueObj,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// SetProxy connects the controller to the proxy that holds the agent sessions.
+func (c *Controller) SetProxy(p AgentDialer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.proxy = p
+}
+
+// AgentChanged is the proxy's OnAgentChange hook.
+func (c *Controller) AgentChanged(cluster string) { c.queue.Add(cluster) }
+
+func (c *Controller) enqueueObj(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err == nil {
+		c.queue.Add(key)
+	}
+}
+
+func (c *Controller) cluster(name string) (*unstructured.Unstructured, *Cluster, error) {
+	obj, ok, err := c.informer.GetStore().GetByKey(name)
+	if err != nil || !ok {
+		return nil, nil, err
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil, nil, fmt.Errorf("unexpected object %T", obj)
+	}
+	cl, err := ClusterFromUnstructured(u)
+	return u, cl, err
+}
+
+// Authenticate implements Authenticator from the informer cache.
+func (c *Controller) Authenticate(cluster, token string) error {
+	_, cl, err := c.cluster(cluster)
+	if err != nil || cl == nil || !cl.Served() {
+		return fmt.Errorf("cluster %q: %w", cluster, ErrUnknownCluster)
+	}
+	if !TokenEqual(cl.Spec.Connection.Token, token) {
+		return fmt.Errorf("cluster %q: %w", cluster, ErrUnauthorized)
+	}
+	return nil
+}
+
+// HasSynced reports whether the Cluster cache is filled.
+func (c *Controller) HasSynced() bool { return c.informer.HasSynced() }
+
+// Run starts the informer, removes Services of Clusters that are gone, and reconciles until ctx is
+// done. The per-cluster listeners are left open: call Close (or StopAccepting first, to drain).
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	defer c.queue.ShutDown()
+	go c.informer.Run(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced) {
+		return fmt.Errorf("wait for the Cluster cache: %w", ctx.Err())
+	}
+	if err := c.removeOrphans(ctx); err != nil {
+		c.log.Error(err, "remove Services of deleted Clusters")
+	}
+	for i := 0; i < workers; i++ {
+		go wait.UntilWithContext(ctx, c.worker, time.Second)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (c *Controller) worker(ctx context.Context) {
+	for {
+		name, quit := c.queue.Get()
+		if quit {
+			return
+		}
+		err := c.reconcile(ctx, name)
+		if err != nil && ctx.Err() == nil {
+			c.log.Error(err, "reconcile", "cluster", name)
+			c.queue.AddRateLimited(name)
+		} else {
+			c.queue.Forget(name)
+		}
+		c.queue.Done(name)
+	}
+}
+
+// StopAccepting closes the listeners of every cluster but lets their connections finish.
+func (c *Controller) StopAccepting() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.listeners {
+		s.l.StopAccepting()
+	}
+}
+
+// Close stops every per-cluster listener and its connections.
+func (c *Controller) Close() {
+	c.mu.Lock()
+	ls := c.listeners
+	c.listeners = map[string]*servedCluster{}
+	c.mu.Unlock()
+	for _, s := range ls {
+		_ = s.l.Close()
+	}
+}
+
+// ListenerAddr returns the bound address of a cluster's kube listener (nil when not serving).
+func (c *Controller) ListenerAddr(cluster string) net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.listeners[cluster]; s != nil {
+		return s.l.KubeAddr()
+	}
+	return nil
+}
+
+func serviceLabels(name string) map[string]string {
+	return map[string]string{"app": ServicePrefix + name, "app.kubernetes.io/name": ServicePrefix + name,
+		manifests.ManagedByLabel: manifests.ManagedByValue}
+}
+
+func (c *Controller) reconcile(ctx context.Context, name string) error {
+	_, cl, err := c.cluster(name)
+	if err != nil {
+		return err
+	}
+	if cl == nil || !cl.Served() {
+		return c.teardown(ctx, name)
+	}
+	port, err := c.allocatePort(cl)
+	if err != nil {
+		return err
+	}
+	clusterIP, err := c.applyService(ctx, name, port)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	proxy := c.proxy
+	c.mu.Unlock()
+	agents := 0
+	if proxy != nil {
+		agents = proxy.Agents(name)
+	}
+	if agents > 0 {
+		if err := c.ensureListener(name, port, clusterIP); err != nil {
+			return err
+		}
+	} else {
+		c.stopListener(name)
+	}
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		return c.updateCluster(ctx, name, port, clusterIP, agents > 0)
+	})
+}
+
+// updateCluster writes ports, token, endpoints, kubeconfig and conditions (Update, no status
+// subresource), only when something changed.
+func (c *Controller) updateCluster(ctx context.Context, name string, port int, clusterIP string, connected bool) error {
+	api := c.cfg.Dynamic.Resource(manifests.ClusterGVR)
+	u, err := api.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get Cluster %s: %w", name, err)
+	}
+	cl, err := ClusterFromUnstructured(u)
+	if err != nil {
+		return err
+	}
+	if !cl.Served() {
+		return nil
+	}
+	before := u.DeepCopy()
+	conn := func(v any, field string) error {
+		return unstructured.SetNestedField(u.Object, v, "spec", "connection", field)
+	}
+	kubeEP := "https://" + net.JoinHostPort(clusterIP, "6443")
+	ksEP := "http://" + net.JoinHostPort(clusterIP, "80")
+	for _, set := range []struct {
+		f string
+		v any
+	}{
+		{"kubernetesAPIServerPort", int64(port)},
+		{"kubesphereAPIServerPort", int64(port + KubeSpherePortOffset)},
+		{"kubernetesAPIEndpoint", kubeEP},
+		{"kubesphereAPIEndpoint", ksEP},
+	} {
+		if err := conn(set.v, set.f); err != nil {
+			return err
+		}
+	}
+	if cl.Spec.Connection.Token == "" {
+		var b [32]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		if err := conn(hex.EncodeToString(b[:]), "token"); err != nil {
+			return err
+		}
+	}
+	now := time.Now()
+	if _, err := setCondition(u, ConditionInitialized, "True", "Initialized", MessageInitialized, now); err != nil {
+		return err
+	}
+	if connected {
+		kc, fresh, err := c.kubeconfig(name, kubeEP, cl.Spec.Connection.KubeConfig)
+		if err != nil {
+			return err
+		}
+		if fresh {
+			if err := conn(base64.StdEncoding.EncodeToString(kc), "kubeconfig"); err != nil {
+				return err
+			}
+		}
+		_, err = setCondition(u, ConditionAgentAvailable, "True", "AgentConnected", MessageAgentConnected, now)
+		if err != nil {
+			return err
+		}
+	} else if _, err := setCondition(u, ConditionAgentAvailable, "False", "AgentDisconnected", MessageAgentDisconnected, now); err != nil {
+		return err
+	}
+	if equality.Semantic.DeepEqual(before.Object, u.Object) {
+		return nil
+	}
+	if _, err := api.Update(ctx, u, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+		return fmt.Errorf("update Cluster %s: %w", name, err)
+	}
+	c.log.V(1).Info("updated Cluster", "cluster", name, "port", port, "agentAvailable", connected)
+	return nil
+}
+
+// kubeconfig returns the existing kubeconfig when it still points at endpoint, trusts this CA and
+// holds a client certificate of this CA with more than a third of its validity left; otherwise a
+// new one (fresh = true).
+func (c *Controller) kubeconfig(name, endpoint string, existing []byte) ([]byte, bool, error) {
+	if len(existing) > 0 && c.kubeconfigValid(name, endpoint, existing) {
+		return existing, false, nil
+	}
+	certPEM, keyPEM, err := c.cfg.CA.IssueClient(AdminUser, []string{"system:masters"}, ClientValidity)
+	if err != nil {
+		return nil, false, fmt.Errorf("issue client certificate for cluster %s: %w", name, err)
+	}
+	cfg := clientcmdapi.NewConfig()
+	ctxName := AdminUser + "@" + name
+	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: endpoint, CertificateAuthorityData: c.cfg.CA.CertPEM}
+	cfg.AuthInfos[AdminUser] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
+	cfg.Contexts[ctxName] = &clientcmdapi.Context{Cluster: name, AuthInfo: AdminUser}
+	cfg.CurrentContext = ctxName
+	b, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return nil, false, fmt.Errorf("encode kubeconfig for cluster %s: %w", name, err)
+	}
+	return b, true, nil
+}
+
+func (c *Controller) kubeconfigValid(name, endpoint string, raw []byte) bool {
+	cfg, err := clientcmd.Load(raw)
+	if err != nil {
+		return false
+	}
+	ctx := cfg.Contexts[cfg.CurrentContext]
+	if ctx == nil || cfg.Clusters[ctx.Cluster] == nil || cfg.AuthInfos[ctx.AuthInfo] == nil {
+		return false
+	}
+	cluster, user := cfg.Clusters[ctx.Cluster], cfg.AuthInfos[ctx.AuthInfo]
+	if cluster.Server != endpoint || !bytes.Equal(bytes.TrimSpace(cluster.CertificateAuthorityData), bytes.TrimSpace(c.cfg.CA.CertPEM)) {
+		return false
+	}
+	block, _ := pem.Decode(user.ClientCertificateData)
+	if block == nil {
+		return false
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return false
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: c.cfg.CA.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return false
+	}
+	return time.Until(cert.NotAfter) > ClientValidity/3
+}
+
+// allocatePort keeps the Cluster's port when it is in range and not taken by an older Cluster,
+// else reserves the lowest free port. Reservations are held under c.mu, so two reconciles never
+// hand out the same port.
+func (c *Controller) allocatePort(cl *Cluster) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	used := map[int]bool{}
+	want := int(cl.Spec.Connection.KubernetesAPIServerPort)
+	for _, obj := range c.informer.GetStore().List() {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok || u.GetName() == cl.Name {
+			continue
+		}
+		o, err := ClusterFromUnstructured(u)
+		if err != nil || !o.Served() {
+			continue
+		}
+		p := int(o.Spec.Connection.KubernetesAPIServerPort)
+		if p == want && !older(cl, o) {
+			want = 0 // a duplicate (Tower could hand them out): the older Cluster keeps the port
+		}
+		used[p] = true
+	}
+	for n, p := range c.ports {
+		if n != cl.Name {
+			if p == want {
+				want = 0
+			}
+			used[p] = true
+		}
+	}
+	if want >= c.cfg.PortMin && want <= c.cfg.PortMax {
+		c.ports[cl.Name] = want
+		return want, nil
+	}
+	for p := c.cfg.PortMin; p <= c.cfg.PortMax; p++ {
+		if !used[p] {
+			c.ports[cl.Name] = p
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("cluster %s: no free port in %d-%d", cl.Name, c.cfg.PortMin, c.cfg.PortMax)
+}
+
+func older(a, b *Cluster) bool {
+	ta, tb := a.CreationTimestamp.Time, b.CreationTimestamp.Time
+	if !ta.Equal(tb) {
+		return ta.Before(tb)
+	}
+	return a.Name < b.Name
+}
+
+// applyService server-side applies Service mc-<name> and returns its ClusterIP.
+func (c *Controller) applyService(ctx context.Context, name string, port int) (string, error) {
+	svc := corev1ac.Service(ServicePrefix+name, c.cfg.Namespace).
+		WithLabels(serviceLabels(name)).
+		WithSpec(corev1ac.ServiceSpec().
+			WithType(corev1.ServiceTypeClusterIP).
+			WithSelector(map[string]string{"app": "tower", "app.kubernetes.io/name": "tower"}).
+			WithPorts(
+				corev1ac.ServicePort().WithName("kubernetes").WithProtocol(corev1.ProtocolTCP).
+					WithPort(6443).WithTargetPort(intstr.FromInt32(int32(port))),
+				corev1ac.ServicePort().WithName("kubesphere").WithProtocol(corev1.ProtocolTCP).
+					WithPort(80).WithTargetPort(intstr.FromInt32(int32(port+KubeSpherePortOffset))),
+			))
+	out, err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).Apply(ctx, svc, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+	if err != nil {
+		return "", fmt.Errorf("apply Service %s/%s%s: %w", c.cfg.Namespace, ServicePrefix, name, err)
+	}
+	ip := out.Spec.ClusterIP
+	if ip == "" || ip == corev1.ClusterIPNone {
+		return "", fmt.Errorf("Service %s/%s%s has no ClusterIP yet", c.cfg.Namespace, ServicePrefix, name)
+	}
+	return ip, nil
+}
+
+func (c *Controller) ensureListener(name string, port int, clusterIP string) error {
+	c.mu.Lock()
+	cur := c.listeners[name]
+	proxy := c.proxy
+	c.mu.Unlock()
+	if cur != nil && cur.port == port && cur.clusterIP == clusterIP {
+		return nil
+	}
+	if cur != nil {
+		c.stopListener(name)
+	}
+	ips := []net.IP{net.ParseIP("127.0.0.1")}
+	for _, s := range []string{clusterIP, c.cfg.BindAddress} {
+		if ip := net.ParseIP(s); ip != nil && !ip.IsUnspecified() {
+			ips = append(ips, ip)
+		}
+	}
+	dns := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+		ServicePrefix + name + "." + c.cfg.Namespace + ".svc", "localhost"}
+	rc, err := NewRenewingCert(c.cfg.CA, "kubernetes", dns, ips, ServingValidity)
+	if err != nil {
+		return err
+	}
+	l, err := ListenCluster(ClusterListenerConfig{
+		Cluster: name, BindAddress: c.cfg.BindAddress, KubePort: port, KubeSpherePort: port + KubeSpherePortOffset,
+		TLS: rc.ServerTLS(c.cfg.CA.Pool()), Dialer: proxy, HandshakeTimeout: c.cfg.HandshakeTimeout, Logger: c.log,
+	})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.listeners[name] = &servedCluster{l: l, port: port, clusterIP: clusterIP}
+	c.mu.Unlock()
+	c.log.Info("serving cluster", "cluster", name, "kube", l.KubeAddr().String(), "kubesphere", l.KubeSphereAddr().String())
+	return nil
+}
+
+func (c *Controller) stopListener(name string) {
+	c.mu.Lock()
+	cur := c.listeners[name]
+	delete(c.listeners, name)
+	c.mu.Unlock()
+	if cur != nil {
+		_ = cur.l.Close()
+		c.log.Info("stopped serving cluster", "cluster", name)
+	}
+}
+
+// teardown removes what the proxy made for a Cluster that is gone or no longer served.
+func (c *Controller) teardown(ctx context.Context, name string) error {
+	c.stopListener(name)
+	c.mu.Lock()
+	delete(c.ports, name)
+	c.mu.Unlock()
+	err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).Delete(ctx, ServicePrefix+name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete Service %s/%s%s: %w", c.cfg.Namespace, ServicePrefix, name, err)
+	}
+	if err == nil {
+		c.log.Info("removed Service of a Cluster no longer served", "cluster", name)
+	}
+	return nil
+}
+
+// removeOrphans deletes ks-mc's mc-<name> Services whose Cluster is gone (deleted while the proxy
+// was down).
+func (c *Controller) removeOrphans(ctx context.Context) error {
+	list, err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: manifests.ManagedByLabel + "=" + manifests.ManagedByValue})
+	if err != nil {
+		return err
+	}
+	for _, s := range list.Items {
+		name, ok := strings.CutPrefix(s.Name, ServicePrefix)
+		if !ok || s.Labels["app"] != s.Name {
+			continue
+		}
+		if _, cl, _ := c.cluster(name); cl == nil || !cl.Served() {
+			c.queue.Add(name)
+		}
+	}
+	return nil
+}
+
+// LoadOrCreateCA reads the proxy CA from Secret namespace/name (type kubernetes.io/tls), creating
+// it on first use. The Secret's annotation ks-mc.io/ca-cert-hash holds the agents' pin.
+func LoadOrCreateCA(ctx context.Context, kube kubernetes.Interface, namespace, name string, log logr.Logger) (*CA, error) {
+	secrets := kube.CoreV1().Secrets(namespace)
+	for i := 0; i < 3; i++ {
+		s, err := secrets.Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			ca, err := ParseCA(s.Data[corev1.TLSCertKey], s.Data[corev1.TLSPrivateKeyKey])
+			if err != nil {
+				return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, err)
+			}
+			if left := time.Until(ca.Cert.NotAfter); left < CAValidity/10 {
+				log.Info("WARNING: the proxy CA expires soon; delete the Secret to rotate it, then re-join members (their --ca-cert-hash changes)",
+					"secret", namespace+"/"+name, "notAfter", ca.Cert.NotAfter)
+			}
+			return ca, nil
+		}
+		if !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("get Secret %s/%s: %w", namespace, name, err)
+		}
+		ca, err := NewCA("ks-mc-proxy-ca")
+		if err != nil {
+			return nil, err
+		}
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace,
+				Labels:      map[string]string{manifests.ManagedByLabel: manifests.ManagedByValue},
+				Annotations: map[string]string{CAHashAnnotation: ca.Hash()}},
+			Type: corev1.SecretTypeTLS,
+			Data: map[string][]byte{corev1.TLSCertKey: ca.CertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM},
+		}, metav1.CreateOptions{FieldManager: FieldManager})
+		if err == nil {
+			log.Info("created the proxy CA", "secret", namespace+"/"+name, "caCertHash", ca.Hash())
+			return ca, nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("create Secret %s/%s: %w", namespace, name, err)
+		}
+	}
+	return nil, fmt.Errorf("Secret %s/%s: could not read or create the proxy CA", namespace, name)
+}
+
+// CAHashAnnotation on the CA Secret holds "sha256:<hex>" for agents' --ca-cert-hash.
+const CAHashAnnotation = "ks-mc.io/ca-cert-hash"
+
+// DefaultCASecretName is the CA Secret in the proxy's namespace.
+const DefaultCASecretName = "ks-mc-proxy-ca"

@@ -1,0 +1,37 @@
+// Package tunnel is the runtime of ks-mc's bundled reverse tunnel, the replacement for
+// KubeSphere's Tower: the agent (member side) dials out to the proxy (host side) over TLS, upgrades
+// the HTTP/1.1 connection and runs a yamux session on it; the proxy opens one stream per client
+// connection to the member's kube-apiserver or ks-apiserver. spec.md describes the wire format.
+//
+// Files, one concern each:
+//
+//	config.go      Config, DefaultConfig, Validate (session tuning shared by both sides)
+//	errors.go      sentinel errors
+//	protocol.go    upgrade constants, stream header and answer, splice helpers
+//	backoff.go     full-jitter exponential backoff
+//	agent.go       Agent: dial, TLS pin, upgrade, reconnect, serve streams, drain
+//	pin.go         kubeadm-style CA pinning (sha256 of the SubjectPublicKeyInfo)
+//	forward.go     the agent's forwarder to kube-apiserver / ks-apiserver (credential injection)
+//	proxy.go       Proxy: the proxy port (health, version, metrics, agent endpoint), DialStream
+//	registry.go    connected agents per cluster (several per cluster, round robin, one mutex)
+//	ratelimit.go   rate limit of failed agent authentications
+//	listener.go    per-cluster listeners (kube TLS with client certificates, ks plain HTTP)
+//	certs.go       per-installation CA, serving and client certificates, renewal
+//	cluster.go     the Cluster type and its conditions
+//	controller.go  the Kubernetes-side contract (ports, token, Service, kubeconfig, conditions)
+//	sniff.go       TLS and plain HTTP on one port
+//	metrics.go     Prometheus text metrics
+//
+// # Several proxy replicas
+//
+// One proxy holds every agent session and every per-cluster listener; the Deployment runs one
+// replica with the Recreate strategy, and --leader-elect (a Lease) makes extra replicas standbys
+// that answer /health but refuse agents with 503, so agents keep retrying until they reach the
+// leader. Sharing agents between active replicas would need (a) agents that connect to every
+// replica (the agent would resolve the headless Service and keep one session per endpoint, the
+// registry already serves several sessions per cluster), or (b) replicas that forward streams to
+// the replica that holds the session (a Lease per cluster naming the holder's pod IP, and a
+// replica-to-replica stream relay). (a) is the simpler path: the per-cluster listeners would run on
+// every replica that holds a session and the mc-<name> Service would select them all; the
+// Cluster's conditions would be written by the leader from the union of the replicas' sessions.
+package tunnel

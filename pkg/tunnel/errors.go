@@ -1,0 +1,43 @@
+package tunnel
+
+import "errors"
+
+// Sentinel errors. Callers match them with errors.Is; the wrapping error carries the detail
+// (cluster name, address), never a token.
+var (
+	// ErrUnauthorized: the agent's token does not match the Cluster's spec.connection.token
+	// (HTTP 401 on the upgrade endpoint).
+	ErrUnauthorized = errors.New("tunnel: agent token rejected")
+
+	// ErrUnknownCluster: no Cluster of that name is served by this proxy (it does not exist, or it
+	// is not joinFederation=true with connection.type=proxy) (HTTP 403 on the upgrade endpoint).
+	ErrUnknownCluster = errors.New("tunnel: unknown cluster")
+
+	// ErrRateLimited: too many failed authentications from this address or for this cluster
+	// (HTTP 429 on the upgrade endpoint). The agent retries after its backoff.
+	ErrRateLimited = errors.New("tunnel: too many failed attempts")
+
+	// ErrHandshake: the proxy did not answer the upgrade with 101 Switching Protocols for a reason
+	// other than the ones above (wrong path, an L7 proxy that drops Upgrade, a non-ks-mc server).
+	ErrHandshake = errors.New("tunnel: handshake failed")
+
+	// ErrCAHashMismatch: the proxy's certificate chain holds no CA whose SubjectPublicKeyInfo
+	// hashes to the pinned --ca-cert-hash, or the leaf is not signed by it.
+	ErrCAHashMismatch = errors.New("x509: proxy certificate does not chain to the pinned CA")
+
+	// ErrUnknownTarget: a stream header names a target other than "kubernetes" or "kubesphere",
+	// or an auth mode that target does not allow. The agent refuses the stream.
+	ErrUnknownTarget = errors.New("tunnel: unknown stream target")
+
+	// ErrNoAgent: no agent session of the cluster is connected (or all are going away).
+	ErrNoAgent = errors.New("tunnel: no agent connected for cluster")
+
+	// ErrGoAway: the peer announced that it is shutting down; no new streams are opened on it.
+	ErrGoAway = errors.New("tunnel: peer is going away")
+
+	// ErrBadStreamHeader: a stream header or its answer is malformed or too long.
+	ErrBadStreamHeader = errors.New("tunnel: malformed stream header")
+
+	// ErrInvalidConfig is wrapped by every Config/AgentConfig/ProxyConfig validation error.
+	ErrInvalidConfig = errors.New("tunnel: invalid config")
+)

@@ -1,0 +1,83 @@
+package tunnel
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// proxyMetrics are exported on /metrics in the Prometheus text format.
+type proxyMetrics struct {
+	sessionsTotal       atomic.Int64
+	streamsTotal        atomic.Int64
+	streamsOpen         atomic.Int64
+	refusedAgentStreams atomic.Int64
+	authFailures        labeledCounter
+}
+
+type labeledCounter struct {
+	mu sync.Mutex
+	m  map[string]int64
+}
+
+func (c *labeledCounter) add(label string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]int64{}
+	}
+	c.m[label]++
+}
+
+func (c *labeledCounter) get(label string) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[label]
+}
+
+func (c *labeledCounter) snapshot() map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int64, len(c.m))
+	for k, v := range c.m {
+		out[k] = v
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (m *proxyMetrics) write(w io.Writer, agents map[string]int) {
+	fmt.Fprintln(w, "# HELP ksmc_proxy_agents Connected agent sessions per cluster.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_agents gauge")
+	for _, k := range sortedKeys(agents) {
+		fmt.Fprintf(w, "ksmc_proxy_agents{cluster=%q} %d\n", k, agents[k])
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_sessions_total Agent sessions accepted.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_sessions_total counter")
+	fmt.Fprintf(w, "ksmc_proxy_sessions_total %d\n", m.sessionsTotal.Load())
+	fmt.Fprintln(w, "# HELP ksmc_proxy_streams_total Streams opened to agents.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_streams_total counter")
+	fmt.Fprintf(w, "ksmc_proxy_streams_total %d\n", m.streamsTotal.Load())
+	fmt.Fprintln(w, "# HELP ksmc_proxy_streams_open Streams currently open to agents.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_streams_open gauge")
+	fmt.Fprintf(w, "ksmc_proxy_streams_open %d\n", m.streamsOpen.Load())
+	fmt.Fprintln(w, "# HELP ksmc_proxy_refused_agent_streams_total Streams opened by agents and refused.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_refused_agent_streams_total counter")
+	fmt.Fprintf(w, "ksmc_proxy_refused_agent_streams_total %d\n", m.refusedAgentStreams.Load())
+	fmt.Fprintln(w, "# HELP ksmc_proxy_auth_failures_total Refused agent connections by reason.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_auth_failures_total counter")
+	af := m.authFailures.snapshot()
+	for _, k := range sortedKeys(af) {
+		fmt.Fprintf(w, "ksmc_proxy_auth_failures_total{reason=%q} %d\n", k, af[k])
+	}
+}

@@ -1,0 +1,409 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/hashicorp/yamux"
+	"golang.org/x/time/rate"
+	"k8s.io/klog/v2"
+)
+
+// Authenticator decides whether an agent may serve cluster. It returns nil, or an error wrapping
+// ErrUnknownCluster or ErrUnauthorized. Implementations compare tokens with TokenEqual.
+type Authenticator interface {
+	Authenticate(cluster, token string) error
+}
+
+// StaticAuthenticator serves a fixed cluster → token map.
+type StaticAuthenticator map[string]string
+
+// Authenticate implements Authenticator.
+func (m StaticAuthenticator) Authenticate(cluster, token string) error {
+	want, ok := m[cluster]
+	if !ok {
+		return fmt.Errorf("cluster %q: %w", cluster, ErrUnknownCluster)
+	}
+	if !TokenEqual(want, token) {
+		return fmt.Errorf("cluster %q: %w", cluster, ErrUnauthorized)
+	}
+	return nil
+}
+
+// TokenEqual compares two tokens in constant time (also independent of their lengths); an empty
+// expected token never matches.
+func TokenEqual(want, got string) bool {
+	if want == "" {
+		return false
+	}
+	a, b := sha256.Sum256([]byte(want)), sha256.Sum256([]byte(got))
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+}
+
+// ProxyConfig configures the host side.
+type ProxyConfig struct {
+	Config        *Config
+	Authenticator Authenticator
+	// Version is served on /version.
+	Version string
+	// TLS, when set, serves the proxy port with TLS. Plain HTTP is still answered on the same port
+	// (the first byte tells them apart) for /health, /version and /metrics, so kubelet probes and
+	// Tower-style http:// probes work; the agent endpoint then refuses plaintext unless
+	// AllowPlaintextAgents.
+	TLS *tls.Config
+	// AllowPlaintextAgents accepts agents over plain HTTP (the token then travels in clear text).
+	AllowPlaintextAgents bool
+	// FailureRate and FailureBurst rate-limit failed agent authentications per remote IP and
+	// cluster name.
+	FailureRate  rate.Limit
+	FailureBurst int
+	// OnAgentChange is called (outside any lock) after an agent of cluster connected or left;
+	// read the current number with Proxy.Agents.
+	OnAgentChange func(cluster string)
+	Logger        *logr.Logger
+}
+
+// DefaultProxyConfig returns a ProxyConfig with DefaultConfig and 1 failure/s, burst 10.
+func DefaultProxyConfig() *ProxyConfig {
+	return &ProxyConfig{Config: DefaultConfig(), FailureRate: 1, FailureBurst: 10}
+}
+
+// Validate reports the first invalid field.
+func (c *ProxyConfig) Validate() error {
+	if c == nil {
+		return fmt.Errorf("%w: nil proxy config", ErrInvalidConfig)
+	}
+	if c.Authenticator == nil {
+		return fmt.Errorf("%w: proxy needs an authenticator", ErrInvalidConfig)
+	}
+	if c.FailureRate <= 0 || c.FailureBurst <= 0 {
+		return fmt.Errorf("%w: failure rate and burst must be positive", ErrInvalidConfig)
+	}
+	if c.TLS == nil && !c.AllowPlaintextAgents {
+		return fmt.Errorf("%w: without TLS the proxy must allow plaintext agents explicitly", ErrInvalidConfig)
+	}
+	return c.Config.Validate()
+}
+
+// Proxy is the host side: it accepts agents on TunnelPath, serves /health, /version and /metrics,
+// and opens streams to agents for the per-cluster listeners. It never accepts streams opened by an
+// agent.
+type Proxy struct {
+	cfg     ProxyConfig
+	log     logr.Logger
+	reg     *registry
+	metrics *proxyMetrics
+	limiter *failureLimiter
+	mux     *http.ServeMux
+
+	mu       sync.Mutex
+	servers  []*http.Server
+	draining atomic.Bool
+	standby  atomic.Bool
+}
+
+// SetStandby makes the agent endpoint answer 503 (a proxy replica that is not the leader), so
+// agents retry until they reach the leader.
+func (p *Proxy) SetStandby(v bool) { p.standby.Store(v) }
+
+// NewProxy validates cfg and builds a Proxy.
+func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Proxy{cfg: *cfg, reg: newRegistry(), metrics: &proxyMetrics{}}
+	p.log = klog.Background().WithName("proxy")
+	if cfg.Logger != nil {
+		p.log = *cfg.Logger
+	}
+	p.limiter = newFailureLimiter(cfg.FailureRate, cfg.FailureBurst)
+	p.mux = http.NewServeMux()
+	p.mux.HandleFunc("/health", p.serveHealth)
+	p.mux.HandleFunc("/healthz", p.serveHealth)
+	p.mux.HandleFunc("/version", p.serveVersion)
+	p.mux.HandleFunc("/metrics", p.serveMetrics)
+	p.mux.HandleFunc(TunnelPath, p.serveTunnel)
+	return p, nil
+}
+
+// Handler serves the proxy port's HTTP routes (anything else is 404).
+func (p *Proxy) Handler() http.Handler { return p.mux }
+
+// Agents returns how many agents of cluster are connected.
+func (p *Proxy) Agents(cluster string) int { return p.reg.count(cluster) }
+
+// Serve accepts connections on l until it is closed (TLS and plain HTTP, see ProxyConfig.TLS).
+func (p *Proxy) Serve(l net.Listener) error {
+	srv := &http.Server{
+		Handler:           p.mux,
+		ReadHeaderTimeout: p.cfg.Config.HandshakeTimeout,
+		// Handshake errors of probes and scanners are noise; refusals are logged by serveTunnel.
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	p.mu.Lock()
+	p.servers = append(p.servers, srv)
+	p.mu.Unlock()
+	if p.cfg.TLS != nil {
+		l = newSniffListener(l, p.cfg.TLS, p.cfg.Config.HandshakeTimeout)
+	}
+	err := srv.Serve(l)
+	if err == http.ErrServerClosed {
+		return nil
+	}
+	return err
+}
+
+func (p *Proxy) serveHealth(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "OK\n")
+}
+
+func (p *Proxy) serveVersion(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	v := p.cfg.Version
+	if v == "" {
+		v = "unknown"
+	}
+	_, _ = io.WriteString(w, v+"\n")
+}
+
+func (p *Proxy) serveMetrics(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	p.metrics.write(w, p.reg.snapshot())
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func remoteIP(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
+
+// serveTunnel authenticates an agent and turns the connection into a yamux session.
+func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet || !headerHasToken(r.Header, "Connection", "upgrade") ||
+		!headerHasToken(r.Header, "Upgrade", UpgradeProtocol) {
+		w.Header().Set("Upgrade", UpgradeProtocol)
+		http.Error(w, "expected GET with Connection: Upgrade and Upgrade: "+UpgradeProtocol, http.StatusUpgradeRequired)
+		return
+	}
+	cluster := r.Header.Get(ClusterHeader)
+	ip := remoteIP(r.RemoteAddr)
+	log := p.log.WithValues("cluster", cluster, "remote", ip)
+	if p.draining.Load() {
+		http.Error(w, "proxy is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if p.standby.Load() {
+		http.Error(w, "proxy replica is on standby (not the leader)", http.StatusServiceUnavailable)
+		return
+	}
+	if r.TLS == nil && !p.cfg.AllowPlaintextAgents {
+		p.metrics.authFailures.add("plaintext")
+		log.Info("agent refused: plaintext connection, use https")
+		http.Error(w, "agents must connect over https", http.StatusForbidden)
+		return
+	}
+	// Failures are counted per address and cluster: agents behind one NAT address (a NodePort,
+	// an egress gateway) do not pay for a misconfigured neighbour.
+	limitKey := ip + "/" + cluster
+	if !p.limiter.allowed(limitKey) {
+		p.metrics.authFailures.add("rate_limited")
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many failed attempts", http.StatusTooManyRequests)
+		return
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	var err error
+	if cluster == "" {
+		err = fmt.Errorf("no %s header: %w", ClusterHeader, ErrUnknownCluster)
+	} else if !ok || token == "" {
+		err = fmt.Errorf("no bearer token: %w", ErrUnauthorized)
+	} else {
+		err = p.cfg.Authenticator.Authenticate(cluster, token)
+	}
+	if err != nil {
+		p.limiter.fail(limitKey)
+		code, reason := http.StatusUnauthorized, "unauthorized"
+		if errorsIs(err, ErrUnknownCluster) {
+			code, reason = http.StatusForbidden, "unknown_cluster"
+		}
+		p.metrics.authFailures.add(reason)
+		// The log names the cluster and the address, never the token.
+		log.Info("agent refused", "reason", reason, "code", code)
+		http.Error(w, http.StatusText(code)+": "+reason, code)
+		return
+	}
+
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "connection cannot be upgraded", http.StatusInternalServerError)
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		log.Error(err, "hijack agent connection")
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+UpgradeProtocol+"\r\n\r\n"); err != nil {
+		_ = conn.Close()
+		return
+	}
+	var c net.Conn = conn
+	if brw.Reader.Buffered() > 0 {
+		c = &bufferedConn{Conn: conn, r: brw.Reader}
+	}
+	sess, err := yamux.Client(&coalescingConn{Conn: c}, p.cfg.Config.yamuxConfig())
+	if err != nil {
+		_ = conn.Close()
+		log.Error(err, "start session")
+		return
+	}
+	as := &agentSession{cluster: cluster, agentID: r.Header.Get(AgentIDHeader), remote: ip, since: time.Now(), sess: sess}
+	n := p.reg.add(as)
+	p.metrics.sessionsTotal.Add(1)
+	log.Info("agent connected", "agent", as.agentID, "agents", n)
+	p.notify(cluster)
+	go p.refuseAgentStreams(as, log)
+	go func() {
+		<-sess.CloseChan()
+		n := p.reg.remove(as)
+		log.Info("agent disconnected", "agent", as.agentID, "agents", n, "after", time.Since(as.since).Round(time.Millisecond))
+		p.notify(cluster)
+	}()
+}
+
+func (p *Proxy) notify(cluster string) {
+	if p.cfg.OnAgentChange != nil {
+		p.cfg.OnAgentChange(cluster)
+	}
+}
+
+// refuseAgentStreams closes every stream the agent opens: the proxy dials nothing on behalf of an
+// agent.
+func (p *Proxy) refuseAgentStreams(as *agentSession, log logr.Logger) {
+	for {
+		st, err := as.sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		p.metrics.refusedAgentStreams.Add(1)
+		log.Info("refused a stream opened by the agent", "agent", as.agentID)
+		_ = st.Close()
+	}
+}
+
+// DialStream opens a stream to an agent of cluster for target with the given auth mode (see
+// StreamHeader). The agent's answer is checked on the first Read of the returned conn.
+func (p *Proxy) DialStream(ctx context.Context, cluster string, h StreamHeader) (net.Conn, error) {
+	if err := h.Validate(); err != nil {
+		return nil, err
+	}
+	return p.openStream(ctx, cluster, h.encode())
+}
+
+// openStream writes a raw header (tests use it to send what DialStream refuses to).
+func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte) (net.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := p.reg.open(cluster)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: %w", cluster, err)
+	}
+	p.metrics.streamsTotal.Add(1)
+	p.metrics.streamsOpen.Add(1)
+	// The header leaves with the first payload (one frame instead of two), or before the first
+	// Read when the caller reads first.
+	pw := &prefixWriter{Conn: st, prefix: header}
+	return &countedConn{Conn: &proxyStream{Conn: pw, flush: pw.flush}, dec: &p.metrics.streamsOpen}, nil
+}
+
+// Shutdown stops accepting agents, sends GoAway on every session, waits for open streams to finish
+// until ctx is done (or Config.DrainTimeout passed), then closes the sessions.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.draining.Store(true)
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Config.DrainTimeout)
+	defer cancel()
+	p.mu.Lock()
+	servers := p.servers
+	p.mu.Unlock()
+	for _, s := range servers {
+		_ = s.Shutdown(ctx)
+	}
+	sessions := p.reg.all()
+	for _, s := range sessions {
+		// Tell the agent to close idle keep-alive streams, then refuse streams it might open.
+		if st, err := s.sess.OpenStream(); err == nil {
+			_, _ = st.Write(StreamHeader{Target: TargetControl, Auth: ControlGoAway}.encode())
+			_ = st.Close()
+		}
+		_ = s.sess.GoAway()
+	}
+	drainSessions(ctx, sessions)
+	for _, s := range sessions {
+		_ = s.sess.Close()
+	}
+	return nil
+}
+
+func drainSessions(ctx context.Context, sessions []*agentSession) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		open := 0
+		for _, s := range sessions {
+			if !s.sess.IsClosed() {
+				open += s.sess.NumStreams()
+			}
+		}
+		if open == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// countedConn decrements a gauge once when closed.
+type countedConn struct {
+	net.Conn
+	dec  *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.dec.Add(-1) })
+	return c.Conn.Close()
+}
