@@ -318,6 +318,7 @@ func (h *Host) addressCheck(p *Preflight, st *HostState) {
 }
 
 func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
+	defer h.plaintextCheck(p, st)
 	switch {
 	case h.opts.Tunnel == TunnelKsMc:
 		if err := h.opts.Proxy.Validate(); err != nil {
@@ -336,6 +337,25 @@ func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
 		p.OK("tunnel: Deployment tower runs the ks-mc proxy (kept)")
 	default:
 		p.OK("tunnel: KubeSphere's Tower")
+	}
+}
+
+// plaintextCheck warns when members would reach the bundled proxy over plain http: it serves TLS
+// on the same port, and join pins its CA for an https address.
+func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
+	if h.opts.Tunnel != TunnelKsMc && st.CurrentTunnel != TunnelKsMc {
+		return
+	}
+	addr := st.Address
+	if addr == "" {
+		addr = st.CC.ProxyPublishAddress()
+	}
+	if addr == "" && st.Tower != nil {
+		addr = LoadBalancerAddress(st.Tower)
+	}
+	if strings.HasPrefix(addr, "http://") {
+		p.Warn("publish --proxy-publish-address="+strings.Replace(addr, "http://", "https://", 1)+": the ks-mc proxy serves TLS on the same port and join pins its CA",
+			"agents will reach the ks-mc proxy at %s without TLS", addr)
 	}
 }
 

@@ -626,3 +626,31 @@ func TestHostRunFreshPendingWithoutAnswerSaysHowToFinish(t *testing.T) {
 		t.Errorf("re-run with the flag: %v %+v", err, res)
 	}
 }
+
+// With the bundled proxy, an http:// address is a warning that names the https:// alternative;
+// an https:// address is not.
+func TestHostPreflightWarnsPlaintextKsMcTunnel(t *testing.T) {
+	fc := newFakeCluster(t, testCCYAML)
+	opts := fastOpts()
+	opts.Tunnel = TunnelKsMc
+	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
+	p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	mustContain(t, checkLines(p),
+		"[warn] agents will reach the ks-mc proxy at http://198.51.100.7:8080 without TLS",
+		"--proxy-publish-address=https://198.51.100.7:8080")
+	if p.HasErrors() {
+		t.Fatalf("a plaintext address is a warning, not an error:\n%s", checkLines(p))
+	}
+	opts.ProxyPublishAddress = "https://198.51.100.7:8080"
+	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	if strings.Contains(checkLines(p), "without TLS") {
+		t.Fatalf("https address warned:\n%s", checkLines(p))
+	}
+	// KubeSphere's own Tower: no such warning (Tower speaks ws:// or wss:// itself).
+	opts.Tunnel = TunnelTower
+	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
+	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	if strings.Contains(checkLines(p), "without TLS") {
+		t.Fatalf("tower tunnel warned:\n%s", checkLines(p))
+	}
+}

@@ -114,7 +114,9 @@ func setupNetwork(ctx context.Context, s *Sandbox, log io.Writer) error {
 func teardownNetwork(s *Sandbox) {
 	rt := routerName(s)
 	if err := exec.Command("ip", "netns", "pids", rt).Run(); err != nil {
-		return // never set up
+		// Never set up, or only a leftover root-side veth of a namespace being deleted.
+		_ = exec.Command("ip", "link", "del", "ks"+strings.TrimSuffix(strings.TrimPrefix(rt, "ksmc-"), "-rt")+"r0").Run()
+		return
 	}
 	_ = exec.Command("ip", "route", "del", netPrefix(s)+".0.0/16").Run()
 	for _, c := range s.Clusters {
@@ -123,6 +125,13 @@ func teardownNetwork(s *Sandbox) {
 		}
 	}
 	_ = exec.Command("ip", "netns", "del", rt).Run()
+	// Namespaces go away asynchronously, and with them their veths: delete the root side now and
+	// wait, so that an immediate setup finds the names free.
+	rootVeth := "ks" + strings.TrimSuffix(strings.TrimPrefix(rt, "ksmc-"), "-rt") + "r0"
+	_ = exec.Command("ip", "link", "del", rootVeth).Run()
+	for i := 0; i < 50 && exec.Command("ip", "link", "show", rootVeth).Run() == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // dialable reports whether addr accepts TCP connections (from this machine's namespace).

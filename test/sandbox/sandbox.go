@@ -175,6 +175,18 @@ func Up(ctx context.Context, o Options) (_ *Sandbox, err error) {
 		old.logf("stopping the previous sandbox in %s", dir)
 		_ = old.Down()
 	}
+	// Every Up starts from empty clusters: remove what an earlier sandbox in Dir left (only the
+	// entries a sandbox writes, in case Dir holds anything else).
+	for _, name := range []string{"clusters", "pods", "logs", "pids", stateFile, "kubeconfig"} {
+		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+			return nil, fmt.Errorf("clean sandbox dir: %w", err)
+		}
+	}
+	if old, _ := filepath.Glob(filepath.Join(dir, "tunnel-*.kubeconfig")); len(old) > 0 {
+		for _, f := range old {
+			_ = os.Remove(f)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}

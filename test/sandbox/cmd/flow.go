@@ -28,7 +28,7 @@ func canIsolate() bool {
 // join for every other one, status, then a request from the host through the tunnel.
 func demoFlow(ctx context.Context, step func(string, ...string) error, s *sandbox.Sandbox) error {
 	host := s.Clusters[0]
-	addr := fmt.Sprintf("http://%s:8080", host.NodeIP)
+	addr := fmt.Sprintf("https://%s:8080", host.NodeIP)
 	if err := step("make "+host.Name+" the KubeSphere host, serving the bundled proxy on "+addr,
 		"kubectl", "ks-mc", "init-host", "--context", host.Name, "--tunnel=ks-mc", "--proxy-publish-address", addr); err != nil {
 		return err
