@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -147,10 +145,7 @@ func (o *AgentOptions) tokenSource() func() (string, error) {
 
 // Run connects until SIGTERM/SIGINT, then drains.
 func (o *AgentOptions) Run(ctx context.Context) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	ctx, stop := interruptible(ctx)
 	defer stop()
 	cfg := tunnel.DefaultAgentConfig()
 	cfg.Config.KeepAliveInterval, cfg.Config.KeepAliveTimeout, cfg.Config.DrainTimeout = o.KeepAlive, o.KeepAliveTimeout, o.DrainTimeout

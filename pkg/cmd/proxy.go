@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -129,10 +127,7 @@ func (o *ProxyOptions) Validate() error {
 // Run serves until SIGTERM/SIGINT, then drains: listeners stop accepting, agents get GoAway, open
 // streams finish within --drain-timeout.
 func (o *ProxyOptions) Run(ctx context.Context) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	ctx, stop := interruptible(ctx)
 	defer stop()
 	log := klog.Background().WithName("proxy")
 	kube, err := kubernetes.NewForConfig(o.restConfig)

@@ -3,9 +3,6 @@ package cmd
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -113,11 +110,7 @@ func (o *UnjoinOptions) Complete(f *Factory) error {
 
 // Run performs the unjoin.
 func (o *UnjoinOptions) Run(parent context.Context) error {
-	if parent == nil {
-		parent = context.Background()
-	}
-	capVerbosity(o.ErrOut)
-	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := interruptible(parent)
 	defer stop()
 	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
 	defer rep.Close()
