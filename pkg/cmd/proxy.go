@@ -201,9 +201,14 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 		}()
 		ctrlErr <- ctrl.Run(ctx, 2)
 	}
+	leDone := make(chan struct{})
 	if o.LeaderElect {
-		go o.leaderElect(ctx, kube, p, runController, ctrlErr)
+		go func() {
+			defer close(leDone)
+			o.leaderElect(ctx, kube, p, runController, ctrlErr)
+		}()
 	} else {
+		close(leDone)
 		go runController(ctx)
 	}
 	var runErr error
@@ -218,6 +223,13 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 	defer cancel()
 	_ = p.Shutdown(sctx)
 	ctrl.Close()
+	// Release the Lease before exiting, so a standby takes over at once instead of after the
+	// lease duration.
+	stop()
+	select {
+	case <-leDone:
+	case <-time.After(5 * time.Second):
+	}
 	if runErr != nil && !errors.Is(runErr, context.Canceled) {
 		return runErr
 	}
