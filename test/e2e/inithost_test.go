@@ -104,26 +104,7 @@ func (c *ihCluster) waitConfig(t *testing.T, role, address string) {
 
 func (c *ihCluster) setKnobs(t *testing.T, kv map[string]string) {
 	t.Helper()
-	ctx := context.Background()
-	cms := c.kube.CoreV1().ConfigMaps(fakeks.KnobsNamespace)
-	cm, err := cms.Get(ctx, fakeks.KnobsConfigMap, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		cm.Name, cm.Namespace, cm.Data = fakeks.KnobsConfigMap, fakeks.KnobsNamespace, kv
-		if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cm.Data == nil {
-		cm.Data = map[string]string{}
-	}
-	for k, v := range kv {
-		cm.Data[k] = v
-	}
-	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+	if err := c.Cluster.SetKnobs(context.Background(), kv); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -86,9 +86,11 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 }
 
 // RunControllers runs, for every cluster of the sandbox, the stand-in's ks-installer,
-// ks-controller-manager and load balancer, and the process-backed pod runner, until ctx ends.
+// ks-controller-manager, load balancer and Tower, and the process-backed pod runner, until ctx ends.
 func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 	var wg sync.WaitGroup
+	clients := map[string]*fakeks.Clients{}
+	var peers []fakeks.Peer
 	for _, c := range st.Clusters {
 		cfg, err := clientcmd.BuildConfigFromFlags("", c.ownKubeconfig(st))
 		if err != nil {
@@ -99,6 +101,21 @@ func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 		if err != nil {
 			return err
 		}
+		raw, err := os.ReadFile(c.ownKubeconfig(st))
+		if err != nil {
+			return err
+		}
+		clients[c.Name] = cl
+		peers = append(peers, fakeks.Peer{Name: c.Name, Clients: cl, Kubeconfig: raw})
+	}
+	for _, c := range st.Clusters {
+		cl := clients[c.Name]
+		var others []fakeks.Peer
+		for _, p := range peers {
+			if p.Name != c.Name {
+				others = append(others, p)
+			}
+		}
 		prefix := func(component string) io.Writer {
 			return &prefixWriter{w: log, prefix: c.Name + " " + component + ": "}
 		}
@@ -106,6 +123,7 @@ func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 			(&fakeks.Installer{Clients: cl, Log: prefix("stand-in")}).Run,
 			(&fakeks.ControllerManager{Clients: cl, NodeIP: c.NodeIP, Log: prefix("stand-in")}).Run,
 			(&fakeks.LoadBalancer{Clients: cl, NodeIP: c.NodeIP, Log: prefix("stand-in")}).Run,
+			(&fakeks.Tower{Host: cl, NodeIP: c.NodeIP, Peers: others, Log: prefix("stand-in")}).Run,
 			(&PodRunner{
 				Kube: cl.Kube, Cluster: c, Binary: st.Binary, ImageRepository: st.ImageRepository,
 				Kubeconfig: c.ownKubeconfig(st), Dir: filepath.Join(st.Dir, "pods", c.Name),

@@ -28,6 +28,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/ks-mc/ks-mc/test/sandbox/fakeks"
 )
 
 // Options configure a sandbox.
@@ -528,3 +530,30 @@ func (s *Sandbox) Down() error {
 
 // LogDir is where component and pod logs go.
 func (s *Sandbox) LogDir() string { return filepath.Join(s.Dir, "logs") }
+
+// SetKnobs sets keys of the stand-in's knob ConfigMap (kube-system/ks-mc-sandbox) on the cluster,
+// e.g. fakeks.KnobLoadBalancer: "true".
+func (c *Cluster) SetKnobs(ctx context.Context, kv map[string]string) error {
+	cs, err := c.Client()
+	if err != nil {
+		return err
+	}
+	cms := cs.CoreV1().ConfigMaps(fakeks.KnobsNamespace)
+	cm, err := cms.Get(ctx, fakeks.KnobsConfigMap, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fakeks.KnobsConfigMap, Namespace: fakeks.KnobsNamespace}, Data: kv}
+		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if cm.Data == nil {
+		cm.Data = map[string]string{}
+	}
+	for k, v := range kv {
+		cm.Data[k] = v
+	}
+	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	return err
+}

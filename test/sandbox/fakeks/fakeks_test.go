@@ -192,3 +192,61 @@ func TestSetCondition(t *testing.T) {
 		t.Fatalf("transition not recorded: %v", got)
 	}
 }
+
+func TestTowerConnectsOnlyAMatchingAgent(t *testing.T) {
+	ctx := context.Background()
+	tower := deployment("tower", TowerImage, map[string]string{"app": "tower"})
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: ConfigMapName, Namespace: Namespace},
+		Data: map[string]string{ConfigKey: "multicluster:\n  proxyPublishAddress: http://198.51.100.1:30080\n"}}
+	host := newFakeClients(t, tower, cm)
+	cluster := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "cluster.kubesphere.io/v1alpha1", "kind": "Cluster", "metadata": map[string]any{"name": "m1"},
+		"spec": map[string]any{"joinFederation": true, "connection": map[string]any{"type": "proxy", "token": "preset-token"}},
+	}}
+	if _, err := host.Dynamic.Resource(ClusterGVR).Create(ctx, cluster, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	agentWith := func(token, proxy string) *Clients {
+		d := deployment("cluster-agent", TowerImage, map[string]string{"app": "agent"})
+		d.Spec.Template.Spec.Containers[0].Command = []string{"/agent", "--name=m1", "--token=" + token, "--proxy-server=" + proxy}
+		d.Status.AvailableReplicas, d.Status.UpdatedReplicas = 1, 1
+		return newFakeClients(t, d)
+	}
+	for _, tc := range []struct {
+		name, token, proxy, want string
+	}{
+		{"wrong token", "other", "http://198.51.100.1:30080", "False"},
+		{"wrong address", "preset-token", "http://198.51.100.9:30080", "False"},
+		{"matching agent", "preset-token", "http://198.51.100.1:30080", "True"},
+	} {
+		log := &strings.Builder{}
+		tw := &Tower{Host: host, Peers: []Peer{{Name: "member", Clients: agentWith(tc.token, tc.proxy), Kubeconfig: []byte("kubeconfig")}}, Log: log}
+		if err := tw.reconcile(ctx); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got, _ := host.Dynamic.Resource(ClusterGVR).Get(ctx, "m1", metav1.GetOptions{})
+		if s := condStatus(got, "AgentAvailable"); s != tc.want {
+			t.Errorf("%s: AgentAvailable=%s, want %s (log %q)", tc.name, s, tc.want, log.String())
+		}
+		if tok, _, _ := unstructured.NestedString(got.Object, "spec", "connection", "token"); tok != "preset-token" {
+			t.Errorf("%s: the preset token was replaced", tc.name)
+		}
+		if strings.Contains(log.String(), "preset-token") || strings.Contains(log.String(), "--token=") {
+			t.Errorf("%s: a token reached the log: %q", tc.name, log.String())
+		}
+	}
+	if _, err := host.Kube.CoreV1().Services(Namespace).Get(ctx, "mc-m1", metav1.GetOptions{}); err != nil {
+		t.Errorf("Service mc-m1: %v", err)
+	}
+}
+
+func condStatus(c *unstructured.Unstructured, typ string) string {
+	conds, _, _ := unstructured.NestedSlice(c.Object, "status", "conditions")
+	for _, raw := range conds {
+		if m, ok := raw.(map[string]any); ok && m["type"] == typ {
+			s, _ := m["status"].(string)
+			return s
+		}
+	}
+	return ""
+}

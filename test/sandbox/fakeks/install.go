@@ -33,6 +33,9 @@ type Clients struct {
 
 // NewClients builds the clients from a rest config.
 func NewClients(cfg *rest.Config) (*Clients, error) {
+	cfg = rest.CopyConfig(cfg)
+	// KubeSphere's finalizer name draws an API warning on every update: not news in test logs.
+	cfg.WarningHandler = rest.NoWarnings{}
 	k, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
