@@ -2,8 +2,10 @@
 // kubesphere-system objects a fresh installation has, ks-installer's reaction to ClusterConfiguration
 // changes, and ks-controller-manager's cluster controller. It is not KubeSphere; it implements the
 // contract in ../../../../shared/kubesphere-contract.md closely enough for ks-mc's end-to-end tests.
-// Tower's part (ports, tokens, mc-<name> Services, Initialized/AgentAvailable, kubeconfig) is
-// deliberately absent: ks-mc's bundled proxy does it.
+// Tower is played only as far as ks-mc can observe it (tower.go): while the host runs KubeSphere's
+// Tower image, Clusters get ports, a token, an mc-<name> Service and Initialized, and an agent
+// Deployment of the Tower image "connects" when its name, token and proxy address match. Once the
+// host runs ks-mc's bundled proxy instead, the real thing (pkg/tunnel) does all of it.
 package fakeks
 
 import (
