@@ -92,10 +92,21 @@ func caseRequestResponse(t *testing.T, h *harness) {
 			}
 		})
 	}
-	// Normal requests reach the kube-apiserver over HTTP/2 from the agent.
-	resp, _, err := h.get(h.client(true), "/api/v1/namespaces/default", "")
-	if err != nil || resp.Header.Get("X-Proto") != "HTTP/2.0" {
-		t.Fatalf("agent → apiserver protocol %q, err %v", resp.Header.Get("X-Proto"), err)
+	// Watches reach the kube-apiserver over HTTP/2 from the agent (many share one connection),
+	// other requests over HTTP/1.1 keep-alive connections; credentials are injected either way.
+	for path, want := range map[string]string{
+		"/api/v1/namespaces/default":            "HTTP/1.1",
+		"/api/v1/namespaces/default?watch=1":    "HTTP/2.0",
+		"/api/v1/namespaces/default?watch=true": "HTTP/2.0",
+	} {
+		resp, _, err := h.get(h.client(true), path, "")
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if resp.Header.Get("X-Proto") != want || resp.Header.Get("X-Identity") != "agent" {
+			t.Fatalf("%s: agent → apiserver protocol %q identity %q, want %s as agent", path,
+				resp.Header.Get("X-Proto"), resp.Header.Get("X-Identity"), want)
+		}
 	}
 }
 

@@ -17,7 +17,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -50,14 +52,19 @@ func main() {
 	dir := flag.String("dir", "", "sandbox directory (default: a temporary one)")
 	quick := flag.Bool("quick", false, "fewer iterations")
 	downFor := flag.Duration("proxy-down", 10*time.Second, "how long the proxy stays down in the restart figure")
-	profile := flag.String("cpuprofile", "", "write a CPU profile of the small sequential GETs through the tunnel, then exit")
+	only := flag.String("only", "", "comma-separated step numbers (1-7) to run, then stop without the memory, restart and many-agents figures (profiling a change)")
+	profile := flag.String("cpuprofile", "", "write a CPU profile of the small sequential GETs through the tunnel, then exit (with -only: of the chosen steps)")
 	flag.Parse()
+	onlySteps = *only
 	profilePath = *profile
 	if err := run(*out, *dir, *quick, *downFor); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
+
+// onlySteps is the -only flag.
+var onlySteps string
 
 // env is the member apiserver, reached directly and through the tunnel.
 type env struct {
@@ -338,7 +345,18 @@ func run(out, dir string, quick bool, downFor time.Duration) error {
 	if err := prepare(ctx, e); err != nil {
 		return err
 	}
-	if profilePath != "" {
+	if profilePath != "" && onlySteps != "" {
+		// With -only, the profile covers the chosen steps (direct and tunnel runs both).
+		f, err := os.Create(profilePath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	} else if profilePath != "" {
 		f, err := os.Create(profilePath)
 		if err != nil {
 			return err
@@ -373,10 +391,17 @@ func run(out, dir string, quick bool, downFor time.Duration) error {
 		func() (figure, error) { return watchDelivery(ctx, e, 50+150*n) },
 		func() (figure, error) { return smallUnderBulk(e, 100+200*n) },
 	}
-	for _, s := range steps {
+	for i, s := range steps {
+		if onlySteps != "" && !slices.Contains(strings.Split(onlySteps, ","), strconv.Itoa(i+1)) {
+			continue
+		}
 		if err := add(s()); err != nil {
 			return err
 		}
+	}
+	if onlySteps != "" {
+		fmt.Println(render(figs))
+		return nil
 	}
 	mem, err := watchMemory(e, 500)
 	if err := add(mem, err); err != nil {
