@@ -98,9 +98,15 @@ func (s *stack) DialStream(ctx context.Context, c string, h tunnel.StreamHeader)
 }
 
 func (s *stack) startProxy() error {
+	return s.serveProxy(tunnel.StaticAuthenticator{cluster: token}, []string{"localhost"})
+}
+
+// serveProxy starts a proxy with auth on s.addr (a free port the first time, the same port on a
+// restart) and records it in s.
+func (s *stack) serveProxy(auth tunnel.Authenticator, dnsNames []string) error {
 	pc := tunnel.DefaultProxyConfig()
-	pc.Authenticator = tunnel.StaticAuthenticator{cluster: token}
-	rc, err := tunnel.NewRenewingCert(s.ca, "ks-mc-proxy", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, tunnel.ServingValidity)
+	pc.Authenticator = auth
+	rc, err := tunnel.NewRenewingCert(s.ca, "ks-mc-proxy", dnsNames, []net.IP{net.ParseIP("127.0.0.1")}, tunnel.ServingValidity)
 	if err != nil {
 		return err
 	}
@@ -740,41 +746,7 @@ func manyAgents(member *rest.Config, n int) (figure, figure, figure, error) {
 	for i := 0; i < n; i++ {
 		auth[fmt.Sprintf("c%d", i)] = token
 	}
-	startProxy := func() error {
-		pc := tunnel.DefaultProxyConfig()
-		pc.Authenticator = auth
-		rc, err := tunnel.NewRenewingCert(ca, "ks-mc-proxy", nil, []net.IP{net.ParseIP("127.0.0.1")}, tunnel.ServingValidity)
-		if err != nil {
-			return err
-		}
-		pc.TLS = rc.ServerTLS(nil)
-		quiet := logr.Discard()
-		pc.Logger = &quiet
-		p, err := tunnel.NewProxy(pc)
-		if err != nil {
-			return err
-		}
-		addr := st.addr
-		if addr == "" {
-			addr = "127.0.0.1:0"
-		}
-		var ln net.Listener
-		for i := 0; i < 100; i++ {
-			if ln, err = net.Listen("tcp", addr); err == nil {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if err != nil {
-			return err
-		}
-		st.addr = ln.Addr().String()
-		st.mu.Lock()
-		st.proxy, st.ln = p, ln
-		st.mu.Unlock()
-		go func() { _ = p.Serve(ln) }()
-		return nil
-	}
+	startProxy := func() error { return st.serveProxy(auth, nil) }
 	connected := func() int {
 		st.mu.Lock()
 		p := st.proxy
