@@ -32,6 +32,9 @@ type AgentOptions struct {
 	KeepAlive         time.Duration
 	KeepAliveTimeout  time.Duration
 	DrainTimeout      time.Duration
+	// Stream caps (tunnel.Config): open streams served per session, per-stream receive window.
+	MaxStreamsPerSession int
+	StreamWindow         uint32
 	// rejectedToken catches Tower's --token: a token on a command line is readable by anyone who
 	// can list pods.
 	rejectedToken string
@@ -44,7 +47,8 @@ type AgentOptions struct {
 func NewAgentOptions(streams genericiooptions.IOStreams) *AgentOptions {
 	d := tunnel.DefaultConfig()
 	return &AgentOptions{IOStreams: streams, KubeSphereService: tunnel.DefaultAgentConfig().KubeSphereService,
-		KeepAlive: d.KeepAliveInterval, KeepAliveTimeout: d.KeepAliveTimeout, DrainTimeout: d.DrainTimeout}
+		KeepAlive: d.KeepAliveInterval, KeepAliveTimeout: d.KeepAliveTimeout, DrainTimeout: d.DrainTimeout,
+		MaxStreamsPerSession: d.MaxStreamsPerSession, StreamWindow: d.StreamWindowSize}
 }
 
 // NewCmdAgent runs the member side of the bundled tunnel.
@@ -85,6 +89,8 @@ pod's service account (its token is re-read when it rotates).`,
 	fl.DurationVar(&o.KeepAlive, "keepalive", o.KeepAlive, "Interval of keepalive pings")
 	fl.DurationVar(&o.KeepAliveTimeout, "keepalive-timeout", o.KeepAliveTimeout, "How long a ping may go unanswered before the connection is dropped")
 	fl.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "On SIGTERM, how long open streams may finish")
+	fl.IntVar(&o.MaxStreamsPerSession, "max-streams-per-session", o.MaxStreamsPerSession, "Most streams served at once on the proxy session (the surplus is refused, the proxy answers 503)")
+	fl.Uint32Var(&o.StreamWindow, "stream-window", o.StreamWindow, "Per-stream receive window in bytes (256 KiB to 16 MiB): with --max-streams-per-session it bounds the memory slow readers can pin")
 	fl.StringVar(&o.rejectedToken, "token", "", "Not accepted: use --token-file or "+AgentTokenEnv)
 	_ = fl.MarkHidden("token")
 	return cmd
@@ -120,6 +126,12 @@ func (o *AgentOptions) Validate() error {
 			return usageErrorf("--ca-cert-hash must be sha256:<64 hex digits>")
 		}
 	}
+	if o.MaxStreamsPerSession <= 0 {
+		return usageErrorf("--max-streams-per-session must be positive")
+	}
+	if o.StreamWindow < 256<<10 || o.StreamWindow > tunnel.MaxStreamWindowSize {
+		return usageErrorf("--stream-window must be between 262144 (256 KiB) and %d (16 MiB) bytes", tunnel.MaxStreamWindowSize)
+	}
 	return nil
 }
 
@@ -149,6 +161,7 @@ func (o *AgentOptions) Run(ctx context.Context) error {
 	defer stop()
 	cfg := tunnel.DefaultAgentConfig()
 	cfg.Config.KeepAliveInterval, cfg.Config.KeepAliveTimeout, cfg.Config.DrainTimeout = o.KeepAlive, o.KeepAliveTimeout, o.DrainTimeout
+	cfg.Config.MaxStreamsPerSession, cfg.Config.StreamWindowSize = o.MaxStreamsPerSession, o.StreamWindow
 	cfg.ProxyURL, cfg.ClusterName, cfg.CACertHash = o.ProxyServer, o.Name, o.CACertHash
 	cfg.Token = o.tokenSource()
 	cfg.Kubernetes = o.restConfig

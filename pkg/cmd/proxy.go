@@ -38,6 +38,11 @@ type ProxyOptions struct {
 	DrainTimeout         time.Duration
 	LeaderElect          bool
 	LeaseName            string
+	// Caps of the proxy port and of the sessions (tunnel.Config, tunnel.ProxyConfig).
+	MaxStreamsPerSession int
+	MaxStreamsPerCluster int
+	StreamWindow         uint32
+	MaxHeaderBytes       int
 
 	restConfig *rest.Config
 	genericiooptions.IOStreams
@@ -53,7 +58,9 @@ func NewProxyOptions(streams genericiooptions.IOStreams) *ProxyOptions {
 	return &ProxyOptions{IOStreams: streams, BindAddress: "0.0.0.0", Port: 8080, Namespace: ns,
 		CASecret: tunnel.DefaultCASecretName, TLS: true, AllowPlaintextAgents: true,
 		KeepAlive: d.KeepAliveInterval, KeepAliveTimeout: d.KeepAliveTimeout, DrainTimeout: d.DrainTimeout,
-		LeaseName: "ks-mc-proxy"}
+		LeaseName:            "ks-mc-proxy",
+		MaxStreamsPerSession: d.MaxStreamsPerSession, MaxStreamsPerCluster: tunnel.DefaultMaxStreamsPerCluster,
+		StreamWindow: d.StreamWindowSize, MaxHeaderBytes: tunnel.DefaultMaxHeaderBytes}
 }
 
 // NewCmdProxy runs the host side of the bundled tunnel.
@@ -95,6 +102,10 @@ agents' --ca-cert-hash is in that Secret's annotation ks-mc.io/ca-cert-hash.`,
 	fl.DurationVar(&o.KeepAlive, "keepalive", o.KeepAlive, "Interval of keepalive pings to agents")
 	fl.DurationVar(&o.KeepAliveTimeout, "keepalive-timeout", o.KeepAliveTimeout, "How long a ping may go unanswered before an agent is dropped")
 	fl.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "On SIGTERM, how long open streams may finish")
+	fl.IntVar(&o.MaxStreamsPerSession, "max-streams-per-session", o.MaxStreamsPerSession, "Most streams open at once on one agent session (clients get 503 beyond it)")
+	fl.IntVar(&o.MaxStreamsPerCluster, "max-streams-per-cluster", o.MaxStreamsPerCluster, "Most streams open at once over all agent sessions of one cluster (clients get 503 beyond it)")
+	fl.Uint32Var(&o.StreamWindow, "stream-window", o.StreamWindow, "Per-stream receive window in bytes (256 KiB to 16 MiB): with --max-streams-per-session it bounds the memory slow readers can pin")
+	fl.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "Largest request header accepted on the proxy port (1 KiB to 1 MiB; 431 beyond it)")
 	fl.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Run as one of several replicas: only the Lease holder serves agents")
 	fl.StringVar(&o.LeaseName, "leader-elect-lease", o.LeaseName, "Name of the Lease used with --leader-elect")
 	return cmd
@@ -120,6 +131,15 @@ func (o *ProxyOptions) Validate() error {
 	}
 	if !o.TLS && !o.AllowPlaintextAgents {
 		return usageErrorf("--tls=false needs --allow-plaintext-agents: agents could not connect at all")
+	}
+	if o.MaxStreamsPerSession <= 0 || o.MaxStreamsPerCluster <= 0 {
+		return usageErrorf("--max-streams-per-session and --max-streams-per-cluster must be positive")
+	}
+	if o.StreamWindow < 256<<10 || o.StreamWindow > tunnel.MaxStreamWindowSize {
+		return usageErrorf("--stream-window must be between 262144 (256 KiB) and %d (16 MiB) bytes", tunnel.MaxStreamWindowSize)
+	}
+	if o.MaxHeaderBytes < 1<<10 || o.MaxHeaderBytes > 1<<20 {
+		return usageErrorf("--max-header-bytes must be between 1024 and 1048576")
 	}
 	return nil
 }
@@ -152,6 +172,8 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 	pc.Config.KeepAliveInterval, pc.Config.KeepAliveTimeout, pc.Config.DrainTimeout = o.KeepAlive, o.KeepAliveTimeout, o.DrainTimeout
 	pc.Authenticator, pc.OnAgentChange, pc.Version = ctrl, ctrl.AgentChanged, version.Version
 	pc.AllowPlaintextAgents = o.AllowPlaintextAgents
+	pc.Config.MaxStreamsPerSession, pc.Config.StreamWindowSize = o.MaxStreamsPerSession, o.StreamWindow
+	pc.MaxStreamsPerCluster, pc.MaxHeaderBytes = o.MaxStreamsPerCluster, o.MaxHeaderBytes
 	if o.TLS {
 		dns := []string{"tower", "tower." + o.Namespace, "tower." + o.Namespace + ".svc", "localhost"}
 		ips := []net.IP{net.ParseIP("127.0.0.1")}
@@ -185,9 +207,9 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 	klog.InfoS("ks-mc proxy listening", "address", ln.Addr().String(), "tls", o.TLS, "caCertHash", ca.Hash(), "version", version.Version)
 
 	ctrlErr := make(chan error, 1)
-	// Agents are answered 503 until the Cluster cache has synced: a starting proxy must not refuse
-	// them as unknown.
-	p.SetStandby(true)
+	// Agents are answered 503 "starting" until the Cluster cache has synced: a starting proxy must
+	// not refuse them as unknown.
+	p.SetStarting(true)
 	runController := func(ctx context.Context) {
 		go func() {
 			for !ctrl.HasSynced() {
@@ -197,12 +219,13 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 				case <-time.After(20 * time.Millisecond):
 				}
 			}
-			p.SetStandby(false)
+			p.SetStarting(false)
 		}()
 		ctrlErr <- ctrl.Run(ctx, 2)
 	}
 	leDone := make(chan struct{})
 	if o.LeaderElect {
+		p.SetStandby(true) // until the Lease is ours (OnStartedLeading)
 		go func() {
 			defer close(leDone)
 			o.leaderElect(ctx, kube, p, runController, ctrlErr)
@@ -255,6 +278,7 @@ func (o *ProxyOptions) leaderElect(ctx context.Context, kube kubernetes.Interfac
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
 				klog.InfoS("leading: serving agents", "lease", o.Namespace+"/"+o.LeaseName, "identity", id)
+				p.SetStandby(false)
 				run(ctx)
 			},
 			OnStoppedLeading: func() {

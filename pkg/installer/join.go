@@ -911,7 +911,7 @@ func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) e
 		case err != nil:
 			observed = err.Error()
 		case c == nil:
-			return fmt.Errorf("Cluster %s was deleted on the host while waiting for it to connect", j.opts.Name)
+			return fmt.Errorf("cluster %s was deleted on the host while waiting for it to connect", j.opts.Name)
 		default:
 			conds = ClusterConditions(c)
 			j.result.Conditions = conds

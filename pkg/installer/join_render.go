@@ -56,11 +56,11 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 		return nil, "", err
 	}
 	if c == nil {
-		return nil, "", fmt.Errorf("Cluster %s does not exist on the host: create it with kubectl ks-mc join%s (or --dry-run to see it)", o.Name, host.contextFlag())
+		return nil, "", fmt.Errorf("cluster %s does not exist on the host: create it with kubectl ks-mc join%s (or --dry-run to see it)", o.Name, host.contextFlag())
 	}
 	token, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "token")
 	if token == "" {
-		return nil, "", fmt.Errorf("Cluster %s has no spec.connection.token yet: is the host's proxy running (kubectl -n %s get deployment %s%s)?", o.Name, KubeSphereNamespace, TowerName, host.contextFlag())
+		return nil, "", fmt.Errorf("cluster %s has no spec.connection.token yet: is the host's proxy running (kubectl -n %s get deployment %s%s)?", o.Name, KubeSphereNamespace, TowerName, host.contextFlag())
 	}
 	cc, err := GetClusterConfiguration(ctx, host)
 	if err != nil {

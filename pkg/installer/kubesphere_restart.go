@@ -2,7 +2,6 @@ package installer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -157,12 +156,3 @@ func timeOrNever(t time.Time) string {
 	return "at " + t.UTC().Format(time.RFC3339)
 }
 
-// toUnstructuredMap converts a typed object to a map (for merge patch previews).
-func toUnstructuredMap(v any) (map[string]any, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	m := map[string]any{}
-	return m, json.Unmarshal(b, &m)
-}

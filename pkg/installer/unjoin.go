@@ -102,10 +102,10 @@ func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep 
 	if cluster != nil {
 		res.Name = cluster.GetName()
 		if IsHostCluster(cluster) {
-			return res, fmt.Errorf("Cluster %s is the host's own cluster: refusing to delete it", cluster.GetName())
+			return res, fmt.Errorf("cluster %s is the host's own cluster: refusing to delete it", cluster.GetName())
 		}
 		if uid := ClusterMemberUID(cluster); uid != "" && memberUID != "" && uid != memberUID && !opts.Force {
-			return res, fmt.Errorf("Cluster %s belongs to another cluster (kube-system UID %s, the given member's is %s): check --name and --context (or --force to delete it anyway)",
+			return res, fmt.Errorf("cluster %s belongs to another cluster (kube-system UID %s, the given member's is %s): check --name and --context (or --force to delete it anyway)",
 				cluster.GetName(), uid, memberUID)
 		}
 	} else {

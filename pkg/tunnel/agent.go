@@ -116,6 +116,7 @@ type Agent struct {
 
 	mu      sync.Mutex
 	current *yamux.Session
+	warn    logThrottle
 }
 
 // NewAgent validates cfg and builds the forwarders.
@@ -259,6 +260,15 @@ func (a *Agent) serve(sess *yamux.Session) error {
 			}
 			return err
 		}
+		if n := sess.NumStreams(); n > a.cfg.Config.MaxStreamsPerSession {
+			// Over the cap: answer at once (no header read, nothing forwarded), keep serving.
+			a.warn.log(a.log, "refused stream: too many open streams", "open", n, "max", a.cfg.Config.MaxStreamsPerSession)
+			go func() {
+				_ = writeAnswer(st, ErrStreamLimit)
+				_ = st.Close()
+			}()
+			continue
+		}
 		go a.handleStream(st)
 	}
 }
@@ -368,7 +378,7 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%w: read upgrade response from %s: %v", ErrHandshake, a.proxyURL.Host, err)
+		return nil, fmt.Errorf("%w: read upgrade response from %s: %w", ErrHandshake, a.proxyURL.Host, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -377,6 +387,9 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 		switch resp.StatusCode {
 		case http.StatusUnauthorized:
 			return nil, fmt.Errorf("%w by proxy %s (401): %s", ErrUnauthorized, a.proxyURL.Host, msg)
+		case http.StatusServiceUnavailable:
+			// The proxy is starting, a standby replica or draining: its body says which.
+			return nil, fmt.Errorf("%w (%w): proxy %s answered 503: %s", ErrProxyUnavailable, ErrHandshake, a.proxyURL.Host, msg)
 		case http.StatusForbidden:
 			if strings.Contains(msg, "unknown_cluster") {
 				return nil, fmt.Errorf("%w %q at proxy %s (403)", ErrUnknownCluster, a.cfg.ClusterName, a.proxyURL.Host)

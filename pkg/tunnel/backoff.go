@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"syscall"
 	"time"
@@ -14,10 +15,12 @@ type Backoff struct {
 	Initial    time.Duration
 	Max        time.Duration
 	ResetAfter time.Duration
-	// MaxRefused caps the wait after an attempt whose TCP connection was refused: the proxy's
-	// address answers but nothing listens (a proxy restarting, a Service without endpoints). Such
-	// attempts cost the proxy nothing, and a short cap brings every agent back within about that
-	// long after the proxy returns. 0 disables it.
+	// MaxRefused caps the wait after an attempt that failed because the proxy is not up yet (see
+	// ProxyNotUp): the connection was refused (nothing listens: a proxy restarting, a Service
+	// without endpoints), reset or closed before the proxy answered (a pod going away, a load
+	// balancer without a healthy backend), or the proxy answered 503 (starting, standby,
+	// draining). Such attempts cost the proxy next to nothing, and a short cap brings every agent
+	// back within about that long after the proxy returns. 0 disables it.
 	MaxRefused time.Duration
 }
 
@@ -49,9 +52,27 @@ func (b Backoff) Duration(attempt int) time.Duration {
 	return time.Duration(rand.Int64N(int64(c) + 1))
 }
 
-// DurationAfter is Duration, capped by MaxRefused when err is a refused TCP connection.
+// ProxyNotUp reports whether err says the proxy is not up yet rather than that it refused the
+// agent: a refused or reset connection, a connection closed before the answer (EOF), or a 503 of
+// the agent endpoint (ErrProxyUnavailable). Authentication failures, pin mismatches, timeouts and
+// any other answer are not.
+func ProxyNotUp(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, ErrUnauthorized), errors.Is(err, ErrUnknownCluster), errors.Is(err, ErrRateLimited),
+		errors.Is(err, ErrCAHashMismatch):
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrProxyUnavailable)
+}
+
+// DurationAfter is Duration, capped by MaxRefused when err says the proxy is not up yet
+// (ProxyNotUp).
 func (b Backoff) DurationAfter(attempt int, err error) time.Duration {
-	if b.MaxRefused > 0 && errors.Is(err, syscall.ECONNREFUSED) {
+	if b.MaxRefused > 0 && ProxyNotUp(err) {
 		c := min(b.ceiling(attempt), b.MaxRefused)
 		return time.Duration(rand.Int64N(int64(c) + 1))
 	}

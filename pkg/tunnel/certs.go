@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"sync"
 	"time"
 )
@@ -157,6 +158,36 @@ func (ca *CA) IssueClient(cn string, orgs []string, validity time.Duration) (cer
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}, validity)
 	return certPEM, keyPEM, err
+}
+
+// ClusterURI is the URI SAN that binds a client certificate to one cluster:
+// "urn:ks-mc:cluster:<name>". The per-cluster listener of cluster Y refuses a certificate of the
+// proxy CA that does not carry Y's URI (the kubeconfig of cluster X), while CN and O stay
+// kubernetes-admin / system:masters as in Tower's kubeconfig.
+func ClusterURI(cluster string) *url.URL {
+	return &url.URL{Scheme: "urn", Opaque: "ks-mc:cluster:" + cluster}
+}
+
+// IssueClusterClient signs a client certificate bound to cluster (ClusterURI) and returns it as
+// PEM (for the kubeconfig written into that Cluster).
+func (ca *CA) IssueClusterClient(cluster, cn string, orgs []string, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	_, certPEM, keyPEM, err = ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn, Organization: orgs},
+		URIs:        []*url.URL{ClusterURI(cluster)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, validity)
+	return certPEM, keyPEM, err
+}
+
+// boundToCluster reports whether cert carries cluster's URI SAN.
+func boundToCluster(cert *x509.Certificate, cluster string) bool {
+	want := ClusterURI(cluster).String()
+	for _, u := range cert.URIs {
+		if u.String() == want {
+			return true
+		}
+	}
+	return false
 }
 
 // RenewingCert serves a leaf certificate through tls.Config.GetCertificate and reissues it

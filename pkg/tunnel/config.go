@@ -25,24 +25,39 @@ type Config struct {
 	StreamOpenTimeout time.Duration
 	// AcceptBacklog is how many opened streams may wait to be accepted.
 	AcceptBacklog int
+	// MaxStreamsPerSession caps the streams open at once on one session: the proxy opens no more
+	// (ErrStreamLimit), the agent refuses the surplus ("ERR busy"). With StreamWindowSize it
+	// bounds what one session can pin in memory (streams × window on each side).
+	MaxStreamsPerSession int
 	// DrainTimeout bounds the graceful shutdown: after GoAway, open streams get this long to finish.
 	DrainTimeout time.Duration
 	// Backoff governs the agent's reconnects.
 	Backoff Backoff
 }
 
+// Limits of the defaults and of validation.
+const (
+	// DefaultMaxStreamsPerSession: a console and its controllers open a few hundred watches; 1024
+	// streams of 2 MiB windows bound what a session's slow readers can pin (2 GiB at the very worst,
+	// reached only if every stream's reader stalls with a full window).
+	DefaultMaxStreamsPerSession = 1024
+	// MaxStreamWindowSize is the largest accepted StreamWindowSize.
+	MaxStreamWindowSize = 16 << 20
+)
+
 // DefaultConfig returns the values the commands use: keepalive 10s, timeout 10s (so a half-open
 // connection is found within 20s), 2 MiB windows, drain 25s (inside a pod's default 30s grace).
 func DefaultConfig() *Config {
 	return &Config{
-		KeepAliveInterval: 10 * time.Second,
-		KeepAliveTimeout:  10 * time.Second,
-		HandshakeTimeout:  15 * time.Second,
-		StreamWindowSize:  2 << 20,
-		StreamOpenTimeout: 10 * time.Second,
-		AcceptBacklog:     1024,
-		DrainTimeout:      25 * time.Second,
-		Backoff:           DefaultBackoff(),
+		KeepAliveInterval:    10 * time.Second,
+		KeepAliveTimeout:     10 * time.Second,
+		HandshakeTimeout:     15 * time.Second,
+		StreamWindowSize:     2 << 20,
+		StreamOpenTimeout:    10 * time.Second,
+		AcceptBacklog:        1024,
+		MaxStreamsPerSession: DefaultMaxStreamsPerSession,
+		DrainTimeout:         25 * time.Second,
+		Backoff:              DefaultBackoff(),
 	}
 }
 
@@ -57,8 +72,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: keepalive timeout must be positive", ErrInvalidConfig)
 	case c.HandshakeTimeout <= 0:
 		return fmt.Errorf("%w: handshake timeout must be positive", ErrInvalidConfig)
-	case c.StreamWindowSize < 256*1024:
-		return fmt.Errorf("%w: stream window must be at least 256 KiB", ErrInvalidConfig)
+	case c.StreamWindowSize < 256*1024 || c.StreamWindowSize > MaxStreamWindowSize:
+		return fmt.Errorf("%w: stream window must be between 256 KiB and 16 MiB", ErrInvalidConfig)
+	case c.MaxStreamsPerSession <= 0:
+		return fmt.Errorf("%w: max streams per session must be positive", ErrInvalidConfig)
 	case c.StreamOpenTimeout <= 0:
 		return fmt.Errorf("%w: stream open timeout must be positive", ErrInvalidConfig)
 	case c.AcceptBacklog <= 0:

@@ -155,6 +155,7 @@ func (c *Controller) AgentChanged(cluster string) { c.queue.Add(cluster) }
 func (c *Controller) enqueueObj(obj any) {
 	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	if err == nil {
+		c.revalidate(key)
 		c.queue.Add(key)
 	}
 }
@@ -174,14 +175,37 @@ func (c *Controller) cluster(name string) (*unstructured.Unstructured, *Cluster,
 
 // Authenticate implements Authenticator from the informer cache.
 func (c *Controller) Authenticate(cluster, token string) error {
+	_, err := c.AuthenticateIdentity(cluster, token)
+	return err
+}
+
+// AuthenticateIdentity implements IdentityAuthenticator: the identity is the Cluster's UID, so a
+// Cluster deleted and created again under the same name revokes the sessions of the old one.
+func (c *Controller) AuthenticateIdentity(cluster, token string) (string, error) {
 	_, cl, err := c.cluster(cluster)
 	if err != nil || cl == nil || !cl.Served() {
-		return fmt.Errorf("cluster %q: %w", cluster, ErrUnknownCluster)
+		_ = TokenEqual(unknownClusterToken, token) // the same work as a wrong token
+		return "", fmt.Errorf("cluster %q: %w", cluster, ErrUnknownCluster)
 	}
 	if !TokenEqual(cl.Spec.Connection.Token, token) {
-		return fmt.Errorf("cluster %q: %w", cluster, ErrUnauthorized)
+		return "", fmt.Errorf("cluster %q: %w", cluster, ErrUnauthorized)
 	}
-	return nil
+	return string(cl.UID), nil
+}
+
+// sessionRevalidator is implemented by *Proxy.
+type sessionRevalidator interface{ Revalidate(cluster string) int }
+
+// revalidate closes the agent sessions of cluster that its current state no longer admits (token
+// rotated, Cluster deleted or recreated). It runs in the informer's event handler, after the cache
+// was updated, so a revoked agent is cut off as soon as the proxy sees the change.
+func (c *Controller) revalidate(cluster string) {
+	c.mu.Lock()
+	p := c.proxy
+	c.mu.Unlock()
+	if r, ok := p.(sessionRevalidator); ok {
+		r.Revalidate(cluster)
+	}
 }
 
 // HasSynced reports whether the Cluster cache is filled.
@@ -376,7 +400,7 @@ func (c *Controller) kubeconfig(name, endpoint string, existing []byte) ([]byte,
 	if len(existing) > 0 && c.kubeconfigValid(name, endpoint, existing) {
 		return existing, false, nil
 	}
-	certPEM, keyPEM, err := c.cfg.CA.IssueClient(AdminUser, []string{"system:masters"}, ClientValidity)
+	certPEM, keyPEM, err := c.cfg.CA.IssueClusterClient(name, AdminUser, []string{"system:masters"}, ClientValidity)
 	if err != nil {
 		return nil, false, fmt.Errorf("issue client certificate for cluster %s: %w", name, err)
 	}
@@ -416,6 +440,9 @@ func (c *Controller) kubeconfigValid(name, endpoint string, raw []byte) bool {
 	}
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: c.cfg.CA.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return false
+	}
+	if !boundToCluster(cert, name) {
+		return false // issued before certificates were bound to their cluster, or for another one
 	}
 	return time.Until(cert.NotAfter) > ClientValidity/3
 }
@@ -491,7 +518,7 @@ func (c *Controller) applyService(ctx context.Context, name string, port int) (s
 	}
 	ip := out.Spec.ClusterIP
 	if ip == "" || ip == corev1.ClusterIPNone {
-		return "", fmt.Errorf("Service %s/%s%s has no ClusterIP yet", c.cfg.Namespace, ServicePrefix, name)
+		return "", fmt.Errorf("service %s/%s%s has no ClusterIP yet", c.cfg.Namespace, ServicePrefix, name)
 	}
 	return ip, nil
 }
@@ -589,7 +616,7 @@ func LoadOrCreateCA(ctx context.Context, kube kubernetes.Interface, namespace, n
 		if err == nil {
 			ca, err := ParseCA(s.Data[corev1.TLSCertKey], s.Data[corev1.TLSPrivateKeyKey])
 			if err != nil {
-				return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, err)
+				return nil, fmt.Errorf("secret %s/%s: %w", namespace, name, err)
 			}
 			if left := time.Until(ca.Cert.NotAfter); left < CAValidity/10 {
 				log.Info("WARNING: the proxy CA expires soon; delete the Secret to rotate it, then re-join members (their --ca-cert-hash changes)",
@@ -619,7 +646,7 @@ func LoadOrCreateCA(ctx context.Context, kube kubernetes.Interface, namespace, n
 			return nil, fmt.Errorf("create Secret %s/%s: %w", namespace, name, err)
 		}
 	}
-	return nil, fmt.Errorf("Secret %s/%s: could not read or create the proxy CA", namespace, name)
+	return nil, fmt.Errorf("secret %s/%s: could not read or create the proxy CA", namespace, name)
 }
 
 // CAHashAnnotation on the CA Secret holds "sha256:<hex>" for agents' --ca-cert-hash.

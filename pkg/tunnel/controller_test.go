@@ -173,9 +173,11 @@ func TestController(t *testing.T) {
 	if v, _, _ := unstructured.NestedBool(u.Object, "status", "configz", "monitoring"); !v {
 		t.Fatal("unknown status fields were dropped")
 	}
-	if _, err := kube.CoreV1().Services("kubesphere-system").Get(ctx, "mc-gone", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("orphan Service kept: %v", err)
-	}
+	// The orphan's removal is queued at start and may still be in flight: wait for it.
+	waitFor(t, "orphan Service mc-gone removed", func() bool {
+		_, err := kube.CoreV1().Services("kubesphere-system").Get(ctx, "mc-gone", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
 	if _, err := kube.CoreV1().Services("kubesphere-system").Get(ctx, "mc-direct1", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("Service created for a direct cluster: %v", err)
 	}

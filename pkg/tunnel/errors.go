@@ -38,6 +38,19 @@ var (
 	// ErrBadStreamHeader: a stream header or its answer is malformed or too long.
 	ErrBadStreamHeader = errors.New("tunnel: malformed stream header")
 
+	// ErrStreamLimit: a session or a cluster already has its maximum of open streams
+	// (Config.MaxStreamsPerSession, ProxyConfig.MaxStreamsPerCluster); the client gets 503.
+	ErrStreamLimit = errors.New("tunnel: too many open streams")
+
+	// ErrProxyUnavailable: the proxy answered 503 to the upgrade: it is starting (its Cluster cache
+	// is not synced yet), a standby replica, or draining. The agent retries with the short cap
+	// (Backoff.MaxRefused), as for a refused connection. It also wraps ErrHandshake.
+	ErrProxyUnavailable = errors.New("tunnel: proxy not serving agents yet")
+
+	// ErrCertOtherCluster: a per-cluster listener was shown a client certificate of the proxy CA
+	// issued for another cluster (the TLS handshake fails).
+	ErrCertOtherCluster = errors.New("tunnel: client certificate was issued for another cluster")
+
 	// ErrInvalidConfig is wrapped by every Config/AgentConfig/ProxyConfig validation error.
 	ErrInvalidConfig = errors.New("tunnel: invalid config")
 )

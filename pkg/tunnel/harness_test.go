@@ -203,6 +203,8 @@ type harness struct {
 	cfg     *Config
 	auth    StaticAuthenticator
 	limit   [2]float64 // failure rate, burst (0: defaults)
+	// tweak, when set, adjusts the ProxyConfig before the proxy starts.
+	tweak func(*ProxyConfig)
 
 	mu       sync.Mutex
 	proxy    *Proxy
@@ -289,6 +291,9 @@ func (h *harness) startWith(auth Authenticator) *Proxy {
 		pc.TLS = rc.ServerTLS(nil)
 	} else {
 		pc.AllowPlaintextAgents = true
+	}
+	if h.tweak != nil {
+		h.tweak(pc)
 	}
 	p, err := NewProxy(pc)
 	if err != nil {
@@ -412,6 +417,7 @@ func (h *harness) lastConn() *faultConn {
 // agentOpts tweak an agent.
 type agentOpts struct {
 	cluster, token, saToken, pin string
+	cfg                          *Config // nil: the harness's
 }
 
 type runningAgent struct {
@@ -456,6 +462,9 @@ func (h *harness) startAgent(o agentOpts) *runningAgent {
 	events := make(chan AgentEvent, 1024)
 	ac := DefaultAgentConfig()
 	ac.Config = h.cfg
+	if o.cfg != nil {
+		ac.Config = o.cfg
+	}
 	ac.ProxyURL = h.proxyURL()
 	ac.ClusterName = o.cluster
 	tok := o.token
@@ -517,7 +526,7 @@ func (h *harness) listen() *ClusterListener {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	certPEM, keyPEM, err := h.ca.IssueClient("kubernetes-admin", []string{"system:masters"}, ClientValidity)
+	certPEM, keyPEM, err := h.ca.IssueClusterClient(testCluster, "kubernetes-admin", []string{"system:masters"}, ClientValidity)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -65,6 +65,16 @@ func ListenCluster(cfg ClusterListenerConfig) (*ClusterListener, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.ClientAuth = tls.VerifyClientCertIfGiven
+	// A client certificate of the proxy CA is accepted only by the listener of the cluster it was
+	// issued for (its ClusterURI): the kubeconfig of one Cluster opens no other.
+	cluster, logger := cfg.Cluster, cfg.Logger
+	t.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || boundToCluster(cs.PeerCertificates[0], cluster) {
+			return nil
+		}
+		logger.Info("refused a client certificate issued for another cluster", "cluster", cluster)
+		return ErrCertOtherCluster
+	}
 	t.NextProtos = []string{"h2", "http/1.1"}
 	if t.MinVersion == 0 {
 		t.MinVersion = tls.VersionTLS12
@@ -124,6 +134,11 @@ func (l *ClusterListener) reverseProxy(h StreamHeader) *httputil.ReverseProxy {
 		ErrorLog: log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
+				return
+			}
+			if errors.Is(err, ErrStreamLimit) {
+				writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
+					fmt.Sprintf("ks-mc proxy: cluster %q: too many open streams, retry later", l.cfg.Cluster))
 				return
 			}
 			if errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway) {

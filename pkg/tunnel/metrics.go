@@ -15,6 +15,8 @@ type proxyMetrics struct {
 	streamsOpen         atomic.Int64
 	refusedAgentStreams atomic.Int64
 	authFailures        labeledCounter
+	streamLimited       labeledCounter // by scope: session, cluster, agent
+	revokedSessions     labeledCounter // by reason
 }
 
 type labeledCounter struct {
@@ -79,5 +81,17 @@ func (m *proxyMetrics) write(w io.Writer, agents map[string]int) {
 	af := m.authFailures.snapshot()
 	for _, k := range sortedKeys(af) {
 		fmt.Fprintf(w, "ksmc_proxy_auth_failures_total{reason=%q} %d\n", k, af[k])
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_stream_limit_total Streams refused because a cap of open streams was reached, by scope.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_stream_limit_total counter")
+	sl := m.streamLimited.snapshot()
+	for _, k := range sortedKeys(sl) {
+		fmt.Fprintf(w, "ksmc_proxy_stream_limit_total{scope=%q} %d\n", k, sl[k])
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_revoked_sessions_total Agent sessions closed because their Cluster's token or UID changed, by reason.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_revoked_sessions_total counter")
+	rs := m.revokedSessions.snapshot()
+	for _, k := range sortedKeys(rs) {
+		fmt.Fprintf(w, "ksmc_proxy_revoked_sessions_total{reason=%q} %d\n", k, rs[k])
 	}
 }

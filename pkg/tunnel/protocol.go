@@ -120,6 +120,8 @@ func writeAnswer(w io.Writer, err error) error {
 		reason = "bad-header"
 	case errorsIs(err, ErrGoAway):
 		reason = "going-away"
+	case errorsIs(err, ErrStreamLimit):
+		reason = "busy"
 	}
 	_, werr := io.WriteString(w, "ERR "+reason+"\n")
 	return werr
@@ -136,6 +138,8 @@ func parseAnswer(line string) error {
 		return fmt.Errorf("%w: refused by the agent", ErrBadStreamHeader)
 	case "ERR going-away":
 		return ErrGoAway
+	case "ERR busy":
+		return &streamLimitError{scope: "agent session"}
 	}
 	return fmt.Errorf("%w: unexpected answer %q", ErrBadStreamHeader, line)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -30,10 +31,24 @@ type Authenticator interface {
 // StaticAuthenticator serves a fixed cluster → token map.
 type StaticAuthenticator map[string]string
 
+// IdentityAuthenticator is an Authenticator that also names what an agent was admitted for (the
+// Controller: the Cluster's UID). The proxy keeps the identity and the token with the session, and
+// Revalidate closes every session whose token no longer authenticates or whose identity changed (a
+// Cluster deleted and created again under the same name).
+type IdentityAuthenticator interface {
+	Authenticator
+	AuthenticateIdentity(cluster, token string) (identity string, err error)
+}
+
+// unknownClusterToken is compared against when the cluster is unknown, so that an unknown name
+// costs the same work as a wrong token (no timing oracle for names).
+const unknownClusterToken = "ks-mc: no such cluster; this value never matches a real token"
+
 // Authenticate implements Authenticator.
 func (m StaticAuthenticator) Authenticate(cluster, token string) error {
 	want, ok := m[cluster]
 	if !ok {
+		_ = TokenEqual(unknownClusterToken, token)
 		return fmt.Errorf("cluster %q: %w", cluster, ErrUnknownCluster)
 	}
 	if !TokenEqual(want, token) {
@@ -66,18 +81,37 @@ type ProxyConfig struct {
 	// AllowPlaintextAgents accepts agents over plain HTTP (the token then travels in clear text).
 	AllowPlaintextAgents bool
 	// FailureRate and FailureBurst rate-limit failed agent authentications per remote IP and
-	// cluster name.
+	// cluster name; FailureKeys caps how many such buckets are kept (least recently used evicted).
 	FailureRate  rate.Limit
 	FailureBurst int
+	FailureKeys  int
+	// MaxHeaderBytes caps the request header of the proxy port (431 beyond it).
+	MaxHeaderBytes int
+	// IdleTimeout closes keep-alive connections of the proxy port that send no request for that
+	// long (probes); requests must arrive in full within Config.HandshakeTimeout.
+	IdleTimeout time.Duration
+	// MaxStreamsPerCluster caps the streams open at once over all sessions of one cluster
+	// (Config.MaxStreamsPerSession caps each session).
+	MaxStreamsPerCluster int
 	// OnAgentChange is called (outside any lock) after an agent of cluster connected or left;
 	// read the current number with Proxy.Agents.
 	OnAgentChange func(cluster string)
 	Logger        *logr.Logger
 }
 
-// DefaultProxyConfig returns a ProxyConfig with DefaultConfig and 1 failure/s, burst 10.
+// Proxy port defaults.
+const (
+	DefaultFailureKeys          = 10000
+	DefaultMaxHeaderBytes       = 8 << 10
+	DefaultProxyIdleTimeout     = 60 * time.Second
+	DefaultMaxStreamsPerCluster = 2048
+)
+
+// DefaultProxyConfig returns a ProxyConfig with DefaultConfig, 1 failure/s with burst 10 over at
+// most 10000 buckets, 8 KiB request headers, 60 s idle timeout, 2048 streams per cluster.
 func DefaultProxyConfig() *ProxyConfig {
-	return &ProxyConfig{Config: DefaultConfig(), FailureRate: 1, FailureBurst: 10}
+	return &ProxyConfig{Config: DefaultConfig(), FailureRate: 1, FailureBurst: 10, FailureKeys: DefaultFailureKeys,
+		MaxHeaderBytes: DefaultMaxHeaderBytes, IdleTimeout: DefaultProxyIdleTimeout, MaxStreamsPerCluster: DefaultMaxStreamsPerCluster}
 }
 
 // Validate reports the first invalid field.
@@ -88,8 +122,17 @@ func (c *ProxyConfig) Validate() error {
 	if c.Authenticator == nil {
 		return fmt.Errorf("%w: proxy needs an authenticator", ErrInvalidConfig)
 	}
-	if c.FailureRate <= 0 || c.FailureBurst <= 0 {
-		return fmt.Errorf("%w: failure rate and burst must be positive", ErrInvalidConfig)
+	if c.FailureRate <= 0 || c.FailureBurst <= 0 || c.FailureKeys <= 0 {
+		return fmt.Errorf("%w: failure rate, burst and keys must be positive", ErrInvalidConfig)
+	}
+	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
+		return fmt.Errorf("%w: max header bytes must be between 1 KiB and 1 MiB", ErrInvalidConfig)
+	}
+	if c.IdleTimeout <= 0 {
+		return fmt.Errorf("%w: idle timeout must be positive", ErrInvalidConfig)
+	}
+	if c.MaxStreamsPerCluster <= 0 {
+		return fmt.Errorf("%w: max streams per cluster must be positive", ErrInvalidConfig)
 	}
 	if c.TLS == nil && !c.AllowPlaintextAgents {
 		return fmt.Errorf("%w: without TLS the proxy must allow plaintext agents explicitly", ErrInvalidConfig)
@@ -112,7 +155,13 @@ type Proxy struct {
 	servers  []*http.Server
 	draining atomic.Bool
 	standby  atomic.Bool
+	starting atomic.Bool
+	warn     logThrottle
 }
+
+// SetStarting makes the agent endpoint answer 503 "proxy is starting" (its Cluster cache is not
+// synced yet), so agents retry soon instead of being refused as unknown.
+func (p *Proxy) SetStarting(v bool) { p.starting.Store(v) }
 
 // SetStandby makes the agent endpoint answer 503 (a proxy replica that is not the leader), so
 // agents retry until they reach the leader.
@@ -123,12 +172,12 @@ func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: *cfg, reg: newRegistry(), metrics: &proxyMetrics{}}
+	p := &Proxy{cfg: *cfg, reg: newRegistry(cfg.Config.MaxStreamsPerSession, cfg.MaxStreamsPerCluster), metrics: &proxyMetrics{}}
 	p.log = klog.Background().WithName("proxy")
 	if cfg.Logger != nil {
 		p.log = *cfg.Logger
 	}
-	p.limiter = newFailureLimiter(cfg.FailureRate, cfg.FailureBurst)
+	p.limiter = newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.FailureKeys)
 	p.mux = http.NewServeMux()
 	p.mux.HandleFunc("/health", p.serveHealth)
 	p.mux.HandleFunc("/healthz", p.serveHealth)
@@ -149,6 +198,12 @@ func (p *Proxy) Serve(l net.Listener) error {
 	srv := &http.Server{
 		Handler:           p.mux,
 		ReadHeaderTimeout: p.cfg.Config.HandshakeTimeout,
+		// A request (an upgrade has no body) must arrive and be answered within the handshake
+		// timeout; the deadlines are cleared once a connection becomes a tunnel session.
+		ReadTimeout:    p.cfg.Config.HandshakeTimeout,
+		WriteTimeout:   p.cfg.Config.HandshakeTimeout,
+		IdleTimeout:    p.cfg.IdleTimeout,
+		MaxHeaderBytes: p.cfg.MaxHeaderBytes,
 		// Handshake errors of probes and scanners are noise; refusals are logged by serveTunnel.
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
@@ -206,7 +261,16 @@ func remoteIP(addr string) string {
 	return addr
 }
 
+// refusedAnswer is the one answer to every refused credential: an unknown cluster, a wrong or
+// missing token and a malformed cluster name look the same from outside (no name oracle).
+const refusedAnswer = "Unauthorized: unknown cluster or wrong token"
+
 // serveTunnel authenticates an agent and turns the connection into a yamux session.
+//
+// Order: the cluster name is validated before any use; the token is checked (constant time,
+// unknown names cost the same) before the rate limiter is consulted, so a valid agent always gets
+// through; only failures consume the (remote IP, cluster) bucket, and a failure with an empty
+// bucket is answered 429 instead of 401.
 func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet || !headerHasToken(r.Header, "Connection", "upgrade") ||
 		!headerHasToken(r.Header, "Upgrade", UpgradeProtocol) {
@@ -214,9 +278,7 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "expected GET with Connection: Upgrade and Upgrade: "+UpgradeProtocol, http.StatusUpgradeRequired)
 		return
 	}
-	cluster := r.Header.Get(ClusterHeader)
 	ip := remoteIP(r.RemoteAddr)
-	log := p.log.WithValues("cluster", cluster, "remote", ip)
 	if p.draining.Load() {
 		http.Error(w, "proxy is shutting down", http.StatusServiceUnavailable)
 		return
@@ -225,40 +287,54 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "proxy replica is on standby (not the leader)", http.StatusServiceUnavailable)
 		return
 	}
+	if p.starting.Load() {
+		http.Error(w, "proxy is starting (its Cluster cache is not synced yet): retry shortly", http.StatusServiceUnavailable)
+		return
+	}
+	cluster := r.Header.Get(ClusterHeader)
+	if !validClusterName(cluster) {
+		// Never logged, never a limiter key: the value is unbounded and unvalidated.
+		p.metrics.authFailures.add("invalid_cluster_name")
+		p.warn.log(p.log, "agent refused: malformed "+ClusterHeader+" header", "remote", ip, "length", len(cluster))
+		http.Error(w, refusedAnswer, http.StatusUnauthorized)
+		return
+	}
+	log := p.log.WithValues("cluster", cluster, "remote", ip)
 	if r.TLS == nil && !p.cfg.AllowPlaintextAgents {
 		p.metrics.authFailures.add("plaintext")
 		log.Info("agent refused: plaintext connection, use https")
 		http.Error(w, "agents must connect over https", http.StatusForbidden)
 		return
 	}
-	// Failures are counted per address and cluster: agents behind one NAT address (a NodePort,
-	// an egress gateway) do not pay for a misconfigured neighbour.
-	limitKey := ip + "/" + cluster
-	if !p.limiter.allowed(limitKey) {
-		p.metrics.authFailures.add("rate_limited")
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "too many failed attempts", http.StatusTooManyRequests)
-		return
-	}
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	var err error
-	if cluster == "" {
-		err = fmt.Errorf("no %s header: %w", ClusterHeader, ErrUnknownCluster)
-	} else if !ok || token == "" {
+	var identity string
+	if !ok || token == "" {
 		err = fmt.Errorf("no bearer token: %w", ErrUnauthorized)
+	} else if ia, isIA := p.cfg.Authenticator.(IdentityAuthenticator); isIA {
+		identity, err = ia.AuthenticateIdentity(cluster, token)
 	} else {
 		err = p.cfg.Authenticator.Authenticate(cluster, token)
 	}
 	if err != nil {
-		p.limiter.fail(limitKey)
-		code, reason := http.StatusUnauthorized, "unauthorized"
-		if errorsIs(err, ErrUnknownCluster) {
-			code, reason = http.StatusForbidden, "unknown_cluster"
+		// Failures are counted per address and cluster: agents behind one NAT address (a NodePort,
+		// an egress gateway) do not pay for a misconfigured neighbour.
+		limitKey := ip + "/" + cluster
+		if !p.limiter.fail(limitKey) {
+			p.metrics.authFailures.add("rate_limited")
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many failed attempts", http.StatusTooManyRequests)
+			return
 		}
-		p.metrics.authFailures.add(reason)
-		// The log names the cluster and the address, never the token.
-		log.Info("agent refused", "reason", reason, "code", code)
-		http.Error(w, http.StatusText(code)+": "+reason, code)
+		reason := "unauthorized"
+		if errorsIs(err, ErrUnknownCluster) {
+			reason = "unknown_cluster"
+		}
+		// The metric does not tell unknown names from wrong tokens (the port is public); the log
+		// does, and names the cluster and the address, never the token.
+		p.metrics.authFailures.add("unauthorized")
+		log.Info("agent refused", "reason", reason, "code", http.StatusUnauthorized)
+		http.Error(w, refusedAnswer, http.StatusUnauthorized)
 		return
 	}
 
@@ -287,7 +363,8 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		log.Error(err, "start session")
 		return
 	}
-	as := &agentSession{cluster: cluster, agentID: r.Header.Get(AgentIDHeader), remote: ip, since: time.Now(), sess: sess}
+	as := &agentSession{cluster: cluster, agentID: sanitizeAgentID(r.Header.Get(AgentIDHeader)), remote: ip, since: time.Now(),
+		sess: sess, token: token, identity: identity}
 	n := p.reg.add(as)
 	p.metrics.sessionsTotal.Add(1)
 	log.Info("agent connected", "agent", as.agentID, "agents", n)
@@ -337,6 +414,11 @@ func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte) (
 	}
 	st, err := p.reg.open(cluster)
 	if err != nil {
+		var sl *streamLimitError
+		if errors.As(err, &sl) {
+			p.metrics.streamLimited.add(sl.scope)
+			p.warn.log(p.log, "stream refused: too many open streams", "cluster", cluster, "per", sl.scope)
+		}
 		return nil, fmt.Errorf("cluster %q: %w", cluster, err)
 	}
 	p.metrics.streamsTotal.Add(1)

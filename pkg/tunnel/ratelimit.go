@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"container/list"
 	"sync"
 	"time"
 
@@ -8,55 +9,64 @@ import (
 )
 
 // failureLimiter limits failed agent authentications per key (remote IP and cluster): each
-// failure takes a token from the key's bucket; a key with an empty bucket is answered 429 without
-// its token being checked.
-// Successful attempts cost nothing, so a legitimate agent is never slowed down by its own
-// reconnects.
+// failure takes a token from the key's bucket; a key with an empty bucket is answered 429 instead
+// of 401. The token is always checked first (in constant time), so a valid agent is admitted even
+// while its key's bucket is empty: a flood of wrong tokens from the same address (a SNAT gateway)
+// cannot lock it out. Successful attempts cost nothing.
+//
+// Memory is bounded: at most capacity buckets are kept, in least-recently-used order; a new key
+// evicts the oldest one in O(1).
 type failureLimiter struct {
-	mu    sync.Mutex
-	r     rate.Limit
-	burst int
-	ips   map[string]*limiterEntry
+	mu       sync.Mutex
+	r        rate.Limit
+	burst    int
+	capacity int
+	keys     map[string]*list.Element
+	lru      list.List // of *limiterEntry, most recently used first
 }
 
 type limiterEntry struct {
-	l    *rate.Limiter
-	seen time.Time
+	key string
+	l   *rate.Limiter
 }
 
-const maxLimiterEntries = 10000
-
-func newFailureLimiter(r rate.Limit, burst int) *failureLimiter {
-	return &failureLimiter{r: r, burst: burst, ips: map[string]*limiterEntry{}}
+func newFailureLimiter(r rate.Limit, burst, capacity int) *failureLimiter {
+	f := &failureLimiter{r: r, burst: burst, capacity: capacity, keys: make(map[string]*list.Element, min(capacity, 1024))}
+	f.lru.Init()
+	return f
 }
 
-func (f *failureLimiter) allowed(ip string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	e := f.ips[ip]
-	if e == nil {
-		return true
-	}
-	return e.l.Tokens() >= 1
-}
-
-func (f *failureLimiter) fail(ip string) {
+// fail records a failure of key and reports whether it was within the key's budget (false: the
+// bucket was already empty).
+func (f *failureLimiter) fail(key string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
-	e := f.ips[ip]
-	if e == nil {
-		if len(f.ips) >= maxLimiterEntries {
-			// Forget buckets that have refilled: they hold no state worth keeping.
-			for k, v := range f.ips {
-				if v.l.TokensAt(now) >= float64(f.burst) {
-					delete(f.ips, k)
-				}
-			}
-		}
-		e = &limiterEntry{l: rate.NewLimiter(f.r, f.burst)}
-		f.ips[ip] = e
+	e := f.keys[key]
+	if e != nil {
+		f.lru.MoveToFront(e)
+		return e.Value.(*limiterEntry).l.AllowN(now, 1)
 	}
-	e.seen = now
-	e.l.AllowN(now, 1)
+	var ent *limiterEntry
+	if f.lru.Len() >= f.capacity {
+		// Recycle the least recently used bucket.
+		e = f.lru.Back()
+		ent = e.Value.(*limiterEntry)
+		delete(f.keys, ent.key)
+		ent.key = key
+		ent.l = rate.NewLimiter(f.r, f.burst)
+		f.lru.MoveToFront(e)
+	} else {
+		ent = &limiterEntry{key: key, l: rate.NewLimiter(f.r, f.burst)}
+		e = f.lru.PushFront(ent)
+	}
+	f.keys[key] = e
+	return ent.l.AllowN(now, 1)
+}
+
+// len is the number of buckets held.
+func (f *failureLimiter) len() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lru.Len()
 }

@@ -17,6 +17,10 @@ type agentSession struct {
 	since     time.Time
 	sess      *yamux.Session
 	goingAway atomic.Bool // the agent sent GoAway: route new streams to its siblings
+	// token and identity are what the session was admitted with; Proxy.Revalidate checks them
+	// again whenever the Cluster changes. The token is never logged.
+	token, identity string
+	revoked         atomic.Bool
 }
 
 // registry holds the connected agents per cluster. Several agents of one cluster (a rolling
@@ -25,14 +29,34 @@ type agentSession struct {
 type registry struct {
 	mu       sync.Mutex
 	clusters map[string]*clusterAgents
+	// maxPerSession and maxPerCluster cap open streams (0: no cap).
+	maxPerSession, maxPerCluster int
 }
+
+// streamLimitError says which cap refused a stream; it wraps ErrStreamLimit.
+type streamLimitError struct{ scope string }
+
+func (e *streamLimitError) Error() string { return ErrStreamLimit.Error() + " per " + e.scope }
+func (e *streamLimitError) Unwrap() error { return ErrStreamLimit }
 
 type clusterAgents struct {
 	sessions []*agentSession
 	next     int
 }
 
-func newRegistry() *registry { return &registry{clusters: map[string]*clusterAgents{}} }
+func newRegistry(maxPerSession, maxPerCluster int) *registry {
+	return &registry{clusters: map[string]*clusterAgents{}, maxPerSession: maxPerSession, maxPerCluster: maxPerCluster}
+}
+
+// sessions returns the cluster's sessions.
+func (r *registry) sessions(cluster string) []*agentSession {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[cluster]; c != nil {
+		return append([]*agentSession(nil), c.sessions...)
+	}
+	return nil
+}
 
 // add registers s and returns how many agents the cluster now has.
 func (r *registry) add(s *agentSession) int {
@@ -130,8 +154,22 @@ func (r *registry) open(cluster string) (*yamux.Stream, error) {
 	if len(cands) == 0 {
 		return nil, ErrNoAgent
 	}
+	if r.maxPerCluster > 0 {
+		open := 0
+		for _, s := range cands {
+			open += s.sess.NumStreams()
+		}
+		if open >= r.maxPerCluster {
+			return nil, &streamLimitError{scope: "cluster"}
+		}
+	}
 	var lastErr error
+	full := 0
 	for _, s := range cands {
+		if r.maxPerSession > 0 && s.sess.NumStreams() >= r.maxPerSession {
+			full++
+			continue
+		}
 		st, err := s.sess.OpenStream()
 		if err == nil {
 			return st, nil
@@ -140,6 +178,9 @@ func (r *registry) open(cluster string) (*yamux.Stream, error) {
 		if errors.Is(err, yamux.ErrRemoteGoAway) {
 			s.goingAway.Store(true)
 		}
+	}
+	if lastErr == nil && full > 0 {
+		return nil, &streamLimitError{scope: "session"}
 	}
 	if errors.Is(lastErr, yamux.ErrRemoteGoAway) {
 		return nil, ErrGoAway

@@ -3,7 +3,9 @@ package tunnel
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -16,6 +18,7 @@ type sniffListener struct {
 	conns   chan net.Conn
 	done    chan struct{} // closed when the underlying listener failed or was closed
 	err     error         // set before done is closed
+	once    sync.Once
 }
 
 func newSniffListener(l net.Listener, cfg *tls.Config, timeout time.Duration) net.Listener {
@@ -25,15 +28,55 @@ func newSniffListener(l net.Listener, cfg *tls.Config, timeout time.Duration) ne
 }
 
 func (s *sniffListener) loop() {
+	var delay time.Duration
 	for {
 		c, err := s.Listener.Accept()
 		if err != nil {
-			s.err = err
-			close(s.done)
+			if isTemporary(err) {
+				// Out of file descriptors (EMFILE) and the like: back off and keep accepting, as
+				// net/http's Server.Serve does (5 ms doubling up to 1 s).
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-s.done:
+					t.Stop()
+					return
+				}
+				continue
+			}
+			s.fail(err)
 			return
 		}
+		delay = 0
 		go s.classify(c)
 	}
+}
+
+// fail ends the listener with err (once).
+func (s *sniffListener) fail(err error) {
+	s.once.Do(func() {
+		s.err = err
+		close(s.done)
+	})
+}
+
+// isTemporary reports an Accept error after which the listener is still usable: what net/http
+// retries (net.Error Temporary, which covers EMFILE, ENFILE, ECONNABORTED...), never a closed
+// listener.
+func isTemporary(err error) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	var ne interface{ Temporary() bool }
+	return errors.As(err, &ne) && ne.Temporary()
+}
+
+// Close closes the underlying listener and ends Accept.
+func (s *sniffListener) Close() error {
+	err := s.Listener.Close()
+	s.fail(net.ErrClosed)
+	return err
 }
 
 func (s *sniffListener) classify(c net.Conn) {

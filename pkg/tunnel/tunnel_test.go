@@ -285,8 +285,9 @@ func caseUnknownCluster(t *testing.T, h *harness) {
 	h.start()
 	a := h.startAgent(agentOpts{cluster: "nosuch"})
 	err := expectRefused(t, a, 2)
-	if !errors.Is(err, ErrUnknownCluster) || !strings.Contains(err.Error(), "403") {
-		t.Fatalf("err = %v, want ErrUnknownCluster with 403", err)
+	// The same answer as a wrong token: the proxy port is no oracle for cluster names.
+	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("err = %v, want ErrUnauthorized with 401 (as for a wrong token)", err)
 	}
 	if !strings.Contains(h.logs.all(), `"cluster"="nosuch"`) {
 		t.Fatal("proxy log does not name the cluster")
@@ -308,10 +309,18 @@ func caseRateLimited(t *testing.T, h *harness) {
 	if got := h.currentProxy().metrics.authFailures.get("rate_limited"); got == 0 {
 		t.Fatal("rate_limited metric not counted")
 	}
-	// The right token from the same address is refused too while the bucket is empty.
+	// The right token from the same address gets through while the bucket is empty: a flood of
+	// wrong tokens (behind one SNAT address) cannot lock a valid agent out.
 	b := h.startAgent(agentOpts{})
-	if e := b.nextEvent(t); !errors.Is(e.Err, ErrRateLimited) {
-		t.Fatalf("good agent: %+v", e)
+	if e := b.nextEvent(t); !e.Connected {
+		t.Fatalf("good agent locked out by the failures of another: %+v", e)
+	}
+	h.waitAgents(1)
+	// And the wrong token is still limited.
+	for i := 0; i < 5; i++ {
+		if e := a.nextEvent(t); !errors.Is(e.Err, ErrRateLimited) {
+			t.Fatalf("bad agent after the good one connected: %+v", e)
+		}
 	}
 }
 

@@ -212,7 +212,7 @@ func setup(ctx context.Context, member *rest.Config) (*env, error) {
 	st.cl = cl
 	// The tunnel client uses what the proxy writes into the Cluster: a kubeconfig with the proxy
 	// CA and a kubernetes-admin client certificate, server reached on the listener.
-	certPEM, keyPEM, err := ca.IssueClient(tunnel.AdminUser, []string{"system:masters"}, tunnel.ClientValidity)
+	certPEM, keyPEM, err := ca.IssueClusterClient(cluster, tunnel.AdminUser, []string{"system:masters"}, tunnel.ClientValidity)
 	if err != nil {
 		return nil, err
 	}
