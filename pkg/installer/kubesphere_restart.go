@@ -155,4 +155,3 @@ func timeOrNever(t time.Time) string {
 	}
 	return "at " + t.UTC().Format(time.RFC3339)
 }
-
