@@ -300,7 +300,7 @@ func (a *Agent) drain(sess *yamux.Session) {
 }
 
 // handleStream reads the stream header, answers it and hands the stream to the HTTP forwarder.
-func (a *Agent) handleStream(st *yamux.Stream) {
+func (a *Agent) handleStream(st net.Conn) {
 	_ = st.SetReadDeadline(time.Now().Add(a.cfg.Config.StreamOpenTimeout))
 	br := bufio.NewReaderSize(st, 256)
 	h, err := readStreamHeader(br)
