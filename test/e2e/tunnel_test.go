@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -334,6 +335,61 @@ func TestTunnel(t *testing.T) {
 		}
 		agent = startKSMC(outer, nil, agentArgs(goodToken, pin)...)
 		eventually(t, time.Minute, "agent back", func() error {
+			_, err := tunnelClient(t).CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+			return err
+		})
+	})
+
+	t.Run("rotating the token closes the old session within 5 s", func(t *testing.T) {
+		// The proxy's /metrics (plain HTTP on the proxy port) shows the session count.
+		metrics := func() string {
+			resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", host.NodeIP, port))
+			if err != nil {
+				return ""
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return string(b)
+		}
+		connected := `ksmc_proxy_agents{cluster="member1"} 1`
+		eventually(t, time.Minute, "agent connected", func() error {
+			if !strings.Contains(metrics(), connected) {
+				return fmt.Errorf("no agent session")
+			}
+			return nil
+		})
+		newToken := strings.Repeat("5a", 32)
+		patch := fmt.Sprintf(`{"spec":{"connection":{"token":%q}}}`, newToken)
+		start := time.Now()
+		if _, err := clusters.Patch(ctx, "member1", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var closedAfter time.Duration
+		eventually(t, 30*time.Second, "old session closed", func() error {
+			m := metrics()
+			if strings.Contains(m, connected) || !strings.Contains(m, `ksmc_proxy_revoked_sessions_total{reason="token_changed"}`) {
+				return fmt.Errorf("old session still up")
+			}
+			closedAfter = time.Since(start)
+			return nil
+		})
+		t.Logf("token rotated → old agent session closed: %s", closedAfter.Round(time.Millisecond))
+		if closedAfter > 5*time.Second {
+			t.Errorf("the old session outlived the rotation by %s (want ≤ 5 s)", closedAfter)
+		}
+		// The agent with the old token stays out; with the new one (the token file is re-read) it
+		// is back.
+		eventually(t, 30*time.Second, "agent refused with the old token", func() error {
+			if !strings.Contains(agent.output(), "401") {
+				return fmt.Errorf("no 401 in the agent's log yet")
+			}
+			return nil
+		})
+		if strings.Contains(agent.output(), newToken) || strings.Contains(proxy.output(), newToken) {
+			t.Fatal("a token appears in a log")
+		}
+		writeToken("token", newToken)
+		eventually(t, time.Minute, "agent back with the new token", func() error {
 			_, err := tunnelClient(t).CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
 			return err
 		})
