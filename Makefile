@@ -13,7 +13,7 @@ LDFLAGS := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).GitCommit=$(GIT_COMMIT) 
 # Tests may run long: e2e starts real control planes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: host-deps all build test unit e2e bench dist krew-manifest image krew-tools release-test demo demo-down sandbox-up sandbox-down sandbox-env fmt vet clean
+.PHONY: host-deps all build test unit lint e2e bench dist krew-manifest image krew-tools release-test demo demo-down sandbox-up sandbox-down sandbox-env fmt vet clean
 
 all: build
 
@@ -25,9 +25,15 @@ test: ## Run every test: unit tests, release checks (dist, krew install, image),
 	$(MAKE) release-test
 	$(MAKE) e2e
 
-unit: ## Unit tests (no clusters)
+unit: ## Unit tests (no clusters), after vet and staticcheck; the fuzz targets' seed corpora are replayed
 	$(GO) vet ./...
+	$(MAKE) lint
 	$(GO) test -count=1 ./pkg/... ./test/sandbox/... ./hack/...
+
+# staticcheck, pinned (honnef.co/go/tools v0.8.2 understands Go 1.26), built through the Go module proxy.
+STATICCHECK_VERSION ?= v0.8.2
+lint: ## staticcheck ./... (pinned STATICCHECK_VERSION, fetched through the Go module proxy)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Network-isolation tests need nftables (root); install it from Debian's packages when missing.
 host-deps:

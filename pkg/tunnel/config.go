@@ -37,10 +37,11 @@ type Config struct {
 
 // Limits of the defaults and of validation.
 const (
-	// DefaultMaxStreamsPerSession: a console and its controllers open a few hundred watches; 1024
-	// streams of 2 MiB windows bound what a session's slow readers can pin (2 GiB at the very worst,
-	// reached only if every stream's reader stalls with a full window).
-	DefaultMaxStreamsPerSession = 1024
+	// DefaultMaxStreamsPerSession: a console and its controllers keep a few hundred to a few
+	// thousand watches open (each is one stream). With StreamWindowSize it bounds what one
+	// session's slow readers can pin: streams × window, reached only if every stream's reader
+	// stalls after its window grew to the maximum.
+	DefaultMaxStreamsPerSession = 2048
 	// MaxStreamWindowSize is the largest accepted StreamWindowSize.
 	MaxStreamWindowSize = 16 << 20
 )

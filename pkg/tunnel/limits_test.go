@@ -27,8 +27,10 @@ func TestFailureLimiterBounded(t *testing.T) {
 		}
 	}
 	f = newFailureLimiter(0.001, 2, 2)
-	if !f.fail("a") || !f.fail("a") || f.fail("a") {
-		t.Fatal("burst 2: the third failure must be over budget")
+	for i, want := range []bool{true, true, false} {
+		if got := f.fail("a"); got != want {
+			t.Fatalf("burst 2: failure %d within budget = %v, want %v", i+1, got, want)
+		}
 	}
 	f.fail("b")
 	f.fail("a") // a is now the most recently used

@@ -104,11 +104,11 @@ const (
 	DefaultFailureKeys          = 10000
 	DefaultMaxHeaderBytes       = 8 << 10
 	DefaultProxyIdleTimeout     = 60 * time.Second
-	DefaultMaxStreamsPerCluster = 2048
+	DefaultMaxStreamsPerCluster = 4096
 )
 
 // DefaultProxyConfig returns a ProxyConfig with DefaultConfig, 1 failure/s with burst 10 over at
-// most 10000 buckets, 8 KiB request headers, 60 s idle timeout, 2048 streams per cluster.
+// most 10000 buckets, 8 KiB request headers, 60 s idle timeout, 4096 streams per cluster.
 func DefaultProxyConfig() *ProxyConfig {
 	return &ProxyConfig{Config: DefaultConfig(), FailureRate: 1, FailureBurst: 10, FailureKeys: DefaultFailureKeys,
 		MaxHeaderBytes: DefaultMaxHeaderBytes, IdleTimeout: DefaultProxyIdleTimeout, MaxStreamsPerCluster: DefaultMaxStreamsPerCluster}
