@@ -184,6 +184,10 @@ func newReverseProxy(target *url.URL, rt http.RoundTripper, log logr.Logger, nam
 }
 
 func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// The response may start while the request body is still arriving (the upstream answers
+	// early, or echoes): an HTTP/1 handler must opt in to reading after writing, or net/http may
+	// cut the body short.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	h, ok := streamInfo(r.Context())
 	if !ok {
 		writeStatus(w, http.StatusForbidden, "Forbidden", "ks-mc agent: not a tunnel stream")

@@ -99,6 +99,9 @@ func newBackend(t *testing.T) *backend {
 		_, _ = w.Write(buf)
 	})
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		// Reads and writes at once: an HTTP/1 handler must opt in (the agent reaches this
+		// backend over HTTP/1.1).
+		_ = http.NewResponseController(w).EnableFullDuplex()
 		_, _ = io.Copy(w, r.Body)
 	})
 	mux.HandleFunc("/watch", func(w http.ResponseWriter, r *http.Request) {
