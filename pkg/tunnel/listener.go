@@ -156,6 +156,9 @@ func (l *ClusterListener) reverseProxy(h StreamHeader) *httputil.ReverseProxy {
 // ServeHTTP picks the stream mode from the TLS state: a client certificate verified against the
 // proxy CA (AuthCert) or none (AuthToken: the agent demands the caller's own Authorization).
 func (l *ClusterListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// An HTTP/1.1 client's request body may still be arriving when the response starts: opt in
+	// to reading after writing (HTTP/2 always is), or net/http may cut the body short.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		l.certRP.ServeHTTP(w, r)
 		return
