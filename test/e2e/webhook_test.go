@@ -85,6 +85,16 @@ func TestUnjoinThroughClusterWebhook(t *testing.T) {
 			t.Fatalf("join: %s", r)
 		}
 		proveWebhook(t, "member1")
+		// Switching to the ks-mc proxy would cut member1 off: refused without --force, with
+		// the re-join to run.
+		r := run("init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", fmt.Sprintf("http://%s:8080", host.NodeIP), "--timeout", "1m")
+		if r.code == 0 || !strings.Contains(r.stderr, "member1 (agent connected)") || !strings.Contains(r.stderr, "--force") ||
+			!strings.Contains(r.stderr, "kubectl ks-mc join --context <context of member1> --host-context host --name member1") {
+			t.Fatalf("want a refusal naming member1 and its re-join:\n%s", r)
+		}
+		if d, err := kube(t, host).AppsV1().Deployments(fakeks.Namespace).Get(ctx, "tower", metav1.GetOptions{}); err != nil || !strings.HasPrefix(d.Spec.Template.Spec.Containers[0].Image, "kubesphere/tower") {
+			t.Fatalf("a refused init-host changed Deployment tower: %v", err)
+		}
 		unjoin(t, m1)
 	})
 
