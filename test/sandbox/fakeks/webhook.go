@@ -180,7 +180,7 @@ type admissionRequest struct {
 type admissionResponse struct {
 	UID     types.UID      `json:"uid"`
 	Allowed bool           `json:"allowed"`
-	Result  *metav1.Status `json:"result,omitempty"`
+	Result  *metav1.Status `json:"status,omitempty"` // "status" in the wire format (AdmissionResponse.Result)
 }
 
 // webhookCluster is the part of a Cluster the handler reads.

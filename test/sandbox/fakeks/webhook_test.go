@@ -96,3 +96,32 @@ func TestClusterWebhookConfigIsKubeSpheres(t *testing.T) {
 		t.Fatalf("%+v", c)
 	}
 }
+
+// The AdmissionReview answer carries the denial in response.status (the apiserver shows its
+// message), with the request's uid.
+func TestClusterWebhookWire(t *testing.T) {
+	w := &ClusterWebhook{Clients: newFakeClients(t), enabled: func(context.Context) bool { return true }}
+	old := clusterJSON(t, "uid-1", nil)
+	body, _ := json.Marshal(map[string]any{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview",
+		"request": map[string]any{"uid": "req-1", "operation": "UPDATE", "name": "member1", "object": json.RawMessage(old), "oldObject": json.RawMessage(old)}})
+	rec := httptest.NewRecorder()
+	w.serveHTTP(rec, httptest.NewRequest(http.MethodPost, ClusterWebhookPath, strings.NewReader(string(body))))
+	var out struct {
+		APIVersion string `json:"apiVersion"`
+		Response   struct {
+			UID     string `json:"uid"`
+			Allowed bool   `json:"allowed"`
+			Status  struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			} `json:"status"`
+		} `json:"response"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.APIVersion != "admission.k8s.io/v1beta1" || out.Response.UID != "req-1" || out.Response.Allowed ||
+		out.Response.Status.Code != 403 || !strings.Contains(out.Response.Status.Message, "failed to load cluster config") {
+		t.Fatalf("answer %s", rec.Body.String())
+	}
+}
