@@ -62,8 +62,11 @@ type ClusterWebhook struct {
 	BindAddress string
 	Log         io.Writer
 
-	// enabled reports whether ks-controller-manager registered the handler (multicluster.enable);
-	// nil: always.
+	// enabled reports whether the handler is registered; nil: always. KubeSphere registers it
+	// only with multicluster enabled (any Cluster update then fails: failurePolicy Fail); the
+	// stand-in serves it on every cluster, since a Cluster object on a cluster that is no host
+	// does not occur with KubeSphere, and the tunnel's e2e tests run the proxy on a cluster that
+	// was never made host.
 	enabled func(context.Context) bool
 }
 
@@ -86,10 +89,6 @@ func (w *ClusterWebhook) run(ctx context.Context) error {
 	l, err := net.Listen("tcp", net.JoinHostPort(bind, "0"))
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
-	}
-	if w.enabled == nil {
-		m := &ControllerManager{Clients: w.Clients}
-		w.enabled = func(ctx context.Context) bool { on, _, err := m.hostSettings(ctx); return err == nil && on }
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(ClusterWebhookPath, w.serveHTTP)
