@@ -97,17 +97,24 @@ func (w *ClusterWebhook) run(ctx context.Context) error {
 	go func() { <-ctx.Done(); _ = srv.Close() }()
 	go func() { _ = srv.ServeTLS(l, "", "") }()
 	url := "https://" + net.JoinHostPort(bind, strconv.Itoa(l.Addr().(*net.TCPAddr).Port)) + ClusterWebhookPath
-	// Keep the configuration pointing here (it is re-applied if someone changes it back).
+	// Point the configuration here once (ks-installer applies it on its runs, not continuously:
+	// whoever deletes it has it gone until then).
 	for {
-		if err := w.applyConfig(ctx, url, caPEM); err != nil && ctx.Err() == nil {
+		err := w.applyConfig(ctx, url, caPEM)
+		if err == nil {
+			break
+		}
+		if ctx.Err() == nil {
 			fmt.Fprintf(w.Log, "ks-controller-manager webhook: %v\n", err)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(5 * time.Second):
+		case <-time.After(2 * time.Second):
 		}
 	}
+	<-ctx.Done()
+	return nil
 }
 
 // ClusterWebhookConfig is the ValidatingWebhookConfiguration of ks-installer v3.4.1 with a url
