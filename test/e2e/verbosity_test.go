@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -92,8 +93,16 @@ func TestNoSecretAtHighestVerbosity(t *testing.T) {
 		}
 	}
 
-	// The long-running modes, briefly: a standby proxy (the host's proxy holds the Lease) and a
-	// second agent of member1.
+	// The long-running modes, briefly: a standby proxy (a Lease held by someone else keeps it
+	// from touching the Clusters the host's proxy serves) and a second agent of member1.
+	holder, dur := "e2e-holder", int32(3600)
+	now := metav1.NewMicroTime(time.Now())
+	if _, err := kube(t, host).CoordinationV1().Leases(fakeks.Namespace).Create(ctx, &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "ks-mc-proxy", Namespace: fakeks.Namespace},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &dur, AcquireTime: &now, RenewTime: &now},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	port := freeTCPPort(t, host.NodeIP)
 	pp := startKSMC(t, nil, append([]string{"proxy", "--kubeconfig", s.Kubeconfig, "--context", "host",
 		"--bind-address", host.NodeIP, "--port", fmt.Sprint(port), "--leader-elect", "--drain-timeout", "1s"}, loud...)...)
@@ -105,6 +114,12 @@ func TestNoSecretAtHighestVerbosity(t *testing.T) {
 		"--token-file", tokFile, "--proxy-server", proxyAddr, "--kubesphere-service", m1.NodeIP + ":1"}, loud...)...)
 	eventually(t, time.Minute, "the extra agent connects", func() error {
 		if !strings.Contains(ap.output(), "connected to proxy") {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	eventually(t, time.Minute, "the standby proxy up", func() error {
+		if !strings.Contains(pp.output(), "ks-mc proxy listening") {
 			return fmt.Errorf("not yet")
 		}
 		return nil
