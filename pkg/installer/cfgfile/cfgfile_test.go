@@ -198,6 +198,10 @@ func TestParseErrors(t *testing.T) {
 		{"v2", cc("  labels:\n    version: v2.1.1\n"), ErrVersion, "3.x"},
 		{"no spec", "apiVersion: installer.kubesphere.io/v1alpha1\nkind: ClusterConfiguration\n", ErrUnsupported, "no spec"},
 		{"bom", "\xef\xbb\xbf" + cc(""), ErrUnsupported, "byte order mark"},
+		{"aliases (billion laughs)", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n---\n" + cc(""), ErrUnsupported, "aliases"},
+		{"too long", cc("") + "# " + strings.Repeat("x", MaxSize) + "\n", ErrUnsupported, "larger than"},
+		{"stray carriage return", cc("") + "zone: a\rb\n", ErrUnsupported, "carriage returns"},
+		{"unicode line separator", cc("") + "# a\u2028b\n", ErrUnsupported, "line separators"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.in))
