@@ -47,18 +47,33 @@ func FuzzApply(f *testing.F) {
 				t.Fatalf("%s is %v after the edit", strings.Join(e.Path, "."), v)
 			}
 		}
-		// The result only adds or replaces: the text up to the first difference and after the
-		// last one is the original's.
-		i := 0
-		for i < len(out) && i < len(data) && out[i] == data[i] {
-			i++
+		// Surgical: every line of the original that names none of the edited keys is in the
+		// result, in order.
+		keys := map[string]bool{}
+		for _, e := range edits {
+			for _, k := range e.Path {
+				keys[k] = true
+			}
 		}
+		outLines := strings.SplitAfter(string(out), "\n")
 		j := 0
-		for j < len(out)-i && j < len(data)-i && out[len(out)-1-j] == data[len(data)-1-j] {
+		for _, l := range strings.SplitAfter(string(data), "\n") {
+			named := false
+			for k := range keys {
+				if strings.Contains(l, k) {
+					named = true
+				}
+			}
+			if named {
+				continue
+			}
+			for j < len(outLines) && strings.TrimSuffix(outLines[j], "\n") != strings.TrimSuffix(l, "\n") {
+				j++
+			}
+			if j == len(outLines) {
+				t.Fatalf("the line %q of the original is not in the result", l)
+			}
 			j++
-		}
-		if i+j > len(data) {
-			t.Fatal("impossible diff bounds")
 		}
 		if _, _, err := file.Redacted(edits, jwtPath); err != nil {
 			t.Fatalf("Redacted failed where Apply succeeded: %v", err)
