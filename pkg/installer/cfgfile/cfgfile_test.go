@@ -273,6 +273,18 @@ func TestWriteFileAtomic(t *testing.T) {
 	if err := WriteFile(filepath.Join(d2, "missing", "x"), []byte("x"), 0o600); err == nil {
 		t.Fatal("write into a missing directory succeeded")
 	}
+	// A failed rename (the target is a non-empty directory) leaves the target and no
+	// temporary file.
+	_ = os.WriteFile(filepath.Join(d2, "keep"), []byte("x"), 0o644)
+	if err := WriteFile(d2, []byte("x"), 0o600); err == nil {
+		t.Fatal("rename over a directory succeeded")
+	}
+	if b, err := os.ReadFile(filepath.Join(d2, "keep")); err != nil || string(b) != "x" {
+		t.Fatal("the failed write damaged the target")
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Fatalf("a failed write left files behind: %v", entries)
+	}
 	link := filepath.Join(dir, "link.yaml")
 	_ = os.Symlink(p, link)
 	if _, err := CheckWritable(link); !errors.Is(err, ErrNotWritable) || !strings.Contains(err.Error(), "symlink") {
