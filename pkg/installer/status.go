@@ -29,10 +29,10 @@ type ClusterRow struct {
 	// not a proxy connection.
 	Live string `json:"live,omitempty"`
 	// LiveEvidence is what the probe saw; LatencyMS its measured round trip.
-	LiveEvidence []string `json:"liveEvidence,omitempty"`
-	LatencyMS    *float64 `json:"latencyMs,omitempty"`
-	UID        string             `json:"uid,omitempty"`
-	Conditions []ClusterCondition `json:"conditions,omitempty"`
+	LiveEvidence []string           `json:"liveEvidence,omitempty"`
+	LatencyMS    *float64           `json:"latencyMs,omitempty"`
+	UID          string             `json:"uid,omitempty"`
+	Conditions   []ClusterCondition `json:"conditions,omitempty"`
 }
 
 // ContextRole is the KubeSphere role of one kubeconfig context.
