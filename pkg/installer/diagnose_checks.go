@@ -193,6 +193,8 @@ func (k *checker) hostChecks() {
 		switch {
 		case LoadBalancerAddress(h.svc) != "":
 			k.add(Finding{ID: CheckHostService, Status: DiagOK, Subject: subj, Summary: "load balancer address " + LoadBalancerAddress(h.svc), Evidence: ev})
+		case h.svc.Spec.Type == corev1.ServiceTypeLoadBalancer && addr != "":
+			k.add(Finding{ID: CheckHostService, Status: DiagOK, Subject: subj, Summary: "LoadBalancer <pending>; agents use the published address " + addr, Evidence: ev})
 		case h.svc.Spec.Type == corev1.ServiceTypeLoadBalancer:
 			k.add(Finding{ID: CheckHostService, Status: DiagWarn, Subject: subj, Summary: "LoadBalancer <pending>: agents need a NodePort or another published address", Evidence: ev,
 				Fix: &Fix{Action: "publish one of the candidates", KsMc: append(append([]string{}, initHost...), "--proxy-publish-address="+ProxyAddressExample)}})
@@ -305,6 +307,7 @@ func (k *checker) clusterChecks(c *unstructured.Unstructured) {
 			}
 		}
 	}
+	k.certCheck(c, subj)
 	if connectionType(c) != "proxy" {
 		return
 	}
@@ -327,7 +330,6 @@ func (k *checker) clusterChecks(c *unstructured.Unstructured) {
 	} else if port != 0 {
 		k.add(Finding{ID: CheckClusterPort, Status: DiagOK, Subject: subj, Summary: fmt.Sprintf("kubernetesAPIServerPort %d is unique", port)})
 	}
-	k.certCheck(c, subj)
 	k.tunnelCheck(c, subj, conds, m)
 	if m == nil {
 		k.add(Finding{ID: CheckClusterMember, Status: DiagSkip, Subject: subj, Summary: "no member context matched this Cluster: member-side checks did not run",

@@ -201,8 +201,13 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 			f.Evidence = append(f.Evidence, "service proxy: no answer through mc-"+name+" (inconclusive: "+firstLine(errText(r.err))+")")
 		}
 	}
-	if kind == TunnelTower && m == nil && !live {
+	if kind == TunnelTower && !live && !dead && agentAvail {
+		// Tower writes no heartbeat: a ready agent that does not crash, with AgentAvailable=True,
+		// is the best evidence there is.
 		f.Sources = append(f.Sources, SourceConditions)
+		if m != nil && m.agent != nil && m.agent.Status.ReadyReplicas > 0 {
+			live = true
+		}
 	}
 	if cause == "" && dead && k.addressFailed() {
 		cause, see = "the host's proxyPublishAddress does not match the tower Service", CheckHostAddress
@@ -327,7 +332,8 @@ func (k *checker) memberChecks(m *memberData) {
 			k.add(Finding{ID: CheckMemberTokenAge, Status: DiagFail, Subject: subj, Summary: "accessTokenMaxAge does not parse", Evidence: []string{err.Error()}})
 		case d != 0:
 			k.add(Finding{ID: CheckMemberTokenAge, Status: DiagFail, Subject: subj, Summary: "accessTokenMaxAge is " + d.String() + ", not 0 (console: \"token not found in cache\")",
-				Fix: withSetting(join("re-run join, which sets it to 0"), cc+" spec.authentication.oauthOptions.accessTokenMaxAge: 0")})
+				Fix: withSetting(join("set it to 0 in the member's ClusterConfiguration, which ks-installer renders into kubesphere-config (join does this); "+
+					"if the ClusterConfiguration already says 0, kubesphere-config was edited by hand: set it back to 0 there"), cc+" spec.authentication.oauthOptions.accessTokenMaxAge: 0")})
 		default:
 			k.add(Finding{ID: CheckMemberTokenAge, Status: DiagOK, Subject: subj, Summary: "accessTokenMaxAge 0"})
 		}
