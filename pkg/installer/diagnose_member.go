@@ -14,6 +14,9 @@ import (
 	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
+// maxHeartbeatSkew: a renewTime up to this far in the future is the clock estimate's error.
+const maxHeartbeatSkew = 3 * time.Second
+
 // agentLogCause reads the agent's recent logs and names the likeliest cause of a dead tunnel and
 // the check that holds its fix ("" when the logs say nothing known).
 func agentLogCause(logs string) (cause, see string) {
@@ -129,6 +132,9 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 			dur := 30 * time.Second
 			if lease.Spec.LeaseDurationSeconds != nil {
 				dur = time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second
+			}
+			if age < 0 && age > -maxHeartbeatSkew && lease.Spec.RenewTime != nil {
+				age = 0 // within the error of the clock offset estimate
 			}
 			switch {
 			case age < 0 || age > dur:
