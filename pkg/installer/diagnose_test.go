@@ -17,7 +17,7 @@ import (
 func TestAgentLogCause(t *testing.T) {
 	for logs, want := range map[string]string{
 		`E connect to proxy err="tunnel: agent token rejected by proxy 10.0.0.1:8080 (401): bad token"`: CheckMemberAgent,
-		`tunnel: unknown cluster "m1" at proxy 10.0.0.1:8080 (403)`:                                    CheckMemberAgent,
+		`tunnel: unknown cluster "m1" at proxy 10.0.0.1:8080 (403)`:                                     CheckMemberAgent,
 		`tunnel: handshake failed: proxy x answered 200 OK to the upgrade`:                              CheckHostAddress,
 		`dial proxy 10.0.0.1:8081: connect: connection refused`:                                         CheckHostAddress,
 		`dial tcp: lookup proxy.example: no such host`:                                                  CheckHostAddress,
