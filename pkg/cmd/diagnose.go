@@ -25,7 +25,10 @@ const diagnoseExample = `  # Host-side checks only (member-side checks say which
   kubectl ks-mc diagnose --host-context host --context member1 --context member2 -o json
 
   # Every context of the kubeconfig, warnings fail too, and a redacted support bundle
-  kubectl ks-mc diagnose --host-context host --all-contexts --strict --bundle ks-mc-diagnose.tar.gz`
+  kubectl ks-mc diagnose --host-context host --all-contexts --strict --bundle ks-mc-diagnose.tar.gz
+
+  # One member only
+  kubectl ks-mc diagnose --host-context host --context member1 --name member1`
 
 // DiagnoseOptions holds the flags of "kubectl ks-mc diagnose".
 type DiagnoseOptions struct {
@@ -35,6 +38,7 @@ type DiagnoseOptions struct {
 	Output      string
 	Bundle      string
 	Strict      bool
+	Name        string
 	Timeout     time.Duration
 	Workers     int
 
@@ -99,6 +103,7 @@ secret redacted, and this report. Nothing secret is printed at any -v.`,
 	fl.StringVarP(&o.Output, "output", "o", "", "Output format: json or yaml")
 	fl.StringVar(&o.Bundle, "bundle", "", "Write a redacted support bundle (tar.gz) to this file")
 	fl.BoolVar(&o.Strict, "strict", false, "Exit 1 on warnings too")
+	fl.StringVar(&o.Name, "name", "", "Report only this Cluster (and the host checks)")
 	fl.DurationVar(&o.Timeout, "timeout", o.Timeout, "Timeout of every single read or probe")
 	fl.IntVar(&o.Workers, "workers", o.Workers, "How many reads and probes run at once")
 	_ = cmd.RegisterFlagCompletionFunc("context", func(c *cobra.Command, _ []string, toComplete string) ([]string, cobra.ShellCompDirective) {
@@ -180,6 +185,9 @@ func (o *DiagnoseOptions) Run(ctx context.Context) error {
 	rep, bundle, err := o.Diagnose(ctx, installer.DiagnoseOptions{Host: host, Members: members, Workers: o.Workers, Timeout: o.Timeout, Bundle: o.Bundle != ""})
 	if err != nil {
 		return err
+	}
+	if o.Name != "" {
+		rep = filterReport(rep, o.Name)
 	}
 	view := NewDiagnoseView(rep)
 	if o.Output != "" {
@@ -344,4 +352,28 @@ func PrintDiagnose(w io.Writer, v *DiagnoseView) {
 	}
 	s := v.Summary
 	fmt.Fprintf(w, "\n%d checks: %d ok, %d warn, %d fail, %d skip\n", s.OK+s.Warn+s.Fail+s.Skip, s.OK, s.Warn, s.Fail, s.Skip)
+}
+
+// filterReport keeps the host's findings and those of Cluster name, and recounts.
+func filterReport(r *installer.DiagnoseReport, name string) *installer.DiagnoseReport {
+	out := *r
+	out.Findings = nil
+	out.Summary = installer.DiagnoseSummary{}
+	for _, f := range r.Findings {
+		if f.Subject != "host" && f.Subject != "cluster/"+name {
+			continue
+		}
+		out.Findings = append(out.Findings, f)
+		switch f.Status {
+		case installer.DiagOK:
+			out.Summary.OK++
+		case installer.DiagWarn:
+			out.Summary.Warn++
+		case installer.DiagFail:
+			out.Summary.Fail++
+		case installer.DiagSkip:
+			out.Summary.Skip++
+		}
+	}
+	return &out
 }

@@ -334,8 +334,28 @@ func TestDiagnoseStrictAndFlags(t *testing.T) {
 	if err := o.Validate(); err == nil {
 		t.Error("--context with --all-contexts accepted")
 	}
+	f := filterReport(&installer.DiagnoseReport{Findings: []installer.Finding{{Subject: "host", Status: "ok"}, {Subject: "cluster/a", Status: "fail"}, {Subject: "cluster/b", Status: "fail"}}}, "b")
+	if len(f.Findings) != 2 || f.Summary.Fail != 1 || f.Summary.OK != 1 {
+		t.Errorf("--name filter: %+v", f)
+	}
 	r := &installer.DiagnoseReport{Summary: installer.DiagnoseSummary{OK: 3, Warn: 1}}
 	if r.Failed(false) || !r.Failed(true) {
 		t.Error("warnings: exit 0, or 1 with --strict")
+	}
+}
+
+func TestDiagnoseCompletion(t *testing.T) {
+	kc := writeKubeconfig(t, "host", map[string]string{"host": "https://127.0.0.1:1", "member1": "https://127.0.0.1:1", "member2": "https://127.0.0.1:1"})
+	got, _, _ := complete(t, nil, "diagnose", "--kubeconfig", kc, "--host-context", "host", "--context", "mem")
+	if strings.Join(got, ",") != "member1,member2" {
+		t.Errorf("--context completes %v", got)
+	}
+	got, _, _ = complete(t, nil, "diagnose", "--kubeconfig", kc, "--context", "member1", "--context", "")
+	if len(got) != 3 {
+		t.Errorf("a repeated --context completes %v", got)
+	}
+	got, _, _ = complete(t, nil, "diagnose", "--kubeconfig", kc, "--host-context", "ho")
+	if strings.Join(got, ",") != "host" {
+		t.Errorf("--host-context completes %v", got)
 	}
 }

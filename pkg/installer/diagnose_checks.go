@@ -29,6 +29,7 @@ const (
 	CheckHostAddress      = "host.proxyPublishAddress"
 	CheckHostRestart      = "host.apiserverRestart"
 	CheckHostHealth       = "host.proxyHealth"
+	CheckHostClusters     = "host.clusters"
 
 	CheckClusterConditions  = "cluster.conditions"
 	CheckClusterTunnel      = "cluster.tunnel"
@@ -149,6 +150,11 @@ func (k *checker) hostChecks() {
 			Evidence: ConfigDrift(h.cc, h.cfg), Fix: &Fix{Action: "wait for ks-installer to finish", Kubectl: strings.Fields(strings.TrimPrefix(InstallerLogsCommand(h.c.Context), "kubectl "))}})
 	default:
 		k.add(Finding{ID: CheckHostInstaller, Status: DiagOK, Subject: subj, Summary: h.installer.Describe()})
+	}
+	if h.clustersErr != nil {
+		k.add(Finding{ID: CheckHostClusters, Status: DiagFail, Subject: subj, Summary: "cannot list the host's Clusters: the per-cluster checks did not run",
+			Evidence: []string{errText(h.clustersErr)}, Fix: &Fix{Action: "check that the context may list clusters.cluster.kubesphere.io",
+				Kubectl: append([]string{"auth", "can-i", "list", "clusters.cluster.kubesphere.io"}, hostCtxArgs(h.c)...)}})
 	}
 	tunnelKind := TunnelOf(h.tower)
 	switch {
