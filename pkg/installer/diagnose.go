@@ -302,6 +302,15 @@ func Diagnose(ctx context.Context, o DiagnoseOptions) (*DiagnoseReport, *Bundle,
 		rep.Contexts[m.c.Context] = m.cluster
 	}
 	rep.Findings = runChecks(h, members, o.Now())
+	// Evidence quotes other programs' words (installer lines, API errors): scrub every secret seen.
+	secrets := collectSecrets(h, members)
+	for i := range rep.Findings {
+		f := &rep.Findings[i]
+		f.Summary = manifests.Scrub(f.Summary, secrets...)
+		for j := range f.Evidence {
+			f.Evidence[j] = manifests.Scrub(f.Evidence[j], secrets...)
+		}
+	}
 	for _, f := range rep.Findings {
 		switch f.Status {
 		case DiagOK:
@@ -316,7 +325,7 @@ func Diagnose(ctx context.Context, o DiagnoseOptions) (*DiagnoseReport, *Bundle,
 	}
 	rep.DurationMS = o.Now().Sub(start).Milliseconds()
 	if bundle != nil {
-		bundle.secrets = collectSecrets(h, members)
+		bundle.secrets = secrets
 	}
 	return rep, bundle, nil
 }
