@@ -158,6 +158,7 @@ type hostData struct {
 	health       error
 	healthRTT    time.Duration
 	healthAddr   string
+	addrFromLB   bool
 	svcProxy     map[string]probeResult
 }
 
@@ -269,6 +270,11 @@ func Diagnose(ctx context.Context, o DiagnoseOptions) (*DiagnoseReport, *Bundle,
 		}
 		if addr == "" && h.cc != nil {
 			addr = h.cc.ProxyPublishAddress()
+		}
+		if addr == "" && h.svc != nil {
+			// Without proxyPublishAddress KubeSphere publishes the tower Service's load balancer.
+			addr = LoadBalancerAddress(h.svc)
+			h.addrFromLB = addr != ""
 		}
 		h.healthAddr = addr
 		if addr != "" && !o.TunnelOnly {

@@ -222,6 +222,9 @@ func (k *checker) hostChecks() {
 			match = match || int(p) == port
 		}
 		ev := []string{"proxyPublishAddress " + addr}
+		if h.addrFromLB {
+			ev = []string{"no proxyPublishAddress: KubeSphere publishes the tower Service's load balancer " + addr}
+		}
 		if h.cc != nil && h.cfg != nil && h.cc.ProxyPublishAddress() != h.cfg.Multicluster.ProxyPublishAddress {
 			ev = append(ev, "the ClusterConfiguration says "+strconv.Quote(h.cc.ProxyPublishAddress())+", kubesphere-config "+strconv.Quote(h.cfg.Multicluster.ProxyPublishAddress))
 		}
