@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"time"
@@ -43,6 +44,8 @@ type ProxyOptions struct {
 	MaxStreamsPerCluster int
 	StreamWindow         uint32
 	MaxHeaderBytes       int
+	// MetricsBindAddress serves /metrics on its own listener (off when empty).
+	MetricsBindAddress string
 
 	restConfig *rest.Config
 	genericiooptions.IOStreams
@@ -76,8 +79,9 @@ while one is connected serves the cluster's kube-apiserver (TLS, client certific
 or the caller's own bearer token) and ks-apiserver listeners, writing the Cluster's kubeconfig and
 conditions as Tower does.
 
-The port serves GET /health, /version, /metrics and the agent endpoint; with --tls (default) TLS and
-plain HTTP are both answered on it. The CA lives in Secret <namespace>/ks-mc-proxy-ca; its pin for
+The port serves GET /health, /readyz, /version and the agent endpoint; with --tls (default) TLS and
+plain HTTP are both answered on it. Metrics (they name every connected cluster) are served only on
+--metrics-bind-address, never on the proxy port. The CA lives in Secret <namespace>/ks-mc-proxy-ca; its pin for
 agents' --ca-cert-hash is in that Secret's annotation ks-mc.io/ca-cert-hash.`,
 		Example: "  kubectl ks-mc proxy --bind-address $(POD_IP) --port 8080",
 		Args:    cobra.NoArgs,
@@ -93,7 +97,8 @@ agents' --ca-cert-hash is in that Secret's annotation ks-mc.io/ca-cert-hash.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "IP the proxy port and the per-cluster listeners bind to")
-	fl.IntVar(&o.Port, "port", o.Port, "The proxy port (health, version, metrics, agents)")
+	fl.IntVar(&o.Port, "port", o.Port, "The proxy port (health, readiness, version, agents)")
+	fl.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "IP:port serving Prometheus /metrics in plain HTTP (off when empty; keep it off networks agents come from)")
 	fl.StringVar(&o.Namespace, "proxy-namespace", o.Namespace, "Namespace of the mc-<name> Services, the CA Secret and the Lease (default $POD_NAMESPACE or kubesphere-system)")
 	fl.StringVar(&o.CASecret, "ca-secret", o.CASecret, "Secret holding the proxy CA (created when missing)")
 	fl.BoolVar(&o.TLS, "tls", o.TLS, "Serve TLS on the proxy port (certificate from the proxy CA); plain HTTP is still answered")
@@ -140,6 +145,11 @@ func (o *ProxyOptions) Validate() error {
 	}
 	if o.MaxHeaderBytes < 1<<10 || o.MaxHeaderBytes > 1<<20 {
 		return usageErrorf("--max-header-bytes must be between 1024 and 1048576")
+	}
+	if o.MetricsBindAddress != "" {
+		if _, port, err := net.SplitHostPort(o.MetricsBindAddress); err != nil || port == "" {
+			return usageErrorf("--metrics-bind-address must be IP:port, e.g. 127.0.0.1:9090")
+		}
 	}
 	return nil
 }
@@ -205,6 +215,17 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- p.Serve(ln) }()
 	klog.InfoS("ks-mc proxy listening", "address", ln.Addr().String(), "tls", o.TLS, "caCertHash", ca.Hash(), "version", version.Version)
+	if o.MetricsBindAddress != "" {
+		ml, err := net.Listen("tcp", o.MetricsBindAddress)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listen on the metrics address: %w", err)
+		}
+		msrv := metricsServer(p.MetricsHandler())
+		go func() { _ = msrv.Serve(ml) }()
+		defer msrv.Close()
+		klog.InfoS("ks-mc proxy metrics", "address", ml.Addr().String())
+	}
 
 	ctrlErr := make(chan error, 1)
 	// Agents are answered 503 "starting" until the Cluster cache has synced: a starting proxy must
@@ -291,4 +312,12 @@ func (o *ProxyOptions) leaderElect(ctx context.Context, kube kubernetes.Interfac
 			},
 		},
 	})
+}
+
+// metricsServer serves h at /metrics with the proxy port's bounds (small headers, short timeouts).
+func metricsServer(h http.Handler) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	return &http.Server{Handler: mux, MaxHeaderBytes: tunnel.DefaultMaxHeaderBytes,
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
 }

@@ -62,6 +62,7 @@ func TestProxyFlagValidation(t *testing.T) {
 		{[]string{"proxy", "--bind-address=not-an-ip"}, "is not an IP address"},
 		{[]string{"proxy", "--port=0"}, "--port 0 is out of range"},
 		{[]string{"proxy", "--tls=false", "--allow-plaintext-agents=false"}, "--tls=false needs --allow-plaintext-agents"},
+		{[]string{"proxy", "--metrics-bind-address=9090"}, "--metrics-bind-address must be IP:port"},
 	} {
 		out, err := runRoot(t, tc.args...)
 		if err == nil || !strings.Contains(out, tc.want) {

@@ -74,7 +74,7 @@ type ProxyConfig struct {
 	// Version is served on /version.
 	Version string
 	// TLS, when set, serves the proxy port with TLS. Plain HTTP is still answered on the same port
-	// (the first byte tells them apart) for /health, /version and /metrics, so kubelet probes and
+	// (the first byte tells them apart) for /health, /readyz and /version, so kubelet probes and
 	// Tower-style http:// probes work; the agent endpoint then refuses plaintext unless
 	// AllowPlaintextAgents.
 	TLS *tls.Config
@@ -140,7 +140,7 @@ func (c *ProxyConfig) Validate() error {
 	return c.Config.Validate()
 }
 
-// Proxy is the host side: it accepts agents on TunnelPath, serves /health, /version and /metrics,
+// Proxy is the host side: it accepts agents on TunnelPath, serves /health, /readyz and /version,
 // and opens streams to agents for the per-cluster listeners. It never accepts streams opened by an
 // agent.
 type Proxy struct {
@@ -183,13 +183,16 @@ func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
 	p.mux.HandleFunc("/healthz", p.serveHealth)
 	p.mux.HandleFunc(ReadyPath, p.serveReady)
 	p.mux.HandleFunc("/version", p.serveVersion)
-	p.mux.HandleFunc("/metrics", p.serveMetrics)
 	p.mux.HandleFunc(TunnelPath, p.serveTunnel)
 	return p, nil
 }
 
 // Handler serves the proxy port's HTTP routes (anything else is 404).
 func (p *Proxy) Handler() http.Handler { return p.mux }
+
+// MetricsHandler serves the Prometheus metrics. It is not on the proxy port: the metrics name every
+// connected cluster, and the proxy port answers anyone who can reach it (no name oracle, spec §6).
+func (p *Proxy) MetricsHandler() http.Handler { return http.HandlerFunc(p.serveMetrics) }
 
 // Agents returns how many agents of cluster are connected.
 func (p *Proxy) Agents(cluster string) int { return p.reg.count(cluster) }

@@ -120,7 +120,8 @@ func TestTunnel(t *testing.T) {
 	clusters := dyn(t, host).Resource(fakeks.ClusterGVR)
 
 	port := freeTCPPort(t, host.NodeIP)
-	proxyArgs := []string{"proxy", "--kubeconfig", s.Kubeconfig, "--context", "host",
+	metricsAddr := fmt.Sprintf("%s:%d", host.NodeIP, freeTCPPort(t, host.NodeIP))
+	proxyArgs := []string{"proxy", "--kubeconfig", s.Kubeconfig, "--context", "host", "--metrics-bind-address", metricsAddr,
 		"--bind-address", host.NodeIP, "--port", fmt.Sprint(port), "--keepalive", "2s", "--keepalive-timeout", "3s", "--drain-timeout", "3s"}
 	proxy := startKSMC(t, nil, proxyArgs...)
 	proxyURL := fmt.Sprintf("https://%s:%d", host.NodeIP, port)
@@ -341,9 +342,9 @@ func TestTunnel(t *testing.T) {
 	})
 
 	t.Run("rotating the token closes the old session within 5 s", func(t *testing.T) {
-		// The proxy's /metrics (plain HTTP on the proxy port) shows the session count.
+		// The proxy's /metrics (plain HTTP on --metrics-bind-address) shows the session count.
 		metrics := func() string {
-			resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", host.NodeIP, port))
+			resp, err := http.Get("http://" + metricsAddr + "/metrics")
 			if err != nil {
 				return ""
 			}
