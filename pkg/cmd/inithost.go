@@ -95,7 +95,7 @@ completed by running it again.`,
 	fl.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait for ks-installer and rollouts in total")
 	fl.DurationVar(&o.LoadBalancerWait, "load-balancer-wait", o.LoadBalancerWait, "How long to wait for a newly created tower Service to get a load balancer address")
 	fl.BoolVar(&o.NoRestart, "no-restart", false, "Do not restart ks-apiserver (it keeps the old proxy address until restarted)")
-	fl.BoolVar(&o.Force, "force", false, "Make a member cluster the host, or patch while ks-installer is running")
+	fl.BoolVar(&o.Force, "force", false, "Make a member cluster the host, patch while ks-installer is running, or switch to --tunnel=ks-mc while members connect through Tower")
 	addDryRunFlag(cmd, &o.DryRunFlag)
 	fl.StringVarP(&o.Output, "output", "o", "", "Print the result (role, proxy address, changes) as json or yaml on stdout")
 	fl.StringVar(&o.Tunnel, "tunnel", "", `Tunnel served by Deployment tower: "tower" (KubeSphere's own; the default on a fresh host) or "ks-mc" (the bundled proxy). Unset keeps what runs.`)

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -68,7 +71,11 @@ a member).`,
 		RunE: func(c *cobra.Command, _ []string) error { return c.Help() },
 		// Every command talks to clusters whose objects hold secrets: keep -v below client-go's
 		// body-logging levels.
-		PersistentPreRun: func(*cobra.Command, []string) { capVerbosity(streams.ErrOut) },
+		// --vmodule raises the level per file, so it is capped the same way.
+		PersistentPreRun: func(c *cobra.Command, _ []string) {
+			capVerbosity(streams.ErrOut)
+			capVModule(c.Flags().Lookup("vmodule"), streams.ErrOut)
+		},
 		CompletionOptions: cobra.CompletionOptions{
 			HiddenDefaultCmd: false,
 		},
@@ -126,4 +133,29 @@ type Factory struct {
 // usageErrorf reports a wrong invocation.
 func usageErrorf(format string, args ...any) error {
 	return fmt.Errorf(format+"\nSee '%s --help'.", append(args, CommandName)...)
+}
+
+// capVModule lowers every --vmodule level above maxSafeVerbosity to it ("*=10" would otherwise
+// turn on client-go's body logging for every file, past the -v cap).
+func capVModule(f *pflag.Flag, errOut io.Writer) {
+	if f == nil || f.Value.String() == "" {
+		return
+	}
+	parts := strings.Split(f.Value.String(), ",")
+	capped := false
+	for i, p := range parts {
+		pat, lvl, ok := strings.Cut(p, "=")
+		if n, err := strconv.Atoi(lvl); ok && err == nil && n > maxSafeVerbosity {
+			parts[i] = pat + "=" + strconv.Itoa(maxSafeVerbosity)
+			capped = true
+		}
+	}
+	if !capped {
+		return
+	}
+	if err := f.Value.Set(strings.Join(parts, ",")); err != nil {
+		// Never leave a level above the cap in place.
+		_ = f.Value.Set("")
+	}
+	fmt.Fprintf(errOut, "warning: --vmodule levels capped at %d: higher levels make client-go log request bodies, which hold secrets here\n", maxSafeVerbosity)
 }

@@ -68,7 +68,7 @@ behind is listed.`,
 	o.Host.add(cmd, true)
 	fl := cmd.Flags()
 	fl.StringVar(&o.Name, "name", "", "Name of the member on the host (default: found by the member's identity)")
-	fl.BoolVar(&o.Force, "force", false, "Remove the Cluster even when the member is unreachable, and its finalizer when KubeSphere cannot finish")
+	fl.BoolVar(&o.Force, "force", false, "Remove the Cluster even when the member is unreachable, and its finalizer when KubeSphere cannot finish (past KubeSphere 3.4's Cluster webhook, suspended for that one update and restored)")
 	fl.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait for the Cluster's deletion")
 	addDryRunFlag(cmd, &o.DryRunFlag)
 	fl.StringVarP(&o.Output, "output", "o", "", "Print the result as json or yaml")

@@ -113,7 +113,7 @@ func newFakeCluster(t *testing.T, ccDoc string, extra ...runtime.Object) *fakeCl
 	fc := &fakeCluster{t: t, kube: fake.NewClientset(objs...), denied: map[string]bool{}}
 	scheme := runtime.NewScheme()
 	fc.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
-		map[schema.GroupVersionResource]string{ClusterConfigurationGVR: "ClusterConfigurationList"}, loadCC(t, ccDoc))
+		map[schema.GroupVersionResource]string{ClusterConfigurationGVR: "ClusterConfigurationList", {Group: "cluster.kubesphere.io", Version: "v1alpha1", Resource: "clusters"}: "ClusterList"}, loadCC(t, ccDoc))
 	fc.kube.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		r := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview)
 		attr := r.Spec.ResourceAttributes

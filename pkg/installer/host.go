@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
@@ -248,6 +249,7 @@ func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
 	}
 	h.addressCheck(p, st)
 	h.tunnelCheck(p, st)
+	h.towerMembersCheck(ctx, p, st)
 
 	if !h.opts.NoRestart {
 		if _, err := h.c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, APIServerName, metav1.GetOptions{}); err != nil {
@@ -338,6 +340,56 @@ func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
 	default:
 		p.OK("tunnel: KubeSphere's Tower")
 	}
+}
+
+// towerMembersCheck: switching a host that runs KubeSphere's Tower to the ks-mc proxy cuts off
+// every member connected by a Tower agent (the ks-mc proxy speaks another protocol). They are
+// listed, and the switch is refused without --force; each must be re-joined afterwards.
+func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostState) {
+	// Only a host has members.
+	if h.opts.Tunnel != TunnelKsMc || st.CurrentTunnel != TunnelTower || st.CC.ClusterRole() != RoleHost {
+		return
+	}
+	clusters, err := ListClusters(ctx, h.c)
+	if apierrors.IsNotFound(err) {
+		return
+	}
+	if err != nil {
+		p.Warn("", "cannot list the members connected through Tower: %v", err)
+		return
+	}
+	var names, cmds []string
+	for i := range clusters {
+		c := &clusters[i]
+		typ, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "type")
+		if IsHostCluster(c) || typ != "proxy" {
+			continue
+		}
+		state := "agent disconnected"
+		if conditionTrue(ClusterConditions(c), ConditionAgentAvailable) {
+			state = "agent connected"
+		}
+		names = append(names, fmt.Sprintf("%s (%s)", c.GetName(), state))
+		cmds = append(cmds, fmt.Sprintf("kubectl ks-mc join --context <context of %s> --host-context %s --name %s", c.GetName(), hostContextName(h.c), c.GetName()))
+	}
+	if len(names) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("%d member(s) connect through KubeSphere's Tower agents and lose their connection when Deployment tower runs the ks-mc proxy: %s",
+		len(names), strings.Join(names, ", "))
+	advice := "after the switch, re-join each member so that it runs the ks-mc agent: " + strings.Join(cmds, "; ")
+	if h.opts.Force {
+		p.Warn(advice, "%s; continuing because of --force", msg)
+		return
+	}
+	p.Error("pass --force to switch anyway; then "+advice, "%s", msg)
+}
+
+func hostContextName(c *Clients) string {
+	if c.Context != "" {
+		return c.Context
+	}
+	return "<host context>"
 }
 
 // plaintextCheck warns when members would reach the bundled proxy over plain http: it serves TLS

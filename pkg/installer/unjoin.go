@@ -3,12 +3,15 @@ package installer
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
@@ -206,14 +209,26 @@ func waitClusterGone(ctx context.Context, host *Clients, name string, opts Unjoi
 		rep.Progress(fmt.Sprintf("waiting for KubeSphere to finish deleting Cluster %s (finalizers %v)", name, c.GetFinalizers()))
 		if time.Now().After(deadline) {
 			if !opts.Force {
+				// Is it KubeSphere 3.4's webhook? A server-side dry run of the finalizer removal
+				// goes through it and changes nothing.
+				if err := removeFinalizersDryRun(ctx, host, name); err != nil && IsClusterWebhookRefusal(err) {
+					return fmt.Errorf("timed out after %s waiting for Cluster %s to be deleted (finalizers %v): KubeSphere 3.4's validating webhook %s refuses every update "+
+						"of the Cluster, ks-controller-manager's finalizer removal included, while it cannot reach the member through the Cluster's kubeconfig (%v); "+
+						"make the member reachable (its agent connected), or, if the member is gone for good, re-run with --force",
+						wait, name, c.GetFinalizers(), ClusterWebhookName, webhookReason(err))
+				}
 				return fmt.Errorf("timed out after %s waiting for Cluster %s to be deleted (finalizers %v): ks-controller-manager on the host could not finish; "+
 					"see kubectl -n kubesphere-system logs deployment/ks-controller-manager%s, or re-run with --force to remove the finalizer",
 					wait, name, c.GetFinalizers(), host.contextFlag())
 			}
 			change("host Cluster "+name, "remove finalizers", fmt.Sprintf("%v (--force)", c.GetFinalizers()))
-			patch := []byte(`{"metadata":{"finalizers":null}}`)
-			if _, err := host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: FieldManager}); err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("host: remove finalizers of Cluster %s: %w", name, err)
+			if err := removeFinalizers(ctx, host, name); err != nil {
+				if !IsClusterWebhookRefusal(err) {
+					return fmt.Errorf("host: remove finalizers of Cluster %s: %w", name, err)
+				}
+				if err := removeFinalizersPastWebhook(ctx, host, name, err, rep, change, res); err != nil {
+					return err
+				}
 			}
 			res.LeftBehind = append(res.LeftBehind, "on the host: what KubeSphere's finalizer would have cleaned for Cluster "+name+
 				" (kubefed registration, Service kubesphere-system/mc-"+name+" when the proxy does not remove it)")
@@ -225,4 +240,125 @@ func waitClusterGone(ctx context.Context, host *Clients, name string, opts Unjoi
 		case <-time.After(opts.PollInterval):
 		}
 	}
+}
+
+// KubeSphere 3.4's validating webhook on Cluster UPDATE (ks-installer v3.4.1
+// roles/ks-core/ks-core/files/ks-core/templates/webhook.yaml; rule in kubesphere v3.4.1
+// pkg/controller/cluster/cluster_webhook.go): once status.uid is set it admits an update only
+// after reaching the member's kube-system through the Cluster's kubeconfig. It exempts nothing:
+// not a finalizer removal, not a Terminating Cluster.
+const (
+	ClusterWebhookConfigName = "cluster.kubesphere.io"
+	ClusterWebhookName       = "validating-cluster.kubesphere.io"
+)
+
+// IsClusterWebhookRefusal reports whether err is KubeSphere's Cluster webhook refusing an update
+// (denied, or not callable: failurePolicy Fail).
+func IsClusterWebhookRefusal(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, `admission webhook "`+ClusterWebhookName+`" denied`) ||
+		strings.Contains(msg, `failed calling webhook "`+ClusterWebhookName+`"`)
+}
+
+// webhookReason is the part of a refusal after "denied the request: ".
+func webhookReason(err error) string {
+	msg := err.Error()
+	if _, after, ok := strings.Cut(msg, "denied the request: "); ok {
+		return after
+	}
+	return msg
+}
+
+var finalizersNull = []byte(`{"metadata":{"finalizers":null}}`)
+
+func removeFinalizers(ctx context.Context, host *Clients, name string) error {
+	_, err := host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull, metav1.PatchOptions{FieldManager: FieldManager})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func removeFinalizersDryRun(ctx context.Context, host *Clients, name string) error {
+	_, err := host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull,
+		metav1.PatchOptions{FieldManager: FieldManager, DryRun: []string{metav1.DryRunAll}})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// removeFinalizersPastWebhook is --force for a member that is gone: KubeSphere 3.4 admits no
+// update of its Cluster any more, so the one object that stands in the way, the
+// ValidatingWebhookConfiguration cluster.kubesphere.io, is deleted for the finalizer removal and
+// re-created from its copy right after. Both steps are reported; if the re-creation fails, the
+// error says how to restore it from the copy written to a file.
+func removeFinalizersPastWebhook(ctx context.Context, host *Clients, name string, refusal error, rep Reporter,
+	change func(obj, action, summary string), res *UnjoinResult) error {
+	api := host.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	vwc, err := api.Get(ctx, ClusterWebhookConfigName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("host: remove finalizers of Cluster %s: %w; and get ValidatingWebhookConfiguration %s: %v", name, refusal, ClusterWebhookConfigName, err)
+	}
+	saved := vwc.DeepCopy()
+	saved.ObjectMeta = metav1.ObjectMeta{Name: vwc.Name, Labels: vwc.Labels, Annotations: vwc.Annotations}
+	saved.TypeMeta = metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingWebhookConfiguration"}
+	backup, err := writeBackup(saved)
+	if err != nil {
+		return fmt.Errorf("host: save a copy of ValidatingWebhookConfiguration %s before suspending it: %w", ClusterWebhookConfigName, err)
+	}
+	rep.Warn(fmt.Sprintf("KubeSphere 3.4's webhook %s refuses every update of Cluster %s while it cannot reach the member (%s): "+
+		"--force suspends ValidatingWebhookConfiguration %s for this one finalizer removal and re-creates it at once (copy: %s)",
+		ClusterWebhookName, name, webhookReason(refusal), ClusterWebhookConfigName, backup))
+	change("host ValidatingWebhookConfiguration "+ClusterWebhookConfigName, "delete",
+		"KubeSphere's Cluster webhook, suspended for the finalizer removal of Cluster "+name+" (--force; re-created next)")
+	uid := vwc.UID
+	if err := api.Delete(ctx, vwc.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("host: delete ValidatingWebhookConfiguration %s: %w", ClusterWebhookConfigName, err)
+	}
+	patchErr := removeFinalizers(ctx, host, name)
+	restore := func() error {
+		var err error
+		for i := 0; i < 5; i++ {
+			if _, err = api.Create(ctx, saved, metav1.CreateOptions{FieldManager: FieldManager}); err == nil || apierrors.IsAlreadyExists(err) {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(time.Second):
+			}
+		}
+		return err
+	}
+	if err := restore(); err != nil {
+		return fmt.Errorf("host: re-create ValidatingWebhookConfiguration %s: %w\nKubeSphere's Cluster webhook is OFF: restore it with kubectl%s apply -f %s",
+			ClusterWebhookConfigName, err, host.contextFlag(), backup)
+	}
+	change("host ValidatingWebhookConfiguration "+ClusterWebhookConfigName, "create", "KubeSphere's Cluster webhook, restored as it was")
+	_ = os.Remove(backup)
+	if patchErr != nil {
+		return fmt.Errorf("host: remove finalizers of Cluster %s: %w", name, patchErr)
+	}
+	return nil
+}
+
+// writeBackup writes obj as YAML to a private temp file and returns its path.
+func writeBackup(obj any) (string, error) {
+	b, err := yaml.Marshal(obj)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp("", "ks-mc-"+ClusterWebhookConfigName+"-*.yaml")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if _, err := f.Write(b); err != nil {
+		return "", err
+	}
+	return f.Name(), f.Close()
 }

@@ -108,8 +108,12 @@ func TestProxyDeploymentTyped(t *testing.T) {
 	if len(c.Ports) != 1 || c.Ports[0].ContainerPort != 8080 {
 		t.Errorf("ports %+v", c.Ports)
 	}
-	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/health" {
-		t.Errorf("readiness probe %+v must GET /health", c.ReadinessProbe)
+	// Readiness fails on a standby replica (no per-cluster listener): /readyz; liveness /health.
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("readiness probe %+v must GET /readyz", c.ReadinessProbe)
+	}
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/health" {
+		t.Errorf("liveness probe %+v must GET /health", c.LivenessProbe)
 	}
 	if !IsProxyDeployment(d) {
 		t.Error("IsProxyDeployment(rendered) = false")

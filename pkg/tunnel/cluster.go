@@ -72,9 +72,14 @@ func ClusterFromUnstructured(u *unstructured.Unstructured) (*Cluster, error) {
 	return c, nil
 }
 
-// Served reports whether the proxy serves c: joinFederation, connection type proxy, not deleting.
+// Served reports whether the proxy serves c: joinFederation and connection type proxy. A
+// Terminating Cluster is still served until its finalizers are gone and the object with them:
+// KubeSphere 3.4's Cluster webhook admits ks-controller-manager's finalizer removal only after
+// reaching the member through the tunnel (kubesphere/kubesphere v3.4.1
+// pkg/controller/cluster/cluster_webhook.go), and Tower does the same (kubesphere/tower v0.2.1
+// pkg/proxy/proxy.go stops serving on the informer's delete only).
 func (c *Cluster) Served() bool {
-	return c.DeletionTimestamp == nil && c.Spec.JoinFederation && c.Spec.Connection.Type == ConnectionTypeProxy
+	return c.Spec.JoinFederation && c.Spec.Connection.Type == ConnectionTypeProxy
 }
 
 // setCondition sets a condition on u's status.conditions, keeping unknown fields and other

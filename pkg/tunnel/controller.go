@@ -108,7 +108,23 @@ type Controller struct {
 	proxy     AgentDialer
 	ports     map[string]int // reservations: cluster → kubernetesAPIServerPort
 	listeners map[string]*servedCluster
+	refused   map[string]refusal // Cluster updates the apiserver refused, retried with backoff
 }
+
+// refusal is a Cluster update the apiserver refused (say KubeSphere 3.4's webhook while the
+// member is unreachable): the same update is not retried before until; a different one (the
+// agent came back) is tried at once.
+type refusal struct {
+	connected bool
+	delay     time.Duration
+	until     time.Time
+}
+
+// Backoff of refused Cluster updates.
+const (
+	refusedMinDelay = time.Second
+	refusedMaxDelay = 2 * time.Minute
+)
 
 type servedCluster struct {
 	l         *ClusterListener
@@ -121,7 +137,7 @@ func NewController(cfg *ControllerConfig) (*Controller, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Controller{cfg: *cfg, ports: map[string]int{}, listeners: map[string]*servedCluster{}}
+	c := &Controller{cfg: *cfg, ports: map[string]int{}, listeners: map[string]*servedCluster{}, refused: map[string]refusal{}}
 	c.log = klog.Background().WithName("controller")
 	if cfg.Logger != nil {
 		c.log = *cfg.Logger
@@ -311,9 +327,47 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 	} else {
 		c.stopListener(name)
 	}
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		return c.updateCluster(ctx, name, port, clusterIP, agents > 0)
+	connected := agents > 0
+	now := time.Now()
+	c.mu.Lock()
+	r, wasRefused := c.refused[name]
+	c.mu.Unlock()
+	if wasRefused && r.connected == connected && now.Before(r.until) {
+		// The same update was refused moments ago: no hot loop, try again when the backoff ends.
+		c.queue.AddAfter(name, r.until.Sub(now))
+		return nil
+	}
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		return c.updateCluster(ctx, name, port, clusterIP, connected)
 	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil || ctx.Err() != nil {
+		if wasRefused && err == nil {
+			delete(c.refused, name)
+			c.log.Info("Cluster update admitted again", "cluster", name, "agentAvailable", connected)
+		}
+		return err
+	}
+	delay := refusedMinDelay
+	if wasRefused && r.connected == connected {
+		delay = min(2*r.delay, refusedMaxDelay)
+	}
+	c.refused[name] = refusal{connected: connected, delay: delay, until: now.Add(delay)}
+	c.queue.AddAfter(name, delay)
+	if !wasRefused || r.connected != connected || delay < refusedMaxDelay {
+		c.log.Info("Cluster update refused, retrying with backoff (KubeSphere 3.4's webhook refuses every update while it cannot reach the member)",
+			"cluster", name, "agentAvailable", connected, "retryIn", delay.String(), "error", err.Error())
+	}
+	return nil
+}
+
+// Refused reports whether the last update of cluster was refused and when it is retried.
+func (c *Controller) Refused(cluster string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.refused[cluster]
+	return r.until, ok
 }
 
 // updateCluster writes ports, token, endpoints, kubeconfig and conditions (Update, no status
@@ -576,6 +630,7 @@ func (c *Controller) teardown(ctx context.Context, name string) error {
 	c.stopListener(name)
 	c.mu.Lock()
 	delete(c.ports, name)
+	delete(c.refused, name)
 	c.mu.Unlock()
 	err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).Delete(ctx, ServicePrefix+name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {

@@ -181,6 +181,7 @@ func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
 	p.mux = http.NewServeMux()
 	p.mux.HandleFunc("/health", p.serveHealth)
 	p.mux.HandleFunc("/healthz", p.serveHealth)
+	p.mux.HandleFunc(ReadyPath, p.serveReady)
 	p.mux.HandleFunc("/version", p.serveVersion)
 	p.mux.HandleFunc("/metrics", p.serveMetrics)
 	p.mux.HandleFunc(TunnelPath, p.serveTunnel)

@@ -90,6 +90,7 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 	var wg sync.WaitGroup
 	clients := map[string]*fakeks.Clients{}
+	raws := map[string][]byte{}
 	var peers []fakeks.Peer
 	for _, c := range st.Clusters {
 		cfg, err := clientcmd.BuildConfigFromFlags("", c.ownKubeconfig(st))
@@ -106,6 +107,7 @@ func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 			return err
 		}
 		clients[c.Name] = cl
+		raws[c.Name] = raw
 		peers = append(peers, fakeks.Peer{Name: c.Name, Clients: cl, Kubeconfig: raw})
 	}
 	for _, c := range st.Clusters {
@@ -121,7 +123,9 @@ func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 		}
 		runners := []func(context.Context){
 			(&fakeks.Installer{Clients: cl, Log: prefix("stand-in")}).Run,
-			(&fakeks.ControllerManager{Clients: cl, NodeIP: c.NodeIP, Log: prefix("stand-in")}).Run,
+			(&fakeks.ControllerManager{Clients: cl, NodeIP: c.NodeIP, Kubeconfig: raws[c.Name], Log: prefix("stand-in")}).Run,
+			// ks-controller-manager's Cluster webhook, served from this process.
+			(&fakeks.ClusterWebhook{Clients: cl, NodeIP: c.NodeIP, BindAddress: webhookBindAddress(st, c), Log: prefix("stand-in")}).Run,
 			(&fakeks.LoadBalancer{Clients: cl, NodeIP: c.NodeIP, Log: prefix("stand-in")}).Run,
 			(&fakeks.Tower{Host: cl, NodeIP: c.NodeIP, Peers: others, Log: prefix("stand-in")}).Run,
 			(&PodRunner{
@@ -138,6 +142,16 @@ func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 	}
 	wg.Wait()
 	return nil
+}
+
+// webhookBindAddress is an address of this (root network namespace) process that c's
+// kube-apiserver can dial: loopback, or the root end of the router's veth when c runs in a
+// network namespace of its own.
+func webhookBindAddress(st *State, c *Cluster) string {
+	if c.Netns == "" {
+		return "127.0.0.1"
+	}
+	return netPrefix(&Sandbox{State: *st}) + ".0.2"
 }
 
 type prefixWriter struct {

@@ -557,3 +557,16 @@ func (c *Cluster) SetKnobs(ctx context.Context, kv map[string]string) error {
 	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
 	return err
 }
+
+// StopCluster stops one cluster's control plane (etcd, kube-apiserver, …), as if the machine were
+// gone; its process-backed pods keep running. For tests of a member that is gone.
+func (s *Sandbox) StopCluster(name string) error {
+	c := s.Cluster(name)
+	if c == nil {
+		return fmt.Errorf("no cluster %q in the sandbox", name)
+	}
+	for _, p := range s.clusterProcs(c) {
+		stopPID(p.PID, p.Binary, 5*time.Second)
+	}
+	return nil
+}

@@ -30,6 +30,10 @@ type ControllerManager struct {
 	Log    io.Writer
 	// Resync is the probe period (default 3s; KubeSphere's is 2m).
 	Resync time.Duration
+	// Kubeconfig is this cluster's admin kubeconfig: KubeSphere 3.4 writes the host's own into the
+	// host Cluster's spec.connection.kubeconfig (pkg/controller/cluster/cluster_controller.go
+	// reconcileHostCluster), so the Cluster webhook can reach it like any member.
+	Kubeconfig []byte
 }
 
 // Run loops until ctx ends.
@@ -98,7 +102,14 @@ func (m *ControllerManager) reconcileAll(ctx context.Context) error {
 // ensureHostCluster creates the host's own Cluster object, as KubeSphere does when it becomes a host.
 func (m *ControllerManager) ensureHostCluster(ctx context.Context, name string) error {
 	clusters := m.Clients.Dynamic.Resource(ClusterGVR)
-	if _, err := clusters.Get(ctx, name, metav1.GetOptions{}); err == nil {
+	if cur, err := clusters.Get(ctx, name, metav1.GetOptions{}); err == nil {
+		// "no kubeconfig, not likely to happen": KubeSphere fills it in.
+		if kc, _, _ := unstructured.NestedString(cur.Object, "spec", "connection", "kubeconfig"); kc == "" && len(m.Kubeconfig) > 0 {
+			_ = unstructured.SetNestedField(cur.Object, base64.StdEncoding.EncodeToString(m.Kubeconfig), "spec", "connection", "kubeconfig")
+			if _, err := clusters.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("set host cluster %s kubeconfig: %w", name, err)
+			}
+		}
 		return nil
 	} else if !apierrors.IsNotFound(err) {
 		return err
@@ -127,7 +138,8 @@ func (m *ControllerManager) ensureHostCluster(ctx context.Context, name string) 
 		},
 		"spec": map[string]any{
 			"joinFederation": true, "enable": true, "provider": "kubesphere",
-			"connection": map[string]any{"type": "direct", "kubernetesAPIEndpoint": m.Clients.Config.Host},
+			"connection": map[string]any{"type": "direct", "kubernetesAPIEndpoint": m.Clients.Config.Host,
+				"kubeconfig": base64.StdEncoding.EncodeToString(m.Kubeconfig)},
 		},
 		"status": map[string]any{
 			"kubernetesVersion": ver.GitVersion, "kubeSphereVersion": KubeSphereVer,
@@ -217,7 +229,7 @@ func (m *ControllerManager) probe(ctx context.Context, kubeconfigB64 string) *pr
 	if err != nil {
 		return &probe{err: fmt.Errorf("load kubeconfig: %w", err)}
 	}
-	if err := m.routeService(ctx, cfg); err != nil {
+	if err := routeService(ctx, m.Clients, m.NodeIP, cfg); err != nil {
 		return &probe{err: err}
 	}
 	cfg.Timeout = 5 * time.Second
@@ -242,7 +254,7 @@ func (m *ControllerManager) probe(ctx context.Context, kubeconfigB64 string) *pr
 
 // routeService plays kube-proxy for the probe: a server address that is a ClusterIP:port of one of
 // this cluster's Services is replaced by <node IP>:<targetPort>, keeping the TLS server name.
-func (m *ControllerManager) routeService(ctx context.Context, cfg *rest.Config) error {
+func routeService(ctx context.Context, cl *Clients, nodeIP string, cfg *rest.Config) error {
 	u, err := url.Parse(cfg.Host)
 	if err != nil {
 		return fmt.Errorf("parse server %q: %w", cfg.Host, err)
@@ -252,7 +264,7 @@ func (m *ControllerManager) routeService(ctx context.Context, cfg *rest.Config) 
 		return nil
 	}
 	port, _ := strconv.Atoi(portStr)
-	svcs, err := m.Clients.Kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	svcs, err := cl.Kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("list services: %w", err)
 	}
@@ -262,7 +274,7 @@ func (m *ControllerManager) routeService(ctx context.Context, cfg *rest.Config) 
 		}
 		for _, p := range s.Spec.Ports {
 			if int(p.Port) == port && p.TargetPort.IntValue() > 0 {
-				u.Host = net.JoinHostPort(m.NodeIP, strconv.Itoa(p.TargetPort.IntValue()))
+				u.Host = net.JoinHostPort(nodeIP, strconv.Itoa(p.TargetPort.IntValue()))
 				cfg.Host = u.String()
 				if cfg.TLSClientConfig.ServerName == "" {
 					cfg.TLSClientConfig.ServerName = host
@@ -319,4 +331,8 @@ func removeString(c *unstructured.Unstructured, f string) bool {
 	}
 	c.SetFinalizers(out)
 	return found
+}
+
+func (m *ControllerManager) routeService(ctx context.Context, cfg *rest.Config) error {
+	return routeService(ctx, m.Clients, m.NodeIP, cfg)
 }

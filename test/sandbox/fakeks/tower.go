@@ -89,7 +89,11 @@ func (tw *Tower) reconcile(ctx context.Context) error {
 		c := &list.Items[i]
 		typ, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "type")
 		join, _, _ := unstructured.NestedBool(c.Object, "spec", "joinFederation")
-		if typ != "proxy" || !join || c.GetDeletionTimestamp() != nil {
+		// Tower serves a Cluster until it is gone, Terminating or not (kubesphere/tower v0.2.1
+		// pkg/proxy/proxy.go: addCluster ignores deletionTimestamp; only the informer's delete
+		// stops serving), so KubeSphere 3.4's webhook can still reach the member to admit the
+		// finalizer removal.
+		if typ != "proxy" || !join {
 			continue
 		}
 		served[c.GetName()] = true
