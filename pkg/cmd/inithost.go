@@ -34,6 +34,7 @@ type InitHostOptions struct {
 
 	Interaction
 	genericiooptions.IOStreams
+	fileTarget // -f FILE: edit a file before installation (inithost_file.go)
 
 	// NewClients builds the target cluster's clients (replaced in tests).
 	NewClients func() (*installer.Clients, error)
@@ -100,6 +101,7 @@ completed by running it again.`,
 	fl.StringVarP(&o.Output, "output", "o", "", "Print the result (role, proxy address, changes) as json or yaml on stdout")
 	fl.StringVar(&o.Tunnel, "tunnel", "", `Tunnel served by Deployment tower: "tower" (KubeSphere's own; the default on a fresh host) or "ks-mc" (the bundled proxy). Unset keeps what runs.`)
 	fl.StringVar(&o.ProxyImage, "proxy-image", "", "Image of the ks-mc proxy with --tunnel=ks-mc (default "+version.Image()+")")
+	o.addFileFlags(cmd)
 	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions([]string{installer.TunnelTower, installer.TunnelKsMc}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("dry-run", cobra.FixedCompletions([]string{"none", "client", "server"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
@@ -107,7 +109,8 @@ completed by running it again.`,
 }
 
 // Complete fills in derived values.
-func (o *InitHostOptions) Complete(f *Factory, _ *cobra.Command) error {
+func (o *InitHostOptions) Complete(f *Factory, c *cobra.Command) error {
+	o.fileTarget.complete(c)
 	d, err := parseDryRunFlag(o.DryRunFlag)
 	if err != nil {
 		return err
@@ -146,6 +149,9 @@ func currentContextName(f *Factory) string {
 
 // Validate checks the flags before anything contacts the cluster.
 func (o *InitHostOptions) Validate() error {
+	if o.File != "" {
+		return o.validateFile()
+	}
 	if err := validateOutputFormat(o.Output, true); err != nil {
 		return err
 	}
@@ -178,6 +184,9 @@ func (o *InitHostOptions) Validate() error {
 
 // Run performs init-host.
 func (o *InitHostOptions) Run(parent context.Context) error {
+	if o.File != "" {
+		return o.runFile(parent)
+	}
 	ctx, stop := interruptible(parent)
 	defer stop()
 

@@ -38,6 +38,7 @@ type JoinOptions struct {
 
 	Interaction
 	genericiooptions.IOStreams
+	joinFile // -f FILE and --force: edit a file before installation (join_file.go)
 
 	// NewMemberClients and NewHostClients build the clients (replaced in tests).
 	NewMemberClients func() (*installer.Clients, error)
@@ -105,13 +106,17 @@ waits until the host reports the member Ready. Re-running it on a joined member 
 	fl.StringVar(&o.Provider, "provider", "", "Provider of the member (spec.provider, e.g. \"Aliyun ACK\")")
 	fl.StringVar(&o.AgentImage, "agent-image", "", "Agent image (default: the host's multicluster.agentImage for tower, this build's image for ks-mc)")
 	fl.StringVar(&o.CACertHash, "ca-cert-hash", "", "Pin of the host proxy's CA, sha256:<hex> (needed for an https proxy address with --tunnel=ks-mc)")
+	o.addFileFlags(cmd)
 	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions([]string{"auto", "tower", "ks-mc"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
 // Complete fills in derived values: dry-run mode, tunnel, member context, default name, host.
-func (o *JoinOptions) Complete(f *Factory, _ *cobra.Command) error {
+func (o *JoinOptions) Complete(f *Factory, c *cobra.Command) error {
+	if o.File != "" {
+		return o.completeFile(f, c)
+	}
 	var err error
 	if o.dryRun, err = parseDryRunFlag(o.DryRunFlag); err != nil {
 		return err
@@ -146,6 +151,9 @@ func (o *JoinOptions) Complete(f *Factory, _ *cobra.Command) error {
 
 // Validate checks the flags before anything contacts a cluster.
 func (o *JoinOptions) Validate() error {
+	if err := o.validateFileFlags(); err != nil || o.File != "" {
+		return err
+	}
 	if err := manifests.ValidateClusterName(o.Name); err != nil {
 		if o.nameFromCtx {
 			return usageErrorf("%v (derived from the context name): pass --name", err)
@@ -184,6 +192,9 @@ func (o *JoinOptions) Validate() error {
 
 // Run performs the join.
 func (o *JoinOptions) Run(parent context.Context) error {
+	if o.File != "" {
+		return o.runFile(parent)
+	}
 	ctx, stop := interruptible(parent)
 	defer stop()
 	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
