@@ -13,7 +13,7 @@ LDFLAGS := -s -w -X $(PKG).Version=$(VERSION) -X $(PKG).GitCommit=$(GIT_COMMIT) 
 # Tests may run long: e2e starts real control planes.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: host-deps all build test unit lint e2e bench dist krew-manifest image krew-tools release-test demo demo-down sandbox-up sandbox-down sandbox-env fmt vet clean
+.PHONY: host-deps all build test unit lint e2e bench bench-diagnose dist krew-manifest image krew-tools release-test demo demo-down sandbox-up sandbox-down sandbox-env fmt vet clean
 
 all: build
 
@@ -43,6 +43,11 @@ host-deps:
 
 bench: ## Tunnel benchmarks: direct vs through proxy+agent, member = a sandbox kube-apiserver; writes docs/benchmarks.md
 	$(GO) run ./test/bench -out docs/benchmarks.md
+
+bench-diagnose: build host-deps ## Time diagnose on 1 host + 10 sandbox members (heavy; not part of make test)
+	KSMC_BINARY=$(abspath $(BIN_DIR)/$(BINARY)) KSMC_BENCH_DIAGNOSE=1 KSMC_BENCH_OUT=$(abspath $(BIN_DIR))/bench-diagnose.txt \
+	  $(GO) test -count=1 -p 1 -timeout 60m -tags e2e -run '^TestBenchDiagnose$$' -v ./test/e2e/
+	@cat $(BIN_DIR)/bench-diagnose.txt
 
 e2e: build host-deps ## End-to-end tests on local sandbox clusters (real kube-apiservers)
 	@mkdir -p $(BIN_DIR); set -o pipefail; KSMC_BINARY=$(abspath $(BIN_DIR)/$(BINARY)) $(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) -tags e2e -v ./test/e2e/... 2>&1 \

@@ -211,6 +211,8 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 	// not refuse them as unknown.
 	p.SetStarting(true)
 	runController := func(ctx context.Context) {
+		// Per-cluster heartbeat Leases for "kubectl ks-mc diagnose" (pkg/tunnel/heartbeat.go).
+		go (&tunnel.Heartbeat{Kube: kube, Namespace: o.Namespace, Identity: os.Getenv("POD_NAME"), Proxy: p}).Run(ctx)
 		go func() {
 			for !ctrl.HasSynced() {
 				select {

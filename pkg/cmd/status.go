@@ -21,6 +21,9 @@ type StatusOptions struct {
 	Host     hostFlags
 	Output   string
 	Contexts []string
+	// Probe adds the live tunnel probe (LIVE column); ProbeTimeout bounds each of its reads.
+	Probe        bool
+	ProbeTimeout time.Duration
 
 	genericiooptions.IOStreams
 
@@ -33,7 +36,7 @@ type StatusOptions struct {
 
 // NewStatusOptions returns StatusOptions with defaults.
 func NewStatusOptions(streams genericiooptions.IOStreams) *StatusOptions {
-	return &StatusOptions{IOStreams: streams, Now: time.Now}
+	return &StatusOptions{IOStreams: streams, Now: time.Now, Probe: true, ProbeTimeout: 3 * time.Second}
 }
 
 // NewCmdStatus shows the host's clusters and the roles of the given contexts.
@@ -43,7 +46,10 @@ func NewCmdStatus(f *Factory) *cobra.Command {
 		Use:   "status [--host-context HOST]",
 		Short: "Show the host's member clusters and the roles of the given contexts",
 		Long: `Show one row per Cluster of the host (name, connection, agent, ready, versions, nodes, last
-transition) and the KubeSphere role of the given contexts (the current or --context one, the host, and
+transition), a LIVE column from a live probe of each tunnel (the ks-mc proxy's heartbeat, the agent
+pods of the given member contexts, the host apiserver's service proxy: a dead member is "down" even
+when its conditions still say Connected/True; see "kubectl ks-mc diagnose" for the details), and the
+KubeSphere role of the given contexts (the current or --context one, the host, and
 --contexts). Without --host-context the current context is used as the host when it is one.`,
 		Example: "  kubectl ks-mc status --host-context host\n  kubectl ks-mc status --context member1 --host-context host -o yaml",
 		Args:    cobra.NoArgs,
@@ -58,6 +64,7 @@ transition) and the KubeSphere role of the given contexts (the current or --cont
 	o.Host.add(cmd, false)
 	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "Output format: json or yaml")
 	cmd.Flags().StringSliceVar(&o.Contexts, "contexts", nil, "More kubeconfig contexts whose role to show (comma-separated)")
+	cmd.Flags().BoolVar(&o.Probe, "probe", o.Probe, "Probe every tunnel live (LIVE column); --probe=false shows the Cluster conditions only")
 	return cmd
 }
 
@@ -131,6 +138,11 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("host%s: %w", ctxSuffix(host), err)
 	}
+	if host != nil && o.Probe {
+		if err := installer.ProbeTunnels(ctx, host, contexts, rep, o.ProbeTimeout); err != nil {
+			fmt.Fprintf(o.ErrOut, "warning: live probe: %v\n", err)
+		}
+	}
 	if o.Output != "" {
 		return printObject(o.Out, o.Output, rep)
 	}
@@ -138,15 +150,26 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	if host == nil {
 		fmt.Fprintln(o.ErrOut, "no host selected (and the current context is not a host): pass --host-context to list member clusters")
 	} else {
-		fmt.Fprintln(w, "NAME\tROLE\tCONNECTION\tAGENT\tREADY\tKUBERNETES\tKUBESPHERE\tNODES\tLAST TRANSITION")
+		live := ""
+		if o.Probe {
+			live = "LIVE\t"
+		}
+		fmt.Fprintln(w, "NAME\tROLE\tCONNECTION\tAGENT\tREADY\t"+live+"KUBERNETES\tKUBESPHERE\tNODES\tLAST TRANSITION")
 		for _, r := range rep.Clusters {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, dash(r.Connection), r.Agent, r.Ready,
+			col := ""
+			if o.Probe {
+				col = liveColumn(r) + "\t"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s%s\t%s\t%s\t%s\n", r.Name, r.Role, dash(r.Connection), r.Agent, r.Ready, col,
 				dash(r.KubernetesVersion), dash(r.KubeSphereVersion), strconv.FormatInt(r.Nodes, 10), o.age(r.LastTransition))
 		}
 		_ = w.Flush()
 		for _, r := range rep.Clusters {
 			if r.Message != "" {
 				fmt.Fprintf(o.Out, "%s: %s\n", r.Name, r.Message)
+			}
+			if r.Live == installer.LiveDown && len(r.LiveEvidence) > 0 {
+				fmt.Fprintf(o.Out, "%s: %s\n", r.Name, r.LiveEvidence[0])
 			}
 		}
 		fmt.Fprintln(o.Out)
@@ -185,4 +208,15 @@ func (o *StatusOptions) age(ts string) string {
 		return ts
 	}
 	return duration.HumanDuration(o.Now().Sub(t)) + " ago"
+}
+
+// liveColumn renders the probe: "live (1.2ms)", "down", "unknown", or "-" (not probed).
+func liveColumn(r installer.ClusterRow) string {
+	switch {
+	case r.Live == "":
+		return "-"
+	case r.Live == installer.LiveUp && r.LatencyMS != nil:
+		return fmt.Sprintf("live (%.1fms)", *r.LatencyMS)
+	}
+	return r.Live
 }

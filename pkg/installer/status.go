@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
@@ -23,9 +24,15 @@ type ClusterRow struct {
 	// LastTransition is the latest lastTransitionTime of the conditions (RFC 3339).
 	LastTransition string `json:"lastTransition,omitempty"`
 	// Message explains a Ready condition that is not True.
-	Message    string             `json:"message,omitempty"`
-	UID        string             `json:"uid,omitempty"`
-	Conditions []ClusterCondition `json:"conditions,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Live is the live tunnel probe (status --probe): live, down or unknown; "" when not probed or
+	// not a proxy connection.
+	Live string `json:"live,omitempty"`
+	// LiveEvidence is what the probe saw; LatencyMS its measured round trip.
+	LiveEvidence []string           `json:"liveEvidence,omitempty"`
+	LatencyMS    *float64           `json:"latencyMs,omitempty"`
+	UID          string             `json:"uid,omitempty"`
+	Conditions   []ClusterCondition `json:"conditions,omitempty"`
 }
 
 // ContextRole is the KubeSphere role of one kubeconfig context.
@@ -130,4 +137,45 @@ func Status(ctx context.Context, host *Clients, contexts []*Clients) (*StatusRep
 		rep.Contexts = append(rep.Contexts, cr)
 	}
 	return rep, nil
+}
+
+// Values of ClusterRow.Live.
+const (
+	LiveUp      = "live"
+	LiveDown    = "down"
+	LiveUnknown = "unknown"
+)
+
+// ProbeTunnels runs the live tunnel check of diagnose (heartbeat, agent pods through the given
+// member contexts, the service proxy) for every proxy Cluster and fills Live in rep's rows.
+func ProbeTunnels(ctx context.Context, host *Clients, members []*Clients, rep *StatusReport, timeout time.Duration) error {
+	var ms []*Clients
+	for _, m := range members {
+		if m != nil && m != host {
+			ms = append(ms, m)
+		}
+	}
+	d, _, err := Diagnose(ctx, DiagnoseOptions{Host: host, Members: ms, Timeout: timeout, TunnelOnly: true})
+	if err != nil {
+		return err
+	}
+	for i := range rep.Clusters {
+		row := &rep.Clusters[i]
+		fs := d.Find(CheckClusterTunnel, "cluster/"+row.Name)
+		if len(fs) == 0 {
+			continue
+		}
+		f := fs[0]
+		switch f.Status {
+		case DiagOK:
+			row.Live = LiveUp
+		case DiagFail:
+			row.Live = LiveDown
+		default:
+			row.Live = LiveUnknown
+		}
+		row.LiveEvidence = append([]string{f.Summary}, f.Evidence...)
+		row.LatencyMS = f.LatencyMS
+	}
+	return nil
 }

@@ -1,0 +1,178 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/ks-mc/ks-mc/pkg/manifests"
+)
+
+// The proxy's per-cluster heartbeat: a coordination.k8s.io Lease kubesphere-system/ks-mc-tunnel-<cluster>
+// that the proxy renews while it holds agent sessions of that cluster, after a round trip (a yamux
+// ping) through each of them. "kubectl ks-mc diagnose" reads it (get leases) to tell a live tunnel
+// from a stale AgentAvailable/Ready condition without reaching the proxy's pod network, and without
+// writing the Cluster (KubeSphere 3.4's Cluster webhook stays out of the way).
+const (
+	HeartbeatLeasePrefix = "ks-mc-tunnel-"
+	// HeartbeatClusterLabel names the Cluster on the Lease.
+	HeartbeatClusterLabel = "tunnel.ks-mc.io/cluster"
+	// HeartbeatAgentsAnnotation is the number of agent sessions that answered the ping.
+	HeartbeatAgentsAnnotation = "tunnel.ks-mc.io/agents"
+	// HeartbeatRTTAnnotation is the slowest ping round trip (Go duration).
+	HeartbeatRTTAnnotation = "tunnel.ks-mc.io/rtt"
+	// HeartbeatErrorAnnotation is why sessions did not answer (no secret: yamux errors only).
+	HeartbeatErrorAnnotation = "tunnel.ks-mc.io/error"
+	// DefaultHeartbeatInterval is how often the Leases are renewed; the Lease lasts three intervals.
+	DefaultHeartbeatInterval = 10 * time.Second
+)
+
+// HeartbeatLeaseName is the Lease of cluster.
+func HeartbeatLeaseName(cluster string) string { return HeartbeatLeasePrefix + cluster }
+
+// PingAgents pings every agent session of cluster: how many answered, the slowest round trip, and
+// the last error of those that did not.
+func (p *Proxy) PingAgents(cluster string) (int, time.Duration, error) {
+	var ok int
+	var worst time.Duration
+	var lastErr error
+	for _, s := range p.reg.candidates(cluster) {
+		rtt, err := s.sess.Ping()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ok++
+		worst = max(worst, rtt)
+	}
+	return ok, worst, lastErr
+}
+
+// ConnectedClusters lists the clusters with at least one agent session.
+func (p *Proxy) ConnectedClusters() []string {
+	snap := p.reg.snapshot()
+	out := make([]string, 0, len(snap))
+	for k, n := range snap {
+		if n > 0 {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// Heartbeat renews the per-cluster Leases.
+type Heartbeat struct {
+	Kube      kubernetes.Interface
+	Namespace string
+	// Identity is the proxy pod's name (HolderIdentity).
+	Identity string
+	Interval time.Duration
+	Proxy    interface {
+		PingAgents(cluster string) (int, time.Duration, error)
+		ConnectedClusters() []string
+	}
+	Logger *logr.Logger
+
+	mu   sync.Mutex
+	live map[string]bool
+}
+
+// Run renews the Leases every Interval until ctx ends.
+func (h *Heartbeat) Run(ctx context.Context) {
+	log := klog.Background().WithName("heartbeat")
+	if h.Logger != nil {
+		log = *h.Logger
+	}
+	if h.Interval <= 0 {
+		h.Interval = DefaultHeartbeatInterval
+	}
+	t := time.NewTicker(h.Interval)
+	defer t.Stop()
+	for {
+		h.Beat(ctx, log)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Beat writes one round of Leases: every connected cluster, and once more (agents 0) every cluster
+// that was connected at the previous beat.
+func (h *Heartbeat) Beat(ctx context.Context, log logr.Logger) {
+	h.mu.Lock()
+	prev := h.live
+	h.mu.Unlock()
+	now := map[string]bool{}
+	for _, c := range h.Proxy.ConnectedClusters() {
+		now[c] = true
+	}
+	for c := range prev {
+		if !now[c] {
+			now[c] = false
+		}
+	}
+	next := map[string]bool{}
+	for cluster := range now {
+		n, rtt, err := h.Proxy.PingAgents(cluster)
+		if n > 0 {
+			next[cluster] = true
+		}
+		if werr := h.write(ctx, cluster, n, rtt, err); werr != nil {
+			log.V(1).Info("heartbeat lease not written", "cluster", cluster, "err", werr.Error())
+		}
+	}
+	h.mu.Lock()
+	h.live = next
+	h.mu.Unlock()
+}
+
+func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt time.Duration, pingErr error) error {
+	leases := h.Kube.CoordinationV1().Leases(h.Namespace)
+	name := HeartbeatLeaseName(cluster)
+	ctx, cancel := context.WithTimeout(ctx, h.Interval)
+	defer cancel()
+	dur := int32(3 * h.Interval / time.Second)
+	if dur < 1 {
+		dur = 1
+	}
+	ann := map[string]string{HeartbeatAgentsAnnotation: strconv.Itoa(agents), HeartbeatRTTAnnotation: rtt.String()}
+	if pingErr != nil && agents == 0 {
+		ann[HeartbeatErrorAnnotation] = pingErr.Error()
+	}
+	renew := metav1.NewMicroTime(time.Now())
+	id := h.Identity
+	l, err := leases.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		l = &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: h.Namespace, Annotations: ann,
+				Labels: map[string]string{HeartbeatClusterLabel: cluster, manifests.ManagedByLabel: manifests.ManagedByValue}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &dur, RenewTime: &renew},
+		}
+		_, err = leases.Create(ctx, l, metav1.CreateOptions{FieldManager: FieldManager})
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("get lease %s: %w", name, err)
+	}
+	if l.Annotations == nil {
+		l.Annotations = map[string]string{}
+	}
+	delete(l.Annotations, HeartbeatErrorAnnotation)
+	for k, v := range ann {
+		l.Annotations[k] = v
+	}
+	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.RenewTime = &id, &dur, &renew
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{FieldManager: FieldManager})
+	return err
+}
