@@ -154,12 +154,13 @@ func runInitHost(t *testing.T, c *cmdCluster, tty bool, p Prompter, args ...stri
 func TestInitHostFlagValidation(t *testing.T) {
 	c := newCmdCluster(t, "none", false)
 	for args, frag := range map[string]string{
-		"--tunnel=wireguard":                     `--tunnel must be "tower" or "ks-mc"`,
-		"--proxy-image=x:1":                      "--proxy-image is only used with --tunnel=ks-mc",
-		"--proxy-publish-address=10.0.0.1:31234": "--proxy-publish-address: proxy address \"10.0.0.1:31234\" has no scheme",
-		"--dry-run=sometimes":                    "--dry-run",
-		"-o=table":                               "unsupported output format",
-		"--timeout=0s":                           "--timeout must be positive",
+		"--tunnel=wireguard":                             `--tunnel must be "tower" or "ks-mc"`,
+		"--proxy-image=x:1":                              "--proxy-image is only used with --tunnel=ks-mc",
+		"--proxy-publish-address=10.0.0.1:31234":         "--proxy-publish-address: proxy address \"10.0.0.1:31234\" has no scheme",
+		"--dry-run=sometimes":                            "--dry-run",
+		"-o=table":                                       "unsupported output format",
+		"--timeout=0s":                                   "--timeout must be positive",
+		"--allow-plaintext-agents":                       "--allow-plaintext-agents is only used with --tunnel=ks-mc",
 		"--tunnel=ks-mc --proxy-image= --dry-run=client": "",
 	} {
 		r := runInitHost(t, c, false, nil, strings.Fields(args)...)
