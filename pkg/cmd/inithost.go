@@ -250,13 +250,18 @@ func (o *InitHostOptions) allowPlaintext() *bool {
 
 // askAddress returns the AddressFunc: a prompt on a terminal, else an error naming the flag.
 func (o *InitHostOptions) askAddress(rep *progressReporter) installer.AddressFunc {
+	// The ks-mc proxy serves TLS and refuses plaintext agents: suggest https there.
+	example := installer.ProxyAddressExample
+	if o.Tunnel == installer.TunnelKsMc && !o.AllowPlaintextAgents {
+		example = "https://HOST:PORT"
+	}
 	return func(_ context.Context, req installer.AddressRequest) (string, error) {
 		if !o.Interactive(o.IOStreams) {
 			var sugg []string
 			for _, c := range req.Candidates {
 				sugg = append(sugg, fmt.Sprintf("%s  (%s)", c.Address, c.Source))
 			}
-			return "", &MissingAnswerError{Flag: "--proxy-publish-address", Example: installer.ProxyAddressExample, Reason: req.Reason, Suggestions: sugg}
+			return "", &MissingAnswerError{Flag: "--proxy-publish-address", Example: example, Reason: req.Reason, Suggestions: sugg}
 		}
 		rep.Pause()
 		defer rep.Resume()
@@ -267,11 +272,11 @@ func (o *InitHostOptions) askAddress(rep *progressReporter) installer.AddressFun
 		if req.NodePort != 0 {
 			msg += fmt.Sprintf(" (tower NodePort %d)", req.NodePort)
 		}
-		help := "Agents in member clusters dial this address; it must forward to the tower Service (usually a node address with the NodePort). Format: " + installer.ProxyAddressExample
+		help := "Agents in member clusters dial this address; it must forward to the tower Service (usually a node address with the NodePort). Format: " + example
 		if len(req.Candidates) == 0 {
 			return p.Input(InputQuestion{Message: msg + ":", Help: help, Validate: validate})
 		}
-		q := SelectQuestion{Message: msg + ":", Help: help, Other: "enter another address", OtherMessage: "Proxy address (" + installer.ProxyAddressExample + "):", Validate: validate}
+		q := SelectQuestion{Message: msg + ":", Help: help, Other: "enter another address", OtherMessage: "Proxy address (" + example + "):", Validate: validate}
 		for _, c := range req.Candidates {
 			q.Options = append(q.Options, Option{Value: c.Address, Description: c.Source})
 		}

@@ -203,6 +203,29 @@ func TestInitHostNonTTYPendingNamesFlagAndChangesNothing(t *testing.T) {
 	}
 }
 
+// With --tunnel=ks-mc the advice and the suggestions are https:// (the proxy refuses plaintext
+// agents).
+func TestInitHostNonTTYPendingKsMcSuggestsHTTPS(t *testing.T) {
+	c := newCmdCluster(t, "none", false, pendingTower())
+	r := runInitHost(t, c, false, &FakePrompter{}, "--tunnel=ks-mc", "--proxy-image=ghcr.io/ks-mc/ks-mc:v9.9.9")
+	var missing *MissingAnswerError
+	if !errors.As(r.err, &missing) {
+		t.Fatalf("err = %v", r.err)
+	}
+	msg := r.err.Error()
+	for _, want := range []string{"pass --proxy-publish-address=https://HOST:PORT", "https://10.0.0.1:31234  (node n1 InternalIP, NodePort 31234)"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message lacks %q:\n%s", want, msg)
+		}
+	}
+	if !strings.Contains(r.stderr, "pass --proxy-publish-address=https://HOST:PORT or answer the prompt") {
+		t.Errorf("preflight advice not https:\n%s", r.stderr)
+	}
+	if m := c.mutations(); len(m) != 0 || c.role(t) != "none" {
+		t.Errorf("changed: %v role %s", m, c.role(t))
+	}
+}
+
 func TestInitHostTTYPromptsWithCandidates(t *testing.T) {
 	c := newCmdCluster(t, "none", false, pendingTower())
 	p := &FakePrompter{Answers: []any{"http://10.0.0.1:31234"}}

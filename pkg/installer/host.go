@@ -327,7 +327,11 @@ func (h *Host) addressCheck(p *Preflight, st *HostState) {
 	case LoadBalancerAddress(st.Tower) != "":
 		p.OK("proxy address %s (load balancer of Service %s)", LoadBalancerAddress(st.Tower), TowerName)
 	default:
-		p.Warn("pass --proxy-publish-address="+ProxyAddressExample+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName)
+		example := ProxyAddressExample
+		if h.opts.Tunnel == TunnelKsMc {
+			example = httpsAddress(example)
+		}
+		p.Warn("pass --proxy-publish-address="+example+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName)
 	}
 }
 
