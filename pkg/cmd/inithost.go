@@ -31,6 +31,10 @@ type InitHostOptions struct {
 	Output              string
 	Tunnel              string
 	ProxyImage          string
+	// AllowPlaintextAgents is --allow-plaintext-agents; allowPlaintextSet tells whether it was given
+	// (unset keeps what the running proxy does).
+	AllowPlaintextAgents bool
+	allowPlaintextSet    bool
 
 	Interaction
 	genericiooptions.IOStreams
@@ -58,8 +62,9 @@ const initHostExample = `  # Make the current context's cluster the host; the pr
   # Show the changes without making them
   kubectl ks-mc init-host --context host --dry-run -o yaml
 
-  # Serve members through the bundled ks-mc tunnel instead of KubeSphere's Tower
-  kubectl ks-mc init-host --context host --tunnel=ks-mc`
+  # Serve members through the bundled ks-mc tunnel instead of KubeSphere's Tower (it serves TLS:
+  # publish https://, join pins the proxy's CA)
+  kubectl ks-mc init-host --context host --tunnel=ks-mc --proxy-publish-address https://203.0.113.10:30881`
 
 // NewCmdInitHost makes a cluster the KubeSphere multi-cluster host.
 func NewCmdInitHost(f *Factory) *cobra.Command {
@@ -101,6 +106,7 @@ completed by running it again.`,
 	fl.StringVarP(&o.Output, "output", "o", "", "Print the result (role, proxy address, changes) as json or yaml on stdout")
 	fl.StringVar(&o.Tunnel, "tunnel", "", `Tunnel served by Deployment tower: "tower" (KubeSphere's own; the default on a fresh host) or "ks-mc" (the bundled proxy). Unset keeps what runs.`)
 	fl.StringVar(&o.ProxyImage, "proxy-image", "", "Image of the ks-mc proxy with --tunnel=ks-mc (default "+version.Image()+")")
+	fl.BoolVar(&o.AllowPlaintextAgents, "allow-plaintext-agents", false, "With --tunnel=ks-mc: let agents reach the proxy over an http:// address (their token travels in clear text). Unset keeps what the running proxy does; without it an http:// address is refused")
 	o.addFileFlags(cmd)
 	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions([]string{installer.TunnelTower, installer.TunnelKsMc}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("dry-run", cobra.FixedCompletions([]string{"none", "client", "server"}, cobra.ShellCompDirectiveNoFileComp))
@@ -111,6 +117,7 @@ completed by running it again.`,
 // Complete fills in derived values.
 func (o *InitHostOptions) Complete(f *Factory, c *cobra.Command) error {
 	o.fileTarget.complete(c)
+	o.allowPlaintextSet = c.Flags().Changed("allow-plaintext-agents")
 	d, err := parseDryRunFlag(o.DryRunFlag)
 	if err != nil {
 		return err
@@ -163,6 +170,9 @@ func (o *InitHostOptions) Validate() error {
 	if o.ProxyImage != "" && o.Tunnel != installer.TunnelKsMc {
 		return usageErrorf("--proxy-image is only used with --tunnel=ks-mc")
 	}
+	if o.allowPlaintextSet && o.Tunnel != installer.TunnelKsMc {
+		return usageErrorf("--allow-plaintext-agents is only used with --tunnel=ks-mc")
+	}
 	if o.Timeout <= 0 {
 		return usageErrorf("--timeout must be positive")
 	}
@@ -198,14 +208,15 @@ func (o *InitHostOptions) Run(parent context.Context) error {
 		return err
 	}
 	host := installer.NewHost(clients, installer.HostOptions{
-		ProxyPublishAddress: o.ProxyPublishAddress,
-		Timeout:             o.Timeout,
-		NoRestart:           o.NoRestart,
-		Force:               o.Force,
-		DryRun:              o.dryRun,
-		Tunnel:              o.Tunnel,
-		Proxy:               o.proxy,
-		LoadBalancerWait:    max(o.LoadBalancerWait, time.Millisecond),
+		ProxyPublishAddress:  o.ProxyPublishAddress,
+		Timeout:              o.Timeout,
+		NoRestart:            o.NoRestart,
+		Force:                o.Force,
+		DryRun:               o.dryRun,
+		Tunnel:               o.Tunnel,
+		Proxy:                o.proxy,
+		AllowPlaintextAgents: o.allowPlaintext(),
+		LoadBalancerWait:     max(o.LoadBalancerWait, time.Millisecond),
 	}, rep, o.askAddress(rep))
 
 	pre, st := host.Preflight(ctx)
@@ -228,15 +239,29 @@ func printChecks(w io.Writer, checks []installer.Check) {
 	}
 }
 
+// allowPlaintext is --allow-plaintext-agents for the installer: nil when not given.
+func (o *InitHostOptions) allowPlaintext() *bool {
+	if !o.allowPlaintextSet {
+		return nil
+	}
+	v := o.AllowPlaintextAgents
+	return &v
+}
+
 // askAddress returns the AddressFunc: a prompt on a terminal, else an error naming the flag.
 func (o *InitHostOptions) askAddress(rep *progressReporter) installer.AddressFunc {
+	// The ks-mc proxy serves TLS and refuses plaintext agents: suggest https there.
+	example := installer.ProxyAddressExample
+	if o.Tunnel == installer.TunnelKsMc && !o.AllowPlaintextAgents {
+		example = "https://HOST:PORT"
+	}
 	return func(_ context.Context, req installer.AddressRequest) (string, error) {
 		if !o.Interactive(o.IOStreams) {
 			var sugg []string
 			for _, c := range req.Candidates {
 				sugg = append(sugg, fmt.Sprintf("%s  (%s)", c.Address, c.Source))
 			}
-			return "", &MissingAnswerError{Flag: "--proxy-publish-address", Example: installer.ProxyAddressExample, Reason: req.Reason, Suggestions: sugg}
+			return "", &MissingAnswerError{Flag: "--proxy-publish-address", Example: example, Reason: req.Reason, Suggestions: sugg}
 		}
 		rep.Pause()
 		defer rep.Resume()
@@ -247,11 +272,11 @@ func (o *InitHostOptions) askAddress(rep *progressReporter) installer.AddressFun
 		if req.NodePort != 0 {
 			msg += fmt.Sprintf(" (tower NodePort %d)", req.NodePort)
 		}
-		help := "Agents in member clusters dial this address; it must forward to the tower Service (usually a node address with the NodePort). Format: " + installer.ProxyAddressExample
+		help := "Agents in member clusters dial this address; it must forward to the tower Service (usually a node address with the NodePort). Format: " + example
 		if len(req.Candidates) == 0 {
 			return p.Input(InputQuestion{Message: msg + ":", Help: help, Validate: validate})
 		}
-		q := SelectQuestion{Message: msg + ":", Help: help, Other: "enter another address", OtherMessage: "Proxy address (" + installer.ProxyAddressExample + "):", Validate: validate}
+		q := SelectQuestion{Message: msg + ":", Help: help, Other: "enter another address", OtherMessage: "Proxy address (" + example + "):", Validate: validate}
 		for _, c := range req.Candidates {
 			q.Options = append(q.Options, Option{Value: c.Address, Description: c.Source})
 		}

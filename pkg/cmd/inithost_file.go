@@ -221,7 +221,7 @@ func (o *InitHostOptions) addFileFlags(cmd *cobra.Command) {
 
 // validateFile checks init-host -f's flags: the address as init-host validates it.
 func (o *InitHostOptions) validateFile() error {
-	if err := o.refuse("tunnel", "proxy-image", "no-restart", "timeout", "load-balancer-wait"); err != nil {
+	if err := o.refuse("tunnel", "proxy-image", "allow-plaintext-agents", "no-restart", "timeout", "load-balancer-wait"); err != nil {
 		return err
 	}
 	if err := o.validateModes(o.dryRun, o.Output); err != nil {

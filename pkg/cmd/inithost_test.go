@@ -154,12 +154,13 @@ func runInitHost(t *testing.T, c *cmdCluster, tty bool, p Prompter, args ...stri
 func TestInitHostFlagValidation(t *testing.T) {
 	c := newCmdCluster(t, "none", false)
 	for args, frag := range map[string]string{
-		"--tunnel=wireguard":                     `--tunnel must be "tower" or "ks-mc"`,
-		"--proxy-image=x:1":                      "--proxy-image is only used with --tunnel=ks-mc",
-		"--proxy-publish-address=10.0.0.1:31234": "--proxy-publish-address: proxy address \"10.0.0.1:31234\" has no scheme",
-		"--dry-run=sometimes":                    "--dry-run",
-		"-o=table":                               "unsupported output format",
-		"--timeout=0s":                           "--timeout must be positive",
+		"--tunnel=wireguard":                             `--tunnel must be "tower" or "ks-mc"`,
+		"--proxy-image=x:1":                              "--proxy-image is only used with --tunnel=ks-mc",
+		"--proxy-publish-address=10.0.0.1:31234":         "--proxy-publish-address: proxy address \"10.0.0.1:31234\" has no scheme",
+		"--dry-run=sometimes":                            "--dry-run",
+		"-o=table":                                       "unsupported output format",
+		"--timeout=0s":                                   "--timeout must be positive",
+		"--allow-plaintext-agents":                       "--allow-plaintext-agents is only used with --tunnel=ks-mc",
 		"--tunnel=ks-mc --proxy-image= --dry-run=client": "",
 	} {
 		r := runInitHost(t, c, false, nil, strings.Fields(args)...)
@@ -196,6 +197,29 @@ func TestInitHostNonTTYPendingNamesFlagAndChangesNothing(t *testing.T) {
 	}
 	if r.stdout != "" {
 		t.Errorf("stdout %q", r.stdout)
+	}
+	if m := c.mutations(); len(m) != 0 || c.role(t) != "none" {
+		t.Errorf("changed: %v role %s", m, c.role(t))
+	}
+}
+
+// With --tunnel=ks-mc the advice and the suggestions are https:// (the proxy refuses plaintext
+// agents).
+func TestInitHostNonTTYPendingKsMcSuggestsHTTPS(t *testing.T) {
+	c := newCmdCluster(t, "none", false, pendingTower())
+	r := runInitHost(t, c, false, &FakePrompter{}, "--tunnel=ks-mc", "--proxy-image=ghcr.io/ks-mc/ks-mc:v9.9.9")
+	var missing *MissingAnswerError
+	if !errors.As(r.err, &missing) {
+		t.Fatalf("err = %v", r.err)
+	}
+	msg := r.err.Error()
+	for _, want := range []string{"pass --proxy-publish-address=https://HOST:PORT", "https://10.0.0.1:31234  (node n1 InternalIP, NodePort 31234)"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message lacks %q:\n%s", want, msg)
+		}
+	}
+	if !strings.Contains(r.stderr, "pass --proxy-publish-address=https://HOST:PORT or answer the prompt") {
+		t.Errorf("preflight advice not https:\n%s", r.stderr)
 	}
 	if m := c.mutations(); len(m) != 0 || c.role(t) != "none" {
 		t.Errorf("changed: %v role %s", m, c.role(t))

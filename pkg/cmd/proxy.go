@@ -59,7 +59,7 @@ func NewProxyOptions(streams genericiooptions.IOStreams) *ProxyOptions {
 		ns = "kubesphere-system"
 	}
 	return &ProxyOptions{IOStreams: streams, BindAddress: "0.0.0.0", Port: 8080, Namespace: ns,
-		CASecret: tunnel.DefaultCASecretName, TLS: true, AllowPlaintextAgents: true,
+		CASecret: tunnel.DefaultCASecretName, TLS: true, AllowPlaintextAgents: false,
 		KeepAlive: d.KeepAliveInterval, KeepAliveTimeout: d.KeepAliveTimeout, DrainTimeout: d.DrainTimeout,
 		LeaseName:            "ks-mc-proxy",
 		MaxStreamsPerSession: d.MaxStreamsPerSession, MaxStreamsPerCluster: tunnel.DefaultMaxStreamsPerCluster,
@@ -103,7 +103,7 @@ agents' --ca-cert-hash is in that Secret's annotation ks-mc.io/ca-cert-hash.`,
 	fl.StringVar(&o.CASecret, "ca-secret", o.CASecret, "Secret holding the proxy CA (created when missing)")
 	fl.BoolVar(&o.TLS, "tls", o.TLS, "Serve TLS on the proxy port (certificate from the proxy CA); plain HTTP is still answered")
 	fl.StringSliceVar(&o.TLSSANs, "tls-san", o.TLSSANs, "Extra DNS names or IPs of the proxy's serving certificate")
-	fl.BoolVar(&o.AllowPlaintextAgents, "allow-plaintext-agents", o.AllowPlaintextAgents, "Accept agents that connect over plain http:// (their token travels in clear text)")
+	fl.BoolVar(&o.AllowPlaintextAgents, "allow-plaintext-agents", o.AllowPlaintextAgents, "Accept agents that connect over plain http:// (their token travels in clear text); refused by default")
 	fl.DurationVar(&o.KeepAlive, "keepalive", o.KeepAlive, "Interval of keepalive pings to agents")
 	fl.DurationVar(&o.KeepAliveTimeout, "keepalive-timeout", o.KeepAliveTimeout, "How long a ping may go unanswered before an agent is dropped")
 	fl.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "On SIGTERM, how long open streams may finish")

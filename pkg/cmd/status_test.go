@@ -102,6 +102,28 @@ func TestRenderAgentRedactsAndExplains(t *testing.T) {
 	_, _ = host.Kube.CoreV1().ConfigMaps("kubesphere-system").Create(context.Background(), &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: "kubesphere-config", Namespace: "kubesphere-system"},
 		Data:       map[string]string{"kubesphere.yaml": "authentication:\n  jwtSecret: Sekr3tSekr3tSekr3t\nmulticluster:\n  clusterRole: host\n  enable: true\n  proxyPublishAddress: http://203.0.113.1:30080\n"}}, metav1.CreateOptions{})
+	// A ks-mc agent over http:// is rendered only when the host's proxy accepts plaintext agents.
+	{
+		f, _, _ := testFactory(t, "host")
+		o := &RenderAgentOptions{IOStreams: f.Streams, Name: "member1", Tunnel: "ks-mc", Output: "yaml"}
+		o.NewHostClients = func() (*installer.Clients, error) { return host, nil }
+		err := o.Run(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "--allow-plaintext-agents") || !strings.Contains(err.Error(), "https://203.0.113.1:30080") {
+			t.Fatalf("ks-mc agent over http:// without the host's consent: %v", err)
+		}
+		if strings.Contains(err.Error(), token) {
+			t.Fatal("the token leaked into the error")
+		}
+	}
+	pv := manifests.DefaultProxyValues()
+	pv.AllowPlaintextAgents = true
+	proxy, err := manifests.ProxyDeployment(pv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Kube.AppsV1().Deployments("kubesphere-system").Create(context.Background(), proxy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	for _, tun := range []string{"tower", "ks-mc"} {
 		f, out, errb := testFactory(t, "host")
 		o := &RenderAgentOptions{IOStreams: f.Streams, Name: "member1", Tunnel: tun, Output: "yaml"}

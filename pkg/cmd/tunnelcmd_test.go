@@ -54,6 +54,14 @@ func TestAgentFlagValidation(t *testing.T) {
 	}
 }
 
+// The proxy refuses agents over plain http unless --allow-plaintext-agents is given (a fake proxy
+// on an http:// path would get the token and act with the agent's identity).
+func TestProxyRefusesPlaintextAgentsByDefault(t *testing.T) {
+	if o := NewProxyOptions(genericiooptions.IOStreams{}); o.AllowPlaintextAgents || !o.TLS {
+		t.Fatalf("defaults: tls %v, allow-plaintext-agents %v; want TLS and plaintext agents refused", o.TLS, o.AllowPlaintextAgents)
+	}
+}
+
 func TestProxyFlagValidation(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -63,6 +71,8 @@ func TestProxyFlagValidation(t *testing.T) {
 		{[]string{"proxy", "--port=0"}, "--port 0 is out of range"},
 		{[]string{"proxy", "--tls=false", "--allow-plaintext-agents=false"}, "--tls=false needs --allow-plaintext-agents"},
 		{[]string{"proxy", "--metrics-bind-address=9090"}, "--metrics-bind-address must be IP:port"},
+		// Plaintext agents are refused by default: --tls=false alone leaves no way in.
+		{[]string{"proxy", "--tls=false"}, "--tls=false needs --allow-plaintext-agents"},
 	} {
 		out, err := runRoot(t, tc.args...)
 		if err == nil || !strings.Contains(out, tc.want) {

@@ -241,3 +241,14 @@ type recorder struct {
 func (r *recorder) Step(m string)     { r.mu.Lock(); r.steps = append(r.steps, m); r.mu.Unlock() }
 func (r *recorder) Warn(m string)     { r.mu.Lock(); r.warns = append(r.warns, m); r.mu.Unlock() }
 func (r *recorder) Progress(m string) { r.mu.Lock(); r.progres = append(r.progres, m); r.mu.Unlock() }
+
+// setCCAddress publishes addr in the ClusterConfiguration (as an earlier init-host would have).
+func (fc *fakeCluster) setCCAddress(t *testing.T, addr string) {
+	t.Helper()
+	cc := fc.cc()
+	p := MergePatch{}
+	p.SetIfDifferent(cc.Object.Object, addr, "spec", "multicluster", "proxyPublishAddress")
+	if _, err := PatchClusterConfiguration(context.Background(), fc.c, p, DryRunNone); err != nil {
+		t.Fatal(err)
+	}
+}

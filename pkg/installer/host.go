@@ -41,6 +41,11 @@ type HostOptions struct {
 	Tunnel string
 	// Proxy renders the ks-mc proxy Deployment (Tunnel == TunnelKsMc).
 	Proxy manifests.ProxyValues
+	// AllowPlaintextAgents (Tunnel == TunnelKsMc) renders the proxy with --allow-plaintext-agents,
+	// so that agents may reach it over an http:// address (their token then travels in clear text).
+	// nil keeps what the running proxy does, so a re-run never cuts members off; without it an
+	// http:// address is refused in preflight.
+	AllowPlaintextAgents *bool
 	// LoadBalancerWait is how long to wait for a freshly created tower Service to get a load balancer
 	// address before asking for one (default 30s).
 	LoadBalancerWait time.Duration
@@ -81,6 +86,9 @@ type HostState struct {
 	Drift         []string
 	// Address is the validated --proxy-publish-address ("" when not given).
 	Address string
+	// PlaintextAgents: the proxy init-host renders accepts agents over plain http (the flag, or
+	// kept from the running proxy).
+	PlaintextAgents bool
 }
 
 // Change is one change init-host made (or, in a dry run, would make).
@@ -121,6 +129,8 @@ type Host struct {
 	ccChanged bool
 	// tunnelSwitched: the proxy was rolled out by this run (verify waits for it to listen).
 	tunnelSwitched bool
+	// plaintext: render the proxy with --allow-plaintext-agents (HostState.PlaintextAgents).
+	plaintext bool
 }
 
 // NewHost prepares an init-host run. ask may be nil (then a needed address is an error).
@@ -312,10 +322,16 @@ func (h *Host) addressCheck(p *Preflight, st *HostState) {
 	switch {
 	case st.Tower == nil:
 		p.OK("Service %s/%s does not exist yet: ks-installer creates it, then its load balancer address is used or one is asked for (--proxy-publish-address)", KubeSphereNamespace, TowerName)
+	case LoadBalancerAddress(st.Tower) != "" && h.opts.Tunnel == TunnelKsMc:
+		p.OK("proxy address %s (load balancer of Service %s; https: the ks-mc proxy serves TLS on that port, so init-host publishes it)", httpsAddress(LoadBalancerAddress(st.Tower)), TowerName)
 	case LoadBalancerAddress(st.Tower) != "":
 		p.OK("proxy address %s (load balancer of Service %s)", LoadBalancerAddress(st.Tower), TowerName)
 	default:
-		p.Warn("pass --proxy-publish-address="+ProxyAddressExample+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName)
+		example := ProxyAddressExample
+		if h.opts.Tunnel == TunnelKsMc {
+			example = httpsAddress(example)
+		}
+		p.Warn("pass --proxy-publish-address="+example+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName)
 	}
 }
 
@@ -392,8 +408,12 @@ func hostContextName(c *Clients) string {
 	return "<host context>"
 }
 
-// plaintextCheck warns when members would reach the bundled proxy over plain http: it serves TLS
-// on the same port, and join pins its CA for an https address.
+// plaintextCheck: the ks-mc proxy serves TLS on its port and, unless rendered with
+// --allow-plaintext-agents, refuses agents over plain http (a fake proxy on the path would get the
+// token and act with the agent's identity). With --tunnel=ks-mc an http:// address is refused
+// unless plaintext agents are allowed: by --allow-plaintext-agents, or kept from the running proxy
+// when the flag is not given (a re-run never cuts members off). Without --tunnel the proxy is not
+// re-rendered: an http:// address is only warned about.
 func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
 	if h.opts.Tunnel != TunnelKsMc && st.CurrentTunnel != TunnelKsMc {
 		return
@@ -404,11 +424,55 @@ func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
 	}
 	if addr == "" && st.Tower != nil {
 		addr = LoadBalancerAddress(st.Tower)
+		if h.opts.Tunnel == TunnelKsMc {
+			addr = httpsAddress(addr)
+		}
 	}
-	if strings.HasPrefix(addr, "http://") {
-		p.Warn("publish --proxy-publish-address="+strings.Replace(addr, "http://", "https://", 1)+": the ks-mc proxy serves TLS on the same port and join pins its CA",
-			"agents will reach the ks-mc proxy at %s without TLS", addr)
+	plain := strings.HasPrefix(addr, "http://")
+	live := st.CurrentTunnel == TunnelKsMc && manifests.ProxyAllowsPlaintextAgents(st.TowerDeploy)
+	httpsFix := "publish --proxy-publish-address=" + httpsAddress(addr) + ": the ks-mc proxy serves TLS on the same port and join pins its CA"
+	if h.opts.Tunnel != TunnelKsMc {
+		st.PlaintextAgents = live
+		if plain {
+			p.Warn(httpsFix, "agents will reach the ks-mc proxy at %s without TLS", addr)
+		}
+		return
 	}
+	allowed, given := live, h.opts.AllowPlaintextAgents != nil
+	if given {
+		allowed = *h.opts.AllowPlaintextAgents
+	}
+	st.PlaintextAgents = allowed
+	switch {
+	case plain && !allowed:
+		why := "the ks-mc proxy refuses agents over plain http (their token would travel in clear text)"
+		if live {
+			why = "--allow-plaintext-agents=false: the running proxy's plaintext agents would be cut off"
+		}
+		p.Error(httpsFix+" (members joined over http:// must then be re-joined); or pass --allow-plaintext-agents to accept agents over http://",
+			"the proxy address is %s, but %s", addr, why)
+	case plain:
+		how := "--allow-plaintext-agents"
+		if !given {
+			how = "--allow-plaintext-agents kept from the running proxy"
+		}
+		p.Warn(httpsFix, "agents will reach the ks-mc proxy at %s without TLS: their token travels in clear text (%s)", addr, how)
+	case allowed && !given:
+		p.Warn("pass --allow-plaintext-agents=false to refuse them, once every member is joined over https",
+			"the running ks-mc proxy accepts agents over plain http (--allow-plaintext-agents): kept")
+	case live && !allowed:
+		p.Warn("re-join members that connect over http:// (join then uses "+addr+" and pins the proxy CA)",
+			"--allow-plaintext-agents=false: the ks-mc proxy will refuse agents that connect over plain http")
+	}
+}
+
+// httpsAddress returns addr with an http:// scheme replaced by https:// (the ks-mc proxy serves TLS
+// on the same port); other addresses unchanged.
+func httpsAddress(addr string) string {
+	if rest, ok := strings.CutPrefix(addr, "http://"); ok {
+		return "https://" + rest
+	}
+	return addr
 }
 
 // TunnelOf tells which tunnel a tower Deployment runs.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -42,6 +43,7 @@ func (h *Host) Run(ctx context.Context, st *HostState) (*HostResult, error) {
 		res.DryRun = h.opts.DryRun
 	}
 	h.result = res
+	h.plaintext = st.PlaintextAgents
 
 	// (1) The address, when it can be known now.
 	addr, source, err := h.initialAddress(ctx, st)
@@ -50,7 +52,7 @@ func (h *Host) Run(ctx context.Context, st *HostState) (*HostResult, error) {
 	}
 	res.ProxyPublishAddress, res.AddressSource = addr, source
 	patchAddr := ""
-	if source == AddressFromFlag || source == AddressFromAnswer {
+	if source == AddressFromFlag || source == AddressFromAnswer || h.explicitLB(source) {
 		patchAddr = addr
 	}
 
@@ -74,7 +76,7 @@ func (h *Host) Run(ctx context.Context, st *HostState) (*HostResult, error) {
 			return res, err
 		}
 		res.ProxyPublishAddress, res.AddressSource = addr, source
-		if source == AddressFromAnswer {
+		if source == AddressFromAnswer || h.explicitLB(source) {
 			cc, err := GetClusterConfiguration(ctx, h.c)
 			if err != nil {
 				return res, err
@@ -133,7 +135,7 @@ func (h *Host) initialAddress(ctx context.Context, st *HostState) (string, strin
 		return "", "", nil // known once ks-installer created the Service
 	}
 	if lb := LoadBalancerAddress(st.Tower); lb != "" {
-		return lb, AddressFromLoadBalancer, nil
+		return h.lbAddress(lb), AddressFromLoadBalancer, nil
 	}
 	addr, err := h.askAddress(ctx, st.Tower, false)
 	return addr, AddressFromAnswer, err
@@ -143,6 +145,11 @@ func (h *Host) askAddress(ctx context.Context, svc *corev1.Service, changed bool
 	cands, err := AddressCandidates(ctx, h.c, svc)
 	if err != nil {
 		h.rep.Warn(fmt.Sprintf("cannot list nodes for address suggestions: %v", err))
+	}
+	if h.opts.Tunnel == TunnelKsMc {
+		for i := range cands {
+			cands[i].Address = httpsAddress(cands[i].Address)
+		}
 	}
 	req := AddressRequest{
 		Reason:     fmt.Sprintf("Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName),
@@ -162,6 +169,9 @@ func (h *Host) askAddress(ctx context.Context, svc *corev1.Service, changed bool
 	addr, err := ValidateProxyAddress(answer)
 	if err != nil {
 		return "", fmt.Errorf("--proxy-publish-address: %w", err)
+	}
+	if h.opts.Tunnel == TunnelKsMc && strings.HasPrefix(addr, "http://") && !h.plaintext {
+		return "", fmt.Errorf("proxy address %s: the ks-mc proxy refuses agents over plain http: use %s (it serves TLS on the same port), or pass --allow-plaintext-agents", addr, httpsAddress(addr))
 	}
 	return addr, nil
 }
@@ -251,6 +261,7 @@ func (h *Host) deferredAddress(ctx context.Context) (string, string, error) {
 			return "", "", fmt.Errorf("get service %s/%s: %w", KubeSphereNamespace, TowerName, err)
 		}
 		if lb := LoadBalancerAddress(svc); lb != "" {
+			lb = h.lbAddress(lb)
 			h.rep.Step("proxy address " + lb + " from the load balancer of Service tower")
 			return lb, AddressFromLoadBalancer, nil
 		}
@@ -271,6 +282,7 @@ func (h *Host) deferredAddress(ctx context.Context) (string, string, error) {
 // published address's host, which agents dial.
 func (h *Host) proxyValues() manifests.ProxyValues {
 	v := h.opts.Proxy
+	v.AllowPlaintextAgents = h.plaintext
 	if u, err := url.Parse(h.result.ProxyPublishAddress); err == nil && u.Hostname() != "" {
 		san := "--tls-san=" + u.Hostname()
 		if !slices.Contains(v.ExtraArgs, san) {
@@ -278,6 +290,23 @@ func (h *Host) proxyValues() manifests.ProxyValues {
 		}
 	}
 	return v
+}
+
+// lbAddress is the address derived from the tower Service's load balancer. KubeSphere derives
+// http://<lb>:<port> (the agent YAML of the cluster handler, kubesphere pkg/kapis/cluster/v1alpha1);
+// the ks-mc proxy serves TLS on that port and refuses plaintext agents, so with --tunnel=ks-mc it
+// is https:// and published explicitly.
+func (h *Host) lbAddress(lb string) string {
+	if h.opts.Tunnel == TunnelKsMc {
+		return httpsAddress(lb)
+	}
+	return lb
+}
+
+// explicitLB: a load balancer address that must be published explicitly (KubeSphere's own
+// derivation would give http://, which the ks-mc proxy refuses).
+func (h *Host) explicitLB(source string) bool {
+	return source == AddressFromLoadBalancer && h.opts.Tunnel == TunnelKsMc
 }
 
 func (h *Host) switchTunnel(ctx context.Context) error {

@@ -212,9 +212,23 @@ func TestHostRunFreshWithLoadBalancer(t *testing.T) {
 		t.Errorf("re-run sent %v", m)
 	}
 
-	// Previewing only a tunnel switch does not announce a ks-apiserver restart.
+	// Previewing a switch to the ks-mc tunnel: the load balancer address KubeSphere derives is
+	// http://, which the ks-mc proxy refuses, so https:// is published explicitly (the proxy serves
+	// TLS on that port), and ks-apiserver restarts for it.
 	opts := fastOpts()
 	opts.Tunnel, opts.DryRun = TunnelKsMc, DryRunClient
+	res, _, err = runHost(t, fc, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := changeSummaries(res); got != "ClusterConfiguration kubesphere-system/ks-installer: set proxyPublishAddress: https://198.51.100.7:8080\n"+
+		"Deployment kubesphere-system/tower: run the ks-mc proxy (ghcr.io/ks-mc/ks-mc:v9.9.9)\n"+
+		"Deployment kubesphere-system/ks-apiserver: rollout restart" {
+		t.Errorf("ks-mc tunnel dry run changes:\n%s", got)
+	}
+	// With the address already published, previewing only a tunnel switch does not announce a
+	// ks-apiserver restart.
+	fc.setCCAddress(t, "https://198.51.100.7:8080")
 	res, _, err = runHost(t, fc, opts, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +326,7 @@ func TestHostRunDryRunChangesNothing(t *testing.T) {
 			opts := fastOpts()
 			opts.DryRun = mode
 			opts.Tunnel = TunnelKsMc
-			opts.ProxyPublishAddress = "http://10.0.0.1:31234"
+			opts.ProxyPublishAddress = "https://10.0.0.1:31234"
 			fc.clearActions()
 			res, _, err := runHost(t, fc, opts, nil)
 			if err != nil {
@@ -325,7 +339,7 @@ func TestHostRunDryRunChangesNothing(t *testing.T) {
 				t.Error("role changed")
 			}
 			s := changeSummaries(res)
-			mustContain(t, s, "set clusterRole: host, proxyPublishAddress: http://10.0.0.1:31234", "Deployment kubesphere-system/tower: run the ks-mc proxy", "ks-apiserver: rollout restart")
+			mustContain(t, s, "set clusterRole: host, proxyPublishAddress: https://10.0.0.1:31234", "Deployment kubesphere-system/tower: run the ks-mc proxy", "ks-apiserver: rollout restart")
 			if res.DryRun != mode || !res.Changed {
 				t.Errorf("result %+v", res)
 			}
@@ -414,6 +428,14 @@ func TestHostRunTunnelKsMc(t *testing.T) {
 	}
 	if args := d.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--tls-san=198.51.100.7") {
 		t.Errorf("proxy args %q lack the published host as a certificate name", args)
+	}
+	// The load balancer's address is published as https:// (KubeSphere would derive http://,
+	// which the proxy refuses), and plaintext agents are refused.
+	if res.ProxyPublishAddress != "https://198.51.100.7:8080" || fc.cc().ProxyPublishAddress() != "https://198.51.100.7:8080" || res.AddressSource != AddressFromLoadBalancer {
+		t.Errorf("address %q (%s), CC %q: want https://198.51.100.7:8080 published", res.ProxyPublishAddress, res.AddressSource, fc.cc().ProxyPublishAddress())
+	}
+	if args := d.Spec.Template.Spec.Containers[0].Args; slices.Contains(args, manifests.ProxyAllowPlaintextArg) {
+		t.Errorf("proxy args %q accept plaintext agents without being asked", args)
 	}
 	// Re-run without --tunnel keeps the proxy and changes nothing.
 	fc.clearActions()
@@ -627,30 +649,137 @@ func TestHostRunFreshPendingWithoutAnswerSaysHowToFinish(t *testing.T) {
 	}
 }
 
-// With the bundled proxy, an http:// address is a warning that names the https:// alternative;
-// an https:// address is not.
-func TestHostPreflightWarnsPlaintextKsMcTunnel(t *testing.T) {
+// With the bundled proxy, an http:// address is refused in preflight (the proxy refuses plaintext
+// agents), naming https:// and --allow-plaintext-agents; with --allow-plaintext-agents it is a
+// warning; an https:// address is neither.
+func TestHostPreflightRefusesPlaintextKsMcTunnel(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML)
 	opts := fastOpts()
 	opts.Tunnel = TunnelKsMc
 	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
 	p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
 	mustContain(t, checkLines(p),
+		"[error] the proxy address is http://198.51.100.7:8080, but the ks-mc proxy refuses agents over plain http",
+		"--proxy-publish-address=https://198.51.100.7:8080", "or pass --allow-plaintext-agents")
+	yes, no := true, false
+	opts.AllowPlaintextAgents = &yes
+	p, st := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	mustContain(t, checkLines(p),
 		"[warn] agents will reach the ks-mc proxy at http://198.51.100.7:8080 without TLS",
 		"--proxy-publish-address=https://198.51.100.7:8080")
-	if p.HasErrors() {
-		t.Fatalf("a plaintext address is a warning, not an error:\n%s", checkLines(p))
+	if p.HasErrors() || !st.PlaintextAgents {
+		t.Fatalf("with --allow-plaintext-agents a plaintext address is a warning, not an error:\n%s", checkLines(p))
 	}
+	opts.AllowPlaintextAgents = &no
+	if p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background()); !p.HasErrors() {
+		t.Fatalf("--allow-plaintext-agents=false accepted an http:// address:\n%s", checkLines(p))
+	}
+	opts.AllowPlaintextAgents = nil
 	opts.ProxyPublishAddress = "https://198.51.100.7:8080"
-	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
-	if strings.Contains(checkLines(p), "without TLS") {
+	p, st = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	if strings.Contains(checkLines(p), "without TLS") || p.HasErrors() || st.PlaintextAgents {
 		t.Fatalf("https address warned:\n%s", checkLines(p))
 	}
-	// KubeSphere's own Tower: no such warning (Tower speaks ws:// or wss:// itself).
+	// KubeSphere's own Tower: no such check (Tower speaks ws:// or wss:// itself).
 	opts.Tunnel = TunnelTower
 	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
 	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
-	if strings.Contains(checkLines(p), "without TLS") {
+	if strings.Contains(checkLines(p), "without TLS") || p.HasErrors() {
 		t.Fatalf("tower tunnel warned:\n%s", checkLines(p))
+	}
+}
+
+// An http:// address already published is refused too: the fix names the https address.
+func TestHostPreflightRefusesPublishedPlaintextForKsMc(t *testing.T) {
+	fc := newFakeCluster(t, testCCYAML, towerService(""), towerDeployment())
+	fc.setCCAddress(t, "http://10.0.0.1:31234")
+	opts := fastOpts()
+	opts.Tunnel = TunnelKsMc
+	p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	mustContain(t, checkLines(p), "[error] the proxy address is http://10.0.0.1:31234", "--proxy-publish-address=https://10.0.0.1:31234")
+}
+
+// --allow-plaintext-agents is rendered into the proxy only when asked for; a re-run without the
+// flag keeps it (with a warning) so that members connected over http:// are not cut off; turning
+// it off while the address is http:// is refused in preflight, with nothing changed.
+func TestHostRunPlaintextAgentsOptIn(t *testing.T) {
+	fc := newFakeCluster(t, testCCYAML)
+	stop := fc.fakeInstaller("198.51.100.7", false)
+	defer stop()
+	ctx := context.Background()
+	yes, no := true, false
+	opts := fastOpts()
+	opts.Tunnel, opts.AllowPlaintextAgents, opts.ProxyPublishAddress = TunnelKsMc, &yes, "http://198.51.100.7:8080"
+	if _, _, err := runHost(t, fc, opts, nil); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	if !manifests.ProxyAllowsPlaintextAgents(d) {
+		t.Fatalf("proxy args %q lack %s", d.Spec.Template.Spec.Containers[0].Args, manifests.ProxyAllowPlaintextArg)
+	}
+	// Re-run without the flag: kept, with a warning; nothing changes.
+	rerun := fastOpts()
+	rerun.Tunnel = TunnelKsMc
+	p, _ := NewHost(fc.c, rerun, nil, nil).Preflight(ctx)
+	if p.HasErrors() {
+		t.Fatalf("re-run without the flag refused:\n%s", checkLines(p))
+	}
+	mustContain(t, checkLines(p), "without TLS", "--allow-plaintext-agents kept from the running proxy")
+	fc.clearActions()
+	res, _, err := runHost(t, fc, rerun, nil)
+	if err != nil || res.Changed {
+		t.Fatalf("re-run: %v %s", err, changeSummaries(res))
+	}
+	d, _ = fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	if !manifests.ProxyAllowsPlaintextAgents(d) {
+		t.Fatal("a re-run without the flag dropped --allow-plaintext-agents")
+	}
+	// Turning it off while the address is http:// would cut members off: refused, nothing sent.
+	off := rerun
+	off.AllowPlaintextAgents = &no
+	fc.clearActions()
+	p, _ = NewHost(fc.c, off, nil, nil).Preflight(ctx)
+	mustContain(t, checkLines(p), "[error] the proxy address is http://198.51.100.7:8080, but --allow-plaintext-agents=false")
+	if m := fc.mutations(); len(m) != 0 {
+		t.Errorf("preflight sent %v", m)
+	}
+	// Off together with an https address: the proxy is re-rendered without it, with a warning.
+	off.ProxyPublishAddress = "https://198.51.100.7:8080"
+	p, _ = NewHost(fc.c, off, nil, nil).Preflight(ctx)
+	mustContain(t, checkLines(p), "[warn] --allow-plaintext-agents=false: the ks-mc proxy will refuse agents that connect over plain http")
+	if _, _, err := runHost(t, fc, off, nil); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	if manifests.ProxyAllowsPlaintextAgents(d) || fc.cc().ProxyPublishAddress() != "https://198.51.100.7:8080" {
+		t.Errorf("args %q, address %q", d.Spec.Template.Spec.Containers[0].Args, fc.cc().ProxyPublishAddress())
+	}
+}
+
+// A pending load balancer with --tunnel=ks-mc: the suggested addresses are https://, and an http://
+// answer is refused.
+func TestHostAskKsMcSuggestsHTTPS(t *testing.T) {
+	fc := newFakeCluster(t, testCCYAML, towerService(""), towerDeployment())
+	opts := fastOpts()
+	opts.Tunnel, opts.DryRun = TunnelKsMc, DryRunClient
+	var got AddressRequest
+	answer := ""
+	ask := func(_ context.Context, req AddressRequest) (string, error) { got = req; return answer, nil }
+	h := NewHost(fc.c, opts, &recorder{}, ask)
+	p, st := h.Preflight(context.Background())
+	if p.HasErrors() {
+		t.Fatalf("preflight:\n%s", checkLines(p))
+	}
+	answer = "http://10.0.0.1:31234"
+	if _, err := h.Run(context.Background(), st); err == nil || !strings.Contains(err.Error(), "use https://10.0.0.1:31234") {
+		t.Fatalf("http:// answer: %v", err)
+	}
+	if len(got.Candidates) == 0 {
+		t.Fatal("no candidates")
+	}
+	for _, c := range got.Candidates {
+		if !strings.HasPrefix(c.Address, "https://") {
+			t.Errorf("candidate %s is not https", c.Address)
+		}
 	}
 }

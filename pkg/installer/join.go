@@ -253,6 +253,10 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 	if st.agentImage == "" && st.tunnel == manifests.TunnelTower {
 		st.agentImage = cfg.Multicluster.AgentImage
 	}
+	if err := PlaintextAgentRefused(st.tunnel, addr, tower); err != nil {
+		p.Error(PlaintextAgentAdvice(j.host, addr), "%s: %v", h, err)
+		return false
+	}
 	st.caHash = j.opts.CACertHash
 	if st.tunnel == manifests.TunnelKSMC && strings.HasPrefix(addr, "https://") && st.caHash == "" {
 		pin, err := ProxyCACertHash(ctx, j.host)

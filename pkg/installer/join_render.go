@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -77,16 +78,22 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 	if addr == "" {
 		return nil, "", fmt.Errorf("the host has no proxy address: %s (or pass --proxy-address)", initHostHint(host))
 	}
+	tower, err := host.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)
+	}
+	if err != nil {
+		tower = nil
+	}
 	tun := o.Tunnel
 	if tun == "" || tun == manifests.TunnelAuto {
-		t, err := HostTunnel(ctx, host)
-		if err != nil {
-			return nil, "", err
-		}
 		tun = manifests.TunnelTower
-		if t == TunnelKsMc {
+		if TunnelOf(tower) == TunnelKsMc {
 			tun = manifests.TunnelKSMC
 		}
+	}
+	if err := PlaintextAgentRefused(tun, addr, tower); err != nil {
+		return nil, "", fmt.Errorf("%w: %s", err, PlaintextAgentAdvice(host, addr))
 	}
 	pin := o.CACertHash
 	if pin == "" && tun == manifests.TunnelKSMC && strings.HasPrefix(addr, "https://") {
@@ -100,6 +107,23 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 	}
 	objs, err := manifests.RenderAgent(tun, manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: addr, Image: image, CACertHash: pin})
 	return objs, tun, err
+}
+
+// PlaintextAgentRefused: a ks-mc agent must not hand its token to an http:// proxy address (anyone
+// on the path could pose as the proxy and act with the agent's cluster-admin identity), and the
+// ks-mc proxy refuses plaintext agents unless init-host rendered it with --allow-plaintext-agents.
+// The host's consent is read from the tower Deployment's arguments.
+func PlaintextAgentRefused(tun manifests.Tunnel, addr string, tower *appsv1.Deployment) error {
+	if tun != manifests.TunnelKSMC || !strings.HasPrefix(addr, "http://") || manifests.ProxyAllowsPlaintextAgents(tower) {
+		return nil
+	}
+	return fmt.Errorf("the proxy address %s is plain http, and the host's ks-mc proxy refuses agents without TLS (the token would travel in clear text)", addr)
+}
+
+// PlaintextAgentAdvice says how to fix a refused plaintext address on the host.
+func PlaintextAgentAdvice(host *Clients, addr string) string {
+	return fmt.Sprintf("publish https on the host: kubectl ks-mc init-host%s --tunnel=ks-mc --proxy-publish-address %s (the proxy serves TLS on the same port; join pins its CA); "+
+		"or, to accept agents over plain http, re-run that init-host with --allow-plaintext-agents and the http address", host.contextFlag(), httpsAddress(addr))
 }
 
 // ProxyCACertHash reads the pin of the bundled proxy's CA from its Secret on the host

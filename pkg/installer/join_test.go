@@ -632,6 +632,41 @@ func TestJoinPinsTheBundledProxyCA(t *testing.T) {
 	}
 }
 
+// A ks-mc agent must not hand its token to an http:// proxy address unless the host's proxy was
+// rendered with --allow-plaintext-agents: join refuses in preflight, changes nothing, and says how
+// to publish https (or opt in on the host).
+func TestJoinRefusesPlaintextKsMcProxy(t *testing.T) {
+	f := newJoinFixture(t)
+	ctx := context.Background()
+	d, _ := f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d.Spec.Template.Spec.Containers[0].Command = nil
+	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy", "--bind-address=$(POD_IP)"}
+	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
+	f.host.clearActions()
+	f.member.clearActions()
+	p, _ := f.join(JoinOptions{}, nil).Preflight(ctx)
+	mustContain(t, errorsOf(p), "the proxy address http://203.0.113.10:30881 is plain http",
+		"--tunnel=ks-mc --proxy-publish-address https://203.0.113.10:30881", "--allow-plaintext-agents")
+	if m := append(f.host.mutations(), f.member.mutations()...); len(m) != 0 {
+		t.Errorf("a refused join sent %v", m)
+	}
+	if _, err := f.join(JoinOptions{Timeout: time.Second}, nil).Run(ctx); err == nil {
+		t.Fatal("join over http:// to a ks-mc proxy that refuses plaintext agents succeeded")
+	}
+	// The host's consent, read from the proxy's arguments.
+	d.Spec.Template.Spec.Containers[0].Args = append(d.Spec.Template.Spec.Containers[0].Args, manifests.ProxyAllowPlaintextArg)
+	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
+	if p, _ := f.join(JoinOptions{}, nil).Preflight(ctx); strings.Contains(errorsOf(p), "plain http") {
+		t.Fatalf("refused although the proxy allows plaintext agents:\n%s", errorsOf(p))
+	}
+	// KubeSphere's Tower is not concerned (it does its own transport).
+	d.Spec.Template.Spec.Containers[0].Args = []string{"--ca-cert=/x"}
+	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
+	if p, _ := f.join(JoinOptions{}, nil).Preflight(ctx); strings.Contains(errorsOf(p), "plain http") {
+		t.Fatalf("a Tower host refused:\n%s", errorsOf(p))
+	}
+}
+
 // A member joined with Tower's agent is moved to the bundled agent once the host runs the ks-mc
 // proxy: the old Deployment (whose command another manager owns) is replaced, not merged.
 func TestJoinReplacesTowerAgentWithBundledAgent(t *testing.T) {
@@ -639,7 +674,9 @@ func TestJoinReplacesTowerAgentWithBundledAgent(t *testing.T) {
 	ctx := context.Background()
 	d, _ := f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
 	d.Spec.Template.Spec.Containers[0].Command = nil
-	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy"}
+	// The fixture's address is http://: the host's proxy accepts plaintext agents (init-host
+	// --allow-plaintext-agents); without that, join refuses (TestJoinRefusesPlaintextKsMcProxy).
+	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy", manifests.ProxyAllowPlaintextArg}
 	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
 	_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(ctx, agentDeployment(t, "http://203.0.113.10:30881", "member1"), metav1.CreateOptions{})
 	stop := f.simulate(t, true)

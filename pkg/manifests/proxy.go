@@ -38,7 +38,11 @@ type ProxyValues struct {
 	ImagePullPolicy string
 	ServiceAccount  string
 	Port            int32
-	// ExtraArgs are appended after the standard arguments (--bind-address, --port).
+	// AllowPlaintextAgents renders --allow-plaintext-agents: the proxy then accepts agents over plain
+	// http:// (their token travels in clear text). Off, the proxy refuses them (its default).
+	AllowPlaintextAgents bool
+	// ExtraArgs are appended after the standard arguments (--bind-address, --port and
+	// --allow-plaintext-agents when asked).
 	ExtraArgs []string
 }
 
@@ -58,6 +62,9 @@ func DefaultProxyValues() ProxyValues {
 // several clusters on one machine, so never on 0.0.0.0) and the Service's target port.
 func (v ProxyValues) Args() []string {
 	args := []string{ProxyMode, "--bind-address=$(POD_IP)", "--port=" + strconv.Itoa(int(v.Port))}
+	if v.AllowPlaintextAgents {
+		args = append(args, ProxyAllowPlaintextArg)
+	}
 	return append(args, v.ExtraArgs...)
 }
 
@@ -128,4 +135,27 @@ func IsProxyDeployment(d *appsv1.Deployment) bool {
 	}
 	c := cs[0]
 	return len(c.Command) == 0 && len(c.Args) > 0 && c.Args[0] == ProxyMode
+}
+
+// ProxyAllowPlaintextArg is the proxy argument that accepts agents over plain http:// (their token
+// then travels in clear text). The rendered proxy carries it only when the operator asked for it.
+const ProxyAllowPlaintextArg = "--allow-plaintext-agents"
+
+// ProxyAllowsPlaintextAgents reports whether a tower Deployment running the ks-mc proxy accepts
+// agents over plain http://: its proxy container has --allow-plaintext-agents (or =true). The
+// proxy's own default refuses them.
+func ProxyAllowsPlaintextAgents(d *appsv1.Deployment) bool {
+	if d == nil || !IsProxyDeployment(d) {
+		return false
+	}
+	allowed := false
+	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+		switch a {
+		case ProxyAllowPlaintextArg, ProxyAllowPlaintextArg + "=true":
+			allowed = true
+		case ProxyAllowPlaintextArg + "=false":
+			allowed = false
+		}
+	}
+	return allowed
 }

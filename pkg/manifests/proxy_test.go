@@ -58,6 +58,41 @@ func TestRenderProxyDeploymentGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkGolden(t, "proxy-deployment.golden.yaml", got)
+	if strings.Contains(string(got), ProxyAllowPlaintextArg) {
+		t.Errorf("the default rendering carries %s: plaintext agents must be refused unless asked for", ProxyAllowPlaintextArg)
+	}
+}
+
+// The plaintext opt-in is rendered only when asked for, and read back from the live object.
+func TestRenderProxyDeploymentPlaintextGolden(t *testing.T) {
+	v := testProxyValues()
+	v.AllowPlaintextAgents = true
+	got, err := RenderProxyDeploymentYAML(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "proxy-deployment-plaintext.golden.yaml", got)
+	d, err := ProxyDeployment(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ProxyAllowsPlaintextAgents(d) {
+		t.Errorf("ProxyAllowsPlaintextAgents false for a rendering with %s: %v", ProxyAllowPlaintextArg, d.Spec.Template.Spec.Containers[0].Args)
+	}
+	def, err := ProxyDeployment(testProxyValues())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ProxyAllowsPlaintextAgents(def) {
+		t.Error("ProxyAllowsPlaintextAgents true for the default rendering")
+	}
+	def.Spec.Template.Spec.Containers[0].Args = append(def.Spec.Template.Spec.Containers[0].Args, ProxyAllowPlaintextArg+"=true", ProxyAllowPlaintextArg+"=false")
+	if ProxyAllowsPlaintextAgents(def) {
+		t.Error("the last --allow-plaintext-agents=false must win")
+	}
+	if ProxyAllowsPlaintextAgents(nil) {
+		t.Error("nil Deployment allows plaintext")
+	}
 }
 
 func TestProxyDeploymentTyped(t *testing.T) {

@@ -31,7 +31,7 @@ func TestBenchDiagnose(t *testing.T) {
 	}
 	s := newSandbox(t, sandbox.Options{Clusters: names})
 	host := s.Cluster("host")
-	if r := ksmc(t, s, "init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", "http://"+host.NodeIP+":8080", "--timeout", "10m"); r.code != 0 {
+	if r := ksmc(t, s, "init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", "https://"+host.NodeIP+":8080", "--timeout", "10m"); r.code != 0 {
 		t.Fatalf("init-host: %s", r)
 	}
 	var wg sync.WaitGroup

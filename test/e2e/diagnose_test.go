@@ -166,7 +166,7 @@ func TestDiagnose(t *testing.T) {
 	host, m1 := s.Cluster("host"), s.Cluster("member1")
 	ctx := context.Background()
 	outs := &outputs{}
-	proxyAddr := fmt.Sprintf("http://%s:8080", host.NodeIP)
+	proxyAddr := fmt.Sprintf("https://%s:8080", host.NodeIP)
 	if r := outs.add(ksmc(t, s, "init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", proxyAddr, "--timeout", "5m")); r.code != 0 {
 		t.Fatalf("init-host: %s", r)
 	}
@@ -258,7 +258,7 @@ func TestDiagnose(t *testing.T) {
 	})
 
 	t.Run("proxy address with the wrong port", func(t *testing.T) {
-		wrongAddr := fmt.Sprintf("http://%s:8081", host.NodeIP)
+		wrongAddr := fmt.Sprintf("https://%s:8081", host.NodeIP)
 		patchMerge(t, s, "--context", "host", "-n", fakeks.Namespace, "clusterconfiguration", fakeks.CCName, "-p", `{"spec":{"multicluster":{"proxyPublishAddress":"`+wrongAddr+`"}}}`)
 		r, rep := d.until("host.proxyPublishAddress", "host", "fail")
 		wantFail(t, r, rep, "host.proxyPublishAddress", "host", "8081", "--proxy-publish-address")

@@ -309,10 +309,16 @@ func TestInitHost(t *testing.T) {
 			t.Error("ks-apiserver not restarted")
 		}
 
-		// The bundled proxy replaces Tower and serves /health on the published address.
+		// The bundled proxy replaces Tower and serves /health on the published address. It serves
+		// TLS there and refuses plaintext agents, so the load balancer's address is published as
+		// https:// explicitly (KubeSphere itself would derive http://).
 		r = c.initHost(t, "--tunnel=ks-mc", "--timeout", "5m")
 		if r.code != 0 {
 			t.Fatalf("--tunnel=ks-mc: %s", r)
+		}
+		httpsAddr := "https://" + c.NodeIP + ":8080"
+		if got := ihStr(c.cc(t).Object, "spec", "multicluster", "proxyPublishAddress"); got != httpsAddr || !strings.Contains(r.stdout, httpsAddr) {
+			t.Errorf("with --tunnel=ks-mc the published address is %q, want %s:\n%s", got, httpsAddr, r)
 		}
 		d, err := c.kube.AppsV1().Deployments(fakeks.Namespace).Get(context.Background(), "tower", metav1.GetOptions{})
 		if err != nil {

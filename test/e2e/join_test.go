@@ -166,12 +166,41 @@ func TestJoin(t *testing.T) {
 		}
 	})
 
-	// The host, with the bundled proxy published on its node IP.
-	proxyAddr := fmt.Sprintf("http://%s:8080", host.NodeIP)
+	// The host, with the bundled proxy published on its node IP. It serves TLS on that port, so the
+	// address is https:// (init-host refuses http:// without --allow-plaintext-agents).
+	proxyAddr := fmt.Sprintf("https://%s:8080", host.NodeIP)
+	plainAddr := fmt.Sprintf("http://%s:8080", host.NodeIP)
+	ccBefore := ccOf(t, host).GetResourceVersion()
+	if r := run("init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", plainAddr, "--timeout", "5m"); r.code == 0 ||
+		!strings.Contains(r.stderr, "--proxy-publish-address="+proxyAddr) || !strings.Contains(r.stderr, "--allow-plaintext-agents") {
+		t.Fatalf("init-host --tunnel=ks-mc with an http:// address: want a refusal naming https and --allow-plaintext-agents:\n%s", r)
+	}
+	if ccOf(t, host).GetResourceVersion() != ccBefore {
+		t.Fatal("the refused init-host changed the ClusterConfiguration")
+	}
 	r := run("init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", proxyAddr, "--timeout", "5m")
 	if r.code != 0 {
 		t.Fatalf("init-host: %s", r)
 	}
+
+	t.Run("plaintext agent refused by the rendered proxy", func(t *testing.T) {
+		tok := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(tok, []byte(strings.Repeat("0", 64)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a := startKSMC(t, nil, "agent", "--kubeconfig", s.Kubeconfig, "--context", "member1", "--name", "member1",
+			"--proxy-server", plainAddr, "--token-file", tok, "--keepalive", "2s", "--keepalive-timeout", "3s")
+		eventually(t, 30*time.Second, "the plaintext agent refused", func() error {
+			if !strings.Contains(a.output(), "agents must connect over https") {
+				return fmt.Errorf("%s", tail(a.output(), 5))
+			}
+			return nil
+		})
+		a.kill9()
+		if !strings.Contains(a.output(), "403") {
+			t.Errorf("agent error does not say 403:\n%s", tail(a.output(), 5))
+		}
+	})
 
 	t.Run("dry run changes nothing", func(t *testing.T) {
 		before := ccOf(t, m1).GetResourceVersion()
@@ -385,9 +414,33 @@ func TestJoin(t *testing.T) {
 		}
 	})
 
+	t.Run("plaintext proxy address refused", func(t *testing.T) {
+		// An http:// address published behind init-host's back: join must not hand the token to
+		// it, since the host's proxy was not rendered with --allow-plaintext-agents.
+		patch := `{"spec":{"multicluster":{"proxyPublishAddress":"` + plainAddr + `"}}}`
+		if r := kubectl(t, s, "--context", "host", "-n", "kubesphere-system", "patch", "cc", "ks-installer", "--type=merge", "-p", patch); r.code != 0 {
+			t.Fatal(r)
+		}
+		eventually(t, time.Minute, "kubesphere-config shows the http address", func() error {
+			cm, _ := kube(t, host).CoreV1().ConfigMaps(fakeks.Namespace).Get(context.Background(), fakeks.ConfigMapName, metav1.GetOptions{})
+			if !strings.Contains(cm.Data[fakeks.ConfigKey], plainAddr) {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+		r := run("join", "--context", "member2", "--host-context", "host", "--timeout", "60s")
+		if r.code == 0 || !strings.Contains(r.stderr, "is plain http") || !strings.Contains(r.stderr, "--proxy-publish-address "+proxyAddr) ||
+			!strings.Contains(r.stderr, "--allow-plaintext-agents") {
+			t.Fatalf("want a refusal naming https and --allow-plaintext-agents:\n%s", r)
+		}
+		if clusterObj(t, host, "member2") != nil || agentExists(t, m2) {
+			t.Error("the refused join changed a cluster")
+		}
+	})
+
 	t.Run("unreachable proxy address", func(t *testing.T) {
 		// Publish an address nobody listens on, then join member2 with a short timeout.
-		patch := `{"spec":{"multicluster":{"proxyPublishAddress":"http://` + host.NodeIP + `:1"}}}`
+		patch := `{"spec":{"multicluster":{"proxyPublishAddress":"https://` + host.NodeIP + `:1"}}}`
 		if r := kubectl(t, s, "--context", "host", "-n", "kubesphere-system", "patch", "cc", "ks-installer", "--type=merge", "-p", patch); r.code != 0 {
 			t.Fatal(r)
 		}

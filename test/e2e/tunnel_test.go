@@ -224,6 +224,26 @@ func TestTunnel(t *testing.T) {
 		}
 	})
 
+	t.Run("plaintext agent refused by default", func(t *testing.T) {
+		// The proxy runs without --allow-plaintext-agents: an agent dialling http:// (its token in
+		// clear text) is refused, whatever its token.
+		a := startKSMC(t, nil, "agent", "--kubeconfig", s.Kubeconfig, "--context", "member1", "--name", "member1",
+			"--proxy-server", fmt.Sprintf("http://%s:%d", host.NodeIP, port), "--token-file", goodToken, "--keepalive", "2s", "--keepalive-timeout", "3s")
+		eventually(t, 30*time.Second, "the plaintext refusal", func() error {
+			if !strings.Contains(a.output(), "agents must connect over https") {
+				return fmt.Errorf("%s", tail(a.output(), 5))
+			}
+			return nil
+		})
+		a.kill9()
+		if strings.Contains(a.output(), "connected to proxy") || !strings.Contains(proxy.output(), "agent refused: plaintext connection") {
+			t.Errorf("agent:\n%s\nproxy:\n%s", tail(a.output(), 5), tail(proxy.output(), 10))
+		}
+		if strings.Contains(a.output()+proxy.output(), token) {
+			t.Fatal("a token appears in a log")
+		}
+	})
+
 	t.Run("wrong CA pin refused with an x509 error", func(t *testing.T) {
 		a := startKSMC(t, nil, agentArgs(goodToken, "sha256:"+strings.Repeat("ab", 32))...)
 		eventually(t, 30*time.Second, "pin refusal", func() error {

@@ -39,7 +39,7 @@ func TestNoSecretAtHighestVerbosity(t *testing.T) {
 	}
 	secrets := map[string]string{"host jwtSecret": jwtOf(t, host), "member1 original jwtSecret": jwtOf(t, m1)}
 
-	proxyAddr := fmt.Sprintf("http://%s:8080", host.NodeIP)
+	proxyAddr := fmt.Sprintf("https://%s:8080", host.NodeIP)
 	if r := run("init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", proxyAddr, "--timeout", "5m"); r.code != 0 {
 		t.Fatalf("init-host: exit %d\n%s", r.code, r.stderr)
 	}
@@ -111,7 +111,8 @@ func TestNoSecretAtHighestVerbosity(t *testing.T) {
 		t.Fatal(err)
 	}
 	ap := startKSMC(t, nil, append([]string{"agent", "--kubeconfig", s.Kubeconfig, "--context", "member1", "--name", "member1",
-		"--token-file", tokFile, "--proxy-server", proxyAddr, "--kubesphere-service", m1.NodeIP + ":1"}, loud...)...)
+		"--token-file", tokFile, "--proxy-server", proxyAddr, "--ca-cert-hash", caSec.Annotations["ks-mc.io/ca-cert-hash"],
+		"--kubesphere-service", m1.NodeIP + ":1"}, loud...)...)
 	eventually(t, time.Minute, "the extra agent connects", func() error {
 		if !strings.Contains(ap.output(), "connected to proxy") {
 			return fmt.Errorf("not yet")

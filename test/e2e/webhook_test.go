@@ -87,7 +87,7 @@ func TestUnjoinThroughClusterWebhook(t *testing.T) {
 		proveWebhook(t, "member1")
 		// Switching to the ks-mc proxy would cut member1 off: refused without --force, with
 		// the re-join to run.
-		r := run("init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", fmt.Sprintf("http://%s:8080", host.NodeIP), "--timeout", "1m")
+		r := run("init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", fmt.Sprintf("https://%s:8080", host.NodeIP), "--timeout", "1m")
 		if r.code == 0 || !strings.Contains(r.stderr, "member1 (agent connected)") || !strings.Contains(r.stderr, "--force") ||
 			!strings.Contains(r.stderr, "kubectl ks-mc join --context <context of member1> --host-context host --name member1") {
 			t.Fatalf("want a refusal naming member1 and its re-join:\n%s", r)
@@ -98,7 +98,7 @@ func TestUnjoinThroughClusterWebhook(t *testing.T) {
 		unjoin(t, m1)
 	})
 
-	proxyAddr := fmt.Sprintf("http://%s:8080", host.NodeIP)
+	proxyAddr := fmt.Sprintf("https://%s:8080", host.NodeIP)
 	t.Run("ks-mc", func(t *testing.T) {
 		if r := run("init-host", "--context", "host", "--tunnel=ks-mc", "--proxy-publish-address", proxyAddr, "--timeout", "5m"); r.code != 0 {
 			t.Fatalf("init-host: %s", r)
