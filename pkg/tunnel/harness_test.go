@@ -119,6 +119,7 @@ func newBackend(t *testing.T) *backend {
 		}
 	})
 	mux.HandleFunc("/upgrade", upgradeEcho)
+	mux.HandleFunc("/enc", encodingHandler)
 	kube := httptest.NewUnstartedServer(mux)
 	kube.EnableHTTP2 = true
 	kube.StartTLS()
@@ -128,6 +129,7 @@ func newBackend(t *testing.T) *backend {
 		fmt.Fprint(w, "kubesphere")
 	})
 	ksMux.HandleFunc("/upgrade", upgradeEcho)
+	ksMux.HandleFunc("/enc", encodingHandler)
 	b.kube, b.ks = kube, httptest.NewServer(ksMux)
 	t.Cleanup(func() { b.kube.Close(); b.ks.Close() })
 	return b
