@@ -104,7 +104,7 @@ func rawClient(cfg *tls.Config, h2 bool) *http.Client {
 			c.NextProtos = []string{"h2", "http/1.1"}
 		}
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: c, ForceAttemptHTTP2: h2, DisableCompression: true}}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: c, ForceAttemptHTTP2: h2, DisableCompression: true, MaxIdleConnsPerHost: 64}}
 }
 
 // TestTunnelTransparentEncoding: a response through the tunnel is byte for byte the one a
