@@ -94,6 +94,10 @@ func newForwarder(kc *rest.Config, ksService string, log logr.Logger) (*forwarde
 		c = rest.CopyConfig(c)
 		// The agent forwards any volume of traffic: client-side throttling belongs to the caller.
 		c.QPS, c.Burst, c.RateLimiter = -1, 0, nil
+		// A tunnel is transparent: Accept-Encoding reaches the upstream exactly as the client
+		// sent it and bodies are never re-encoded. With compression enabled, Go's transport
+		// would ask for gzip on a request that did not and decode the answer again.
+		c.DisableCompression = true
 		if h1 {
 			c.TLSClientConfig.NextProtos = []string{"http/1.1"}
 			return h1Transport(c)
@@ -120,6 +124,7 @@ func newForwarder(kc *rest.Config, ksService string, log logr.Logger) (*forwarde
 		MaxIdleConns:        100,
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true, // Accept-Encoding passes verbatim; bodies are never re-encoded
 	}
 	f.ks = newReverseProxy(ksURL, ksTransport, log, "ks-apiserver")
 	return f, nil
@@ -155,7 +160,7 @@ func h1Transport(c *rest.Config) (http.RoundTripper, error) {
 		MaxIdleConns:        h1IdleConnsPerHost,
 		MaxIdleConnsPerHost: h1IdleConnsPerHost,
 		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  c.DisableCompression,
+		DisableCompression:  true, // transparency: see newForwarder
 	}
 	return rest.HTTPWrappersForConfig(c, tr)
 }

@@ -40,14 +40,20 @@ const (
 type logSink struct {
 	mu    sync.Mutex
 	lines []string
+	// quiet keeps verbosity 0, as the commands run by default (benchmarks).
+	quiet bool
 }
 
 func (s *logSink) logger() logr.Logger {
+	v := 4
+	if s.quiet {
+		v = 0
+	}
 	return funcr.New(func(prefix, args string) {
 		s.mu.Lock()
 		s.lines = append(s.lines, prefix+" "+args)
 		s.mu.Unlock()
-	}, funcr.Options{Verbosity: 4})
+	}, funcr.Options{Verbosity: v})
 }
 
 func (s *logSink) all() string {
@@ -76,7 +82,7 @@ func identity(r *http.Request) string {
 
 func pattern(i int) byte { return byte(i*7 + i/251) }
 
-func newBackend(t *testing.T) *backend {
+func newBackend(t testing.TB) *backend {
 	b := &backend{watchNext: make(chan struct{}, 16)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/v1/namespaces/default", func(w http.ResponseWriter, r *http.Request) {
@@ -119,6 +125,7 @@ func newBackend(t *testing.T) *backend {
 		}
 	})
 	mux.HandleFunc("/upgrade", upgradeEcho)
+	mux.HandleFunc("/enc", encodingHandler)
 	kube := httptest.NewUnstartedServer(mux)
 	kube.EnableHTTP2 = true
 	kube.StartTLS()
@@ -128,6 +135,7 @@ func newBackend(t *testing.T) *backend {
 		fmt.Fprint(w, "kubesphere")
 	})
 	ksMux.HandleFunc("/upgrade", upgradeEcho)
+	ksMux.HandleFunc("/enc", encodingHandler)
 	b.kube, b.ks = kube, httptest.NewServer(ksMux)
 	t.Cleanup(func() { b.kube.Close(); b.ks.Close() })
 	return b
@@ -198,7 +206,7 @@ func (c *faultConn) Read(p []byte) (int, error) {
 
 // harness is one proxy (restartable), per-cluster listeners, and agents, over one transport kind.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	kind    string
 	ca      *CA
 	backend *backend
@@ -230,7 +238,7 @@ func testConfig() *Config {
 	return c
 }
 
-func newHarness(t *testing.T, kind string) *harness {
+func newHarness(t testing.TB, kind string) *harness {
 	t.Helper()
 	ca, err := NewCA("ks-mc test CA")
 	if err != nil {
@@ -506,7 +514,7 @@ func (h *harness) waitAgents(n int) {
 	})
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitLimit)
 	for !cond() {

@@ -53,7 +53,7 @@ func TestTunnel(t *testing.T) {
 }
 
 // ready starts the proxy, the cluster listeners and one agent.
-func ready(t *testing.T, h *harness) *runningAgent {
+func ready(t testing.TB, h *harness) *runningAgent {
 	h.start()
 	h.listen()
 	a := h.startAgent(agentOpts{})

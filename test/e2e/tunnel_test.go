@@ -308,6 +308,18 @@ func TestTunnel(t *testing.T) {
 		})
 	})
 
+	t.Run("a large LIST through the tunnel is byte-identical to a direct one, with and without gzip", func(t *testing.T) {
+		directCfg, err := member.RESTConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tunnelCfg, err := clientcmd.BuildConfigFromFlags("", kcPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkTunnelTransparency(t, memberKube, directCfg, tunnelCfg)
+	})
+
 	t.Run("no client certificate refused clearly", func(t *testing.T) {
 		cfg, err := clientcmd.BuildConfigFromFlags("", kcPath)
 		if err != nil {
