@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/pmezard/go-difflib/difflib"
 )
@@ -35,9 +34,14 @@ func CheckWritable(path string) (fs.FileMode, error) {
 	}
 	_ = w.Close()
 	dir := filepath.Dir(path)
-	if err := syscall.Access(dir, 2 /* W_OK */); err != nil {
-		return 0, fmt.Errorf("%w: directory %s is not writable (the new file is written beside the old one, then renamed): %w", ErrNotWritable, dir, err)
+	// A probe file, removed at once: portable (no access(2) on Windows) and it tests what the
+	// edit needs, creating a file in dir.
+	probe, err := os.CreateTemp(dir, "."+filepath.Base(path)+".ks-mc-probe-*")
+	if err != nil {
+		return 0, fmt.Errorf("%w: directory %s is not writable (the new file is written beside the old one, then renamed): %w", ErrNotWritable, dir, errors.Unwrap(err))
 	}
+	_ = probe.Close()
+	_ = os.Remove(probe.Name())
 	return fi.Mode().Perm(), nil
 }
 
