@@ -12,7 +12,7 @@ func TestHostPreflightTowerMembers(t *testing.T) {
 	f := newJoinFixture(t, memberCluster("member1", "uid-member", false), memberCluster("m2", "uid-2", false))
 	opts := fastOpts()
 	opts.Tunnel = TunnelKsMc
-	p, st := NewHost(f.host.c, opts, nil, nil).Preflight(context.Background())
+	p, st := split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
 	if st == nil {
 		t.Fatalf("no state:\n%s", checkLines(p))
 	}
@@ -24,13 +24,13 @@ func TestHostPreflightTowerMembers(t *testing.T) {
 		}
 	}
 	opts.Force = true
-	p, _ = NewHost(f.host.c, opts, nil, nil).Preflight(context.Background())
+	p, _ = split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
 	if strings.Contains(errorsOf(p), "Tower agents") || !strings.Contains(checkLines(p), "continuing because of --force") {
 		t.Errorf("--force must turn the refusal into a warning:\n%s", checkLines(p))
 	}
 	// Staying on Tower is no switch: nothing to say.
 	opts.Force, opts.Tunnel = false, ""
-	p, _ = NewHost(f.host.c, opts, nil, nil).Preflight(context.Background())
+	p, _ = split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
 	if strings.Contains(checkLines(p), "Tower agents") {
 		t.Errorf("warned without a switch:\n%s", checkLines(p))
 	}
