@@ -1,0 +1,210 @@
+package installer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ks-mc/ks-mc/pkg/manifests"
+)
+
+func (j *Join) renderCluster(st *joinState) (*unstructured.Unstructured, error) {
+	return manifests.RenderCluster(manifests.ClusterValues{
+		Name: j.opts.Name, Provider: j.opts.Provider, Description: j.opts.Description, Group: j.opts.Group,
+		Region: j.opts.Region, MemberUID: st.memberUID, Labels: j.opts.Labels,
+	})
+}
+
+// subsetOf reports whether every field of want is present with the same value in have.
+func subsetOf(want, have any) bool {
+	switch w := want.(type) {
+	case map[string]any:
+		h, ok := have.(map[string]any)
+		if !ok {
+			return false
+		}
+		for k, v := range w {
+			if !subsetOf(v, h[k]) {
+				return false
+			}
+		}
+		return true
+	default:
+		return sameValue(want, have)
+	}
+}
+
+func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.Unstructured, error) {
+	want, err := j.renderCluster(st)
+	if err != nil {
+		return nil, err
+	}
+	obj := "host Cluster " + j.opts.Name
+	if j.host.Context != "" {
+		obj = side(j.host, "host") + " Cluster " + j.opts.Name
+	}
+	j.result.HostObjects = append(j.result.HostObjects, manifests.RedactObject(want))
+	if st.existing != nil {
+		wantMeta := map[string]any{"labels": want.Object["metadata"].(map[string]any)["labels"]}
+		// The member UID annotation is only written on create; the rest must match.
+		ann := map[string]any{}
+		for k, v := range want.GetAnnotations() {
+			if k != manifests.MemberUIDAnnotation && k != manifests.CreatorAnnotation {
+				ann[k] = v
+			}
+		}
+		wantMeta["annotations"] = ann
+		if subsetOf(want.Object["spec"], st.existing.Object["spec"]) && subsetOf(wantMeta, st.existing.Object["metadata"]) {
+			j.rep.Step(fmt.Sprintf("%s: exists for this member, nothing to change", obj))
+			return st.existing, nil
+		}
+		// Keep ownership limited to what differs: never rewrite the creator or UID annotations.
+		md := want.Object["metadata"].(map[string]any)
+		md["annotations"] = ann
+		if len(ann) == 0 {
+			delete(md, "annotations")
+		}
+	}
+	action, summary := "create", "agent connection (proxy), joinFederation"
+	if st.existing != nil {
+		action, summary = "update", "labels/annotations/spec from the flags"
+	}
+	j.change(obj, action, summary, nil)
+	if j.opts.DryRun == DryRunClient {
+		if st.existing != nil {
+			return st.existing, nil
+		}
+		return want, nil
+	}
+	got, err := j.host.Dynamic.Resource(manifests.ClusterGVR).Apply(ctx, j.opts.Name, want,
+		metav1.ApplyOptions{FieldManager: FieldManager, Force: true, DryRun: j.opts.DryRun.apiDryRun()})
+	if err != nil {
+		return nil, fmt.Errorf("apply Cluster %s on the host: %w", j.opts.Name, err)
+	}
+	return got, nil
+}
+
+func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) error {
+	objs, err := manifests.RenderAgent(st.tunnel, manifests.AgentValues{
+		ClusterName: j.opts.Name, Token: token, ProxyServer: st.proxyAddress, Image: st.agentImage, CACertHash: st.caHash,
+	})
+	if err != nil {
+		return err
+	}
+	j.result.MemberObjects = append(j.result.MemberObjects, manifests.Redact(objs)...)
+	m := side(j.member, "member")
+	// Switching tunnels: the old Deployment's command/args belong to another manager; replace it.
+	if st.agent != nil && InspectAgent(st.agent).Tunnel != st.tunnel {
+		j.change(fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, manifests.AgentName), "delete",
+			fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel), nil)
+		if j.opts.DryRun != DryRunClient {
+			err := j.member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, manifests.AgentName,
+				metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
+			if err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
+			}
+		}
+		st.agent = nil
+	}
+	for _, o := range objs {
+		obj := fmt.Sprintf("%s %s %s/%s", m, strings.ToLower(o.GetKind()), o.GetNamespace(), o.GetName())
+		if j.opts.DryRun == DryRunClient {
+			j.change(obj, "apply", "server-side apply (field manager ks-mc)", nil)
+			continue
+		}
+		action, err := applyMemberObject(ctx, j.member, o, j.opts.DryRun)
+		if err != nil {
+			// The error of an apply can quote the object (and so the token): never pass it on verbatim.
+			return fmt.Errorf("member: apply %s %s/%s: %s", o.GetKind(), o.GetNamespace(), o.GetName(), manifests.Scrub(apiReason(err), token))
+		}
+		if action == "" {
+			j.rep.Step(obj + ": unchanged")
+			continue
+		}
+		j.change(obj, action, "server-side apply (field manager ks-mc)", nil)
+	}
+	if st.tunnel == manifests.TunnelTower {
+		// A token Secret left by an earlier bundled agent is no longer used.
+		sec, err := j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
+		if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue {
+			j.change(fmt.Sprintf("%s secret %s/%s", m, manifests.AgentNamespace, manifests.AgentTokenSecretName), "delete", "no longer used by the Tower agent", nil)
+			if j.opts.DryRun != DryRunClient {
+				_ = j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Delete(ctx, manifests.AgentTokenSecretName, metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
+			}
+		}
+	}
+	if j.opts.DryRun.Enabled() {
+		return nil
+	}
+	if err := WaitForRollout(ctx, j.member, manifests.AgentNamespace, manifests.AgentName, j.remaining(), j.rep); err != nil {
+		return fmt.Errorf("member: %w", err)
+	}
+	j.rep.Step(fmt.Sprintf("%s: agent rolled out", m))
+	return nil
+}
+
+// applyMemberObject server-side applies a rendered Secret or Deployment (field manager ks-mc,
+// forced) and says whether it was created, updated or left unchanged ("").
+func applyMemberObject(ctx context.Context, c *Clients, o *unstructured.Unstructured, dry DryRun) (string, error) {
+	data, err := o.MarshalJSON()
+	if err != nil {
+		return "", err
+	}
+	force := true
+	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: dry.apiDryRun()}
+	ns, name := o.GetNamespace(), o.GetName()
+	var before, after metav1.Object
+	switch o.GetKind() {
+	case "Secret":
+		cur, err := c.Kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return "", err
+		}
+		if err == nil {
+			before = cur
+		}
+		got, err := c.Kube.CoreV1().Secrets(ns).Patch(ctx, name, types.ApplyPatchType, data, opts)
+		if err != nil {
+			return "", err
+		}
+		after = got
+	case "Deployment":
+		cur, err := c.Kube.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return "", err
+		}
+		if err == nil {
+			before = cur
+		}
+		got, err := c.Kube.AppsV1().Deployments(ns).Patch(ctx, name, types.ApplyPatchType, data, opts)
+		if err != nil {
+			return "", err
+		}
+		after = got
+	default:
+		return "", fmt.Errorf("unexpected kind %s", o.GetKind())
+	}
+	switch {
+	case before == nil:
+		return "create", nil
+	case before.GetResourceVersion() != after.GetResourceVersion():
+		return "update", nil
+	}
+	return "", nil
+}
+
+// apiReason returns the message of an API error without the object it may echo.
+func apiReason(err error) string {
+	var st apierrors.APIStatus
+	if errors.As(err, &st) {
+		s := st.Status()
+		return fmt.Sprintf("%s (%d)", s.Reason, s.Code)
+	}
+	return err.Error()
+}
