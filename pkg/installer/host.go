@@ -117,7 +117,6 @@ type Host struct {
 	deadline  time.Time
 	result    *HostResult
 	log       *ChangeLog
-	w         Writer
 	ccChanged bool
 	// tunnelSwitched: the proxy was rolled out by this run (verify waits for it to listen).
 	tunnelSwitched bool
@@ -150,7 +149,7 @@ func NewHost(c *Clients, opts HostOptions, rep Reporter, ask AddressFunc) *Host 
 			return "", errors.New("a proxy address is needed: pass --proxy-publish-address=" + ProxyAddressExample)
 		}
 	}
-	return &Host{c: c, opts: opts, rep: reporterOrNop(rep), ask: ask, w: Writer{DryRun: opts.DryRun}}
+	return &Host{c: c, opts: opts, rep: reporterOrNop(rep), ask: ask}
 }
 
 // HostAccess is what init-host needs to be allowed to do.

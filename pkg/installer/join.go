@@ -3,7 +3,6 @@ package installer
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -82,6 +81,8 @@ type Join struct {
 	rep          Reporter
 	deadline     time.Time
 	result       *JoinResult
+	log          *ChangeLog
+	w            Writer
 	// jwt is the host's jwtSecret: used for the member patch and compared, never printed.
 	jwt Secret
 	// token is the agent token of the Cluster (never printed).
@@ -105,7 +106,7 @@ func NewJoin(host, member *Clients, opts JoinOptions, rep Reporter) *Join {
 	if opts.DryRun == "" {
 		opts.DryRun = DryRunNone
 	}
-	return &Join{host: host, member: member, opts: opts, rep: reporterOrNop(rep)}
+	return &Join{host: host, member: member, opts: opts, rep: reporterOrNop(rep), w: Writer{DryRun: opts.DryRun}}
 }
 
 // JoinAccess is what join needs to be allowed to do on each side.
@@ -138,16 +139,40 @@ func initHostHint(host *Clients) string {
 	return "run `kubectl ks-mc init-host" + host.contextFlag() + "` first"
 }
 
-// Run performs the join: preflight, member settings, Cluster, agent, wait for Ready. Errors never
-// carry the jwtSecret or the agent token, even when an API error quotes a value.
+// Run performs the join: Preflight (its checks go to opts.OnPreflight, also when they fail), then
+// Apply. Errors never carry the jwtSecret or the agent token, even when an API error quotes a value.
 func (j *Join) Run(ctx context.Context) (*JoinResult, error) {
-	res, err := j.run(ctx)
+	j.start()
+	plan := j.Preflight(ctx)
+	if j.opts.OnPreflight != nil {
+		j.opts.OnPreflight(plan.Findings())
+	}
+	return j.Apply(ctx, plan)
+}
+
+// Apply performs a plan from Preflight: member settings, the Cluster, its token, the agent, and
+// the wait for Ready (steps below). A plan with a failed check is refused; nothing is changed.
+func (j *Join) Apply(ctx context.Context, plan *Plan[*joinState]) (*JoinResult, error) {
+	res, err := j.apply(ctx, plan)
 	if err != nil {
 		if msg := manifests.Scrub(err.Error(), j.secrets()...); msg != err.Error() {
 			err = errors.New(msg)
 		}
 	}
 	return res, err
+}
+
+// start sets the deadline (the timeout bounds preflight too) and the empty result.
+func (j *Join) start() {
+	if j.result != nil {
+		return
+	}
+	j.deadline = time.Now().Add(j.opts.Timeout)
+	j.result = &JoinResult{Name: j.opts.Name, HostContext: j.host.Context, Context: j.member.Context}
+	j.log = NewChangeLog(&j.result.Changes, j.opts.DryRun, j.rep)
+	if j.opts.DryRun.Enabled() {
+		j.result.DryRun = j.opts.DryRun
+	}
 }
 
 func (j *Join) secrets() []string {
@@ -158,20 +183,12 @@ func (j *Join) secrets() []string {
 	return out
 }
 
-func (j *Join) run(ctx context.Context) (*JoinResult, error) {
-	j.deadline = time.Now().Add(j.opts.Timeout)
-	j.result = &JoinResult{Name: j.opts.Name, HostContext: j.host.Context, Context: j.member.Context, Changes: []Change{}}
-	if j.opts.DryRun.Enabled() {
-		j.result.DryRun = j.opts.DryRun
-	}
-	p, st := j.Preflight(ctx)
-	if j.opts.OnPreflight != nil {
-		j.opts.OnPreflight(p)
-	}
-	if err := p.Err(); err != nil {
+func (j *Join) apply(ctx context.Context, plan *Plan[*joinState]) (*JoinResult, error) {
+	j.start()
+	if err := plan.Err(); err != nil {
 		return j.result, err
 	}
-	r := j.result
+	st, r := plan.State, j.result
 	r.Tunnel, r.ProxyAddress, r.MemberUID = st.tunnel, st.proxyAddress, st.memberUID
 	r.Adopted = st.existing != nil
 
@@ -190,14 +207,12 @@ func (j *Join) run(ctx context.Context) (*JoinResult, error) {
 	if err := j.applyAgent(ctx, st, token); err != nil {
 		return r, err
 	}
-	if j.opts.DryRun.Enabled() {
-		r.Changed = len(r.Changes) > 0
-		return r, nil
+	if !j.opts.DryRun.Enabled() {
+		if err := j.waitConnected(ctx, st, token); err != nil {
+			return r, err
+		}
 	}
-	if err := j.waitConnected(ctx, st, token); err != nil {
-		return r, err
-	}
-	r.Changed = len(r.Changes) > 0
+	r.Changed = j.log.Changed()
 	return r, nil
 }
 
@@ -207,13 +222,4 @@ func (j *Join) remaining() time.Duration {
 		d = time.Second
 	}
 	return d
-}
-
-func (j *Join) change(obj, action, summary string, patch map[string]any) {
-	j.result.Changes = append(j.result.Changes, Change{Object: obj, Action: action, Summary: summary, Patch: patch})
-	verb := action
-	if j.opts.DryRun.Enabled() {
-		verb = "would " + action
-	}
-	j.rep.Step(fmt.Sprintf("%s %s: %s", verb, obj, summary))
 }

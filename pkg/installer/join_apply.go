@@ -9,7 +9,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
@@ -75,19 +74,18 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 	if st.existing != nil {
 		action, summary = "update", "labels/annotations/spec from the flags"
 	}
-	j.change(obj, action, summary, nil)
-	if j.opts.DryRun == DryRunClient {
+	j.log.Record(Change{Object: obj, Action: action, Summary: summary})
+	got, _, err := j.w.ServerSideApply(ctx, DynamicResource(j.host, manifests.ClusterGVR, ""), want)
+	if err != nil {
+		return nil, fmt.Errorf("apply Cluster %s on the host: %w", j.opts.Name, err)
+	}
+	if got == nil { // client dry run
 		if st.existing != nil {
 			return st.existing, nil
 		}
 		return want, nil
 	}
-	got, err := j.host.Dynamic.Resource(manifests.ClusterGVR).Apply(ctx, j.opts.Name, want,
-		metav1.ApplyOptions{FieldManager: FieldManager, Force: true, DryRun: j.opts.DryRun.apiDryRun()})
-	if err != nil {
-		return nil, fmt.Errorf("apply Cluster %s on the host: %w", j.opts.Name, err)
-	}
-	return got, nil
+	return got.(*unstructured.Unstructured), nil
 }
 
 func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) error {
@@ -101,24 +99,16 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	m := side(j.member, "member")
 	// Switching tunnels: the old Deployment's command/args belong to another manager; replace it.
 	if st.agent != nil && InspectAgent(st.agent).Tunnel != st.tunnel {
-		j.change(fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, manifests.AgentName), "delete",
-			fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel), nil)
-		if j.opts.DryRun != DryRunClient {
-			err := j.member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, manifests.AgentName,
-				metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
-			if err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
-			}
+		j.log.Record(Change{Object: fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, manifests.AgentName), Action: "delete",
+			Summary: fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel)})
+		if err := j.w.Delete(ctx, Deployments(j.member, manifests.AgentNamespace), manifests.AgentName, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
 		}
 		st.agent = nil
 	}
 	for _, o := range objs {
 		obj := fmt.Sprintf("%s %s %s/%s", m, strings.ToLower(o.GetKind()), o.GetNamespace(), o.GetName())
-		if j.opts.DryRun == DryRunClient {
-			j.change(obj, "apply", "server-side apply (field manager ks-mc)", nil)
-			continue
-		}
-		action, err := applyMemberObject(ctx, j.member, o, j.opts.DryRun)
+		_, action, err := j.w.ServerSideApply(ctx, agentResource(j.member, o), o)
 		if err != nil {
 			// The error of an apply can quote the object (and so the token): never pass it on verbatim.
 			return fmt.Errorf("member: apply %s %s/%s: %s", o.GetKind(), o.GetNamespace(), o.GetName(), manifests.Scrub(apiReason(err), token))
@@ -127,16 +117,14 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 			j.rep.Step(obj + ": unchanged")
 			continue
 		}
-		j.change(obj, action, "server-side apply (field manager ks-mc)", nil)
+		j.log.Record(Change{Object: obj, Action: action, Summary: "server-side apply (field manager ks-mc)"})
 	}
 	if st.tunnel == manifests.TunnelTower {
 		// A token Secret left by an earlier bundled agent is no longer used.
 		sec, err := j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
 		if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue {
-			j.change(fmt.Sprintf("%s secret %s/%s", m, manifests.AgentNamespace, manifests.AgentTokenSecretName), "delete", "no longer used by the Tower agent", nil)
-			if j.opts.DryRun != DryRunClient {
-				_ = j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Delete(ctx, manifests.AgentTokenSecretName, metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
-			}
+			j.log.Record(Change{Object: fmt.Sprintf("%s secret %s/%s", m, manifests.AgentNamespace, manifests.AgentTokenSecretName), Action: "delete", Summary: "no longer used by the Tower agent"})
+			_ = j.w.Delete(ctx, Secrets(j.member, manifests.AgentNamespace), manifests.AgentTokenSecretName, metav1.DeleteOptions{})
 		}
 	}
 	if j.opts.DryRun.Enabled() {
@@ -149,54 +137,12 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	return nil
 }
 
-// applyMemberObject server-side applies a rendered Secret or Deployment (field manager ks-mc,
-// forced) and says whether it was created, updated or left unchanged ("").
-func applyMemberObject(ctx context.Context, c *Clients, o *unstructured.Unstructured, dry DryRun) (string, error) {
-	data, err := o.MarshalJSON()
-	if err != nil {
-		return "", err
+// agentResource is where a rendered agent object goes on the member (a Secret or a Deployment).
+func agentResource(c *Clients, o *unstructured.Unstructured) Resource {
+	if o.GetKind() == "Secret" {
+		return Secrets(c, o.GetNamespace())
 	}
-	force := true
-	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: dry.apiDryRun()}
-	ns, name := o.GetNamespace(), o.GetName()
-	var before, after metav1.Object
-	switch o.GetKind() {
-	case "Secret":
-		cur, err := c.Kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return "", err
-		}
-		if err == nil {
-			before = cur
-		}
-		got, err := c.Kube.CoreV1().Secrets(ns).Patch(ctx, name, types.ApplyPatchType, data, opts)
-		if err != nil {
-			return "", err
-		}
-		after = got
-	case "Deployment":
-		cur, err := c.Kube.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return "", err
-		}
-		if err == nil {
-			before = cur
-		}
-		got, err := c.Kube.AppsV1().Deployments(ns).Patch(ctx, name, types.ApplyPatchType, data, opts)
-		if err != nil {
-			return "", err
-		}
-		after = got
-	default:
-		return "", fmt.Errorf("unexpected kind %s", o.GetKind())
-	}
-	switch {
-	case before == nil:
-		return "create", nil
-	case before.GetResourceVersion() != after.GetResourceVersion():
-		return "update", nil
-	}
-	return "", nil
+	return Deployments(c, o.GetNamespace())
 }
 
 // apiReason returns the message of an API error without the object it may echo.

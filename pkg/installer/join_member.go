@@ -62,16 +62,12 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 	since := time.Now()
 	if !patch.Empty() {
 		redacted := patch.Redacted(jwtPath)
-		j.change(side(j.member, "member")+" "+ccObject, "patch", describeMemberPatch(patch), redacted)
+		j.log.Record(Change{Object: side(j.member, "member") + " " + ccObject, Action: "patch", Summary: describeMemberPatch(patch), Patch: redacted})
 		j.result.MemberObjects = append(j.result.MemberObjects, &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": ClusterConfigurationGVR.GroupVersion().String(), "kind": "ClusterConfiguration",
 			"metadata": map[string]any{"name": ClusterConfigurationName, "namespace": KubeSphereNamespace},
 			"spec":     redacted["spec"],
 		}})
-		if j.opts.DryRun == DryRunClient {
-			j.result.Pending = append(j.result.Pending, "the member's ks-installer run and a ks-apiserver restart")
-			return nil
-		}
 		if _, err := PatchClusterConfiguration(ctx, j.member, patch, j.opts.DryRun); err != nil {
 			return fmt.Errorf("member: %w", err)
 		}
@@ -114,7 +110,7 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 		if _, err := RestartDeployment(ctx, j.member, KubeSphereNamespace, APIServerName, j.opts.DryRun); err != nil {
 			return fmt.Errorf("member: %w", err)
 		}
-		j.change(side(j.member, "member")+" deployment "+KubeSphereNamespace+"/"+APIServerName, "restart", why, nil)
+		j.log.Record(Change{Object: side(j.member, "member") + " deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: why})
 		if err := WaitForRollout(ctx, j.member, KubeSphereNamespace, APIServerName, j.remaining(), j.rep); err != nil {
 			return fmt.Errorf("member: %w", err)
 		}

@@ -14,10 +14,10 @@ import (
 )
 
 // Preflight checks both clusters without changing anything and reports all findings together.
-// The state is nil when a side could not be read far enough to continue.
-func (j *Join) Preflight(ctx context.Context) (*Preflight, *joinState) {
-	p := &Preflight{}
-	st := &joinState{}
+// The plan's state is nil when a check failed or a side could not be read far enough to continue.
+func (j *Join) Preflight(ctx context.Context) *Plan[*joinState] {
+	plan := &Plan[*joinState]{}
+	p, st := plan.Findings(), &joinState{}
 	if err := manifests.ValidateClusterName(j.opts.Name); err != nil {
 		p.Error("pass a valid --name", "%v", err)
 	}
@@ -26,10 +26,10 @@ func (j *Join) Preflight(ctx context.Context) (*Preflight, *joinState) {
 	if hostOK && memberOK {
 		j.crossPreflight(ctx, p, st)
 	}
-	if p.HasErrors() {
-		return p, nil
+	if !p.HasErrors() {
+		plan.State = st
 	}
-	return p, st
+	return plan
 }
 
 func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) bool {
