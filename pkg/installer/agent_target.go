@@ -71,42 +71,126 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 	if err != nil {
 		return nil, "", err
 	}
-	addr := o.ProxyAddress
-	if addr == "" {
-		addr = HostProxyAddress(ctx, host, cc, cfg)
+	t, terr := resolveAgentTarget(ctx, host, cc, cfg, agentWants{
+		ProxyAddress: o.ProxyAddress, Tunnel: o.Tunnel, AgentImage: o.AgentImage, CACertHash: o.CACertHash,
+	})
+	if terr != nil {
+		switch terr.Step {
+		case targetAddress:
+			return nil, "", fmt.Errorf("the host has no proxy address: %s (or pass --proxy-address)", initHostHint(host))
+		case targetPlaintext:
+			return nil, "", fmt.Errorf("%w: %s", terr.Err, PlaintextAgentAdvice(host, t.Address))
+		case targetPin:
+			return nil, "", fmt.Errorf("%w (or pass --ca-cert-hash)", terr.Err)
+		}
+		return nil, "", terr.Err
 	}
-	if addr == "" {
-		return nil, "", fmt.Errorf("the host has no proxy address: %s (or pass --proxy-address)", initHostHint(host))
+	objs, err := manifests.RenderAgent(t.Tunnel, manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: t.Address, Image: t.Image, CACertHash: t.CACertHash})
+	return objs, t.Tunnel, err
+}
+
+// agentWants is what the caller asks of an agent; empty fields are resolved from the host.
+type agentWants struct {
+	ProxyAddress, AgentImage, CACertHash string
+	Tunnel                               manifests.Tunnel
+	// Strict (join): the address must be valid, Deployment tower must exist, and the tunnel asked
+	// for must be the one the host runs. Render is lenient: it renders what was asked.
+	Strict bool
+}
+
+// agentTarget is where an agent connects and what it runs.
+type agentTarget struct {
+	// Address is the proxy address the agent dials (normalised when Strict).
+	Address string
+	// Tunnel is the agent's tunnel; HostTunnel what Deployment tower runs.
+	Tunnel, HostTunnel manifests.Tunnel
+	// Tower is the host's Deployment tower (nil when absent and not Strict).
+	Tower *appsv1.Deployment
+	Image string
+	// CACertHash pins the bundled proxy's CA (https addresses); PinnedFromHost when it was read
+	// from the host rather than given.
+	CACertHash     string
+	PinnedFromHost bool
+}
+
+// targetStep names the step of resolveAgentTarget that failed, so each caller words its own advice.
+type targetStep int
+
+const (
+	// targetAddress: no address (Err nil), or Strict and the address is invalid.
+	targetAddress targetStep = iota
+	// targetTower: Deployment tower cannot be read (Strict: or does not exist).
+	targetTower
+	// targetTunnel: Strict and the tunnel asked for is not the host's.
+	targetTunnel
+	// targetPlaintext: a ks-mc agent over http:// that the host's proxy refuses.
+	targetPlaintext
+	// targetPin: the https proxy's CA cannot be pinned.
+	targetPin
+)
+
+type targetError struct {
+	Step targetStep
+	Err  error
+}
+
+// resolveAgentTarget is the one place that decides an agent's address, tunnel, CA pin and image
+// (join's preflight and render agent). On error the target holds what was resolved before the
+// failed step.
+func resolveAgentTarget(ctx context.Context, host *Clients, cc *ClusterConfiguration, cfg *KubeSphereConfig, w agentWants) (agentTarget, *targetError) {
+	var t agentTarget
+	// Proxy address: KubeSphere's own rule (proxyPublishAddress, else the tower Service's LB).
+	t.Address = w.ProxyAddress
+	if t.Address == "" {
+		t.Address = HostProxyAddress(ctx, host, cc, cfg)
+	}
+	if t.Address == "" {
+		return t, &targetError{Step: targetAddress}
+	}
+	if w.Strict {
+		norm, err := ValidateProxyAddress(t.Address)
+		if err != nil {
+			return t, &targetError{Step: targetAddress, Err: err}
+		}
+		t.Address = norm
 	}
 	tower, err := host.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return nil, "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)
+	switch {
+	case apierrors.IsNotFound(err) && w.Strict:
+		return t, &targetError{Step: targetTower, Err: err}
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return t, &targetError{Step: targetTower, Err: fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)}
+	default:
+		t.Tower = tower
 	}
-	if err != nil {
-		tower = nil
+	t.HostTunnel = manifests.TunnelTower
+	if TunnelOf(t.Tower) == TunnelKsMc {
+		t.HostTunnel = manifests.TunnelKSMC
 	}
-	tun := o.Tunnel
-	if tun == "" || tun == manifests.TunnelAuto {
-		tun = manifests.TunnelTower
-		if TunnelOf(tower) == TunnelKsMc {
-			tun = manifests.TunnelKSMC
+	t.Tunnel = w.Tunnel
+	if t.Tunnel == "" || t.Tunnel == manifests.TunnelAuto {
+		t.Tunnel = t.HostTunnel
+	}
+	if w.Strict && t.Tunnel != t.HostTunnel {
+		return t, &targetError{Step: targetTunnel, Err: fmt.Errorf("the host runs the %s proxy, not %s", t.HostTunnel, t.Tunnel)}
+	}
+	t.Image = w.AgentImage
+	if t.Image == "" && t.Tunnel == manifests.TunnelTower {
+		t.Image = cfg.Multicluster.AgentImage
+	}
+	if err := PlaintextAgentRefused(t.Tunnel, t.Address, t.Tower); err != nil {
+		return t, &targetError{Step: targetPlaintext, Err: err}
+	}
+	t.CACertHash = w.CACertHash
+	if t.CACertHash == "" && t.Tunnel == manifests.TunnelKSMC && strings.HasPrefix(t.Address, "https://") {
+		pin, err := ProxyCACertHash(ctx, host)
+		if err != nil {
+			return t, &targetError{Step: targetPin, Err: err}
 		}
+		t.CACertHash, t.PinnedFromHost = pin, true
 	}
-	if err := PlaintextAgentRefused(tun, addr, tower); err != nil {
-		return nil, "", fmt.Errorf("%w: %s", err, PlaintextAgentAdvice(host, addr))
-	}
-	pin := o.CACertHash
-	if pin == "" && tun == manifests.TunnelKSMC && strings.HasPrefix(addr, "https://") {
-		if pin, err = ProxyCACertHash(ctx, host); err != nil {
-			return nil, "", fmt.Errorf("%w (or pass --ca-cert-hash)", err)
-		}
-	}
-	image := o.AgentImage
-	if image == "" && tun == manifests.TunnelTower {
-		image = cfg.Multicluster.AgentImage
-	}
-	objs, err := manifests.RenderAgent(tun, manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: addr, Image: image, CACertHash: pin})
-	return objs, tun, err
+	return t, nil
 }
 
 // PlaintextAgentRefused: a ks-mc agent must not hand its token to an http:// proxy address (anyone

@@ -205,33 +205,7 @@ func (h *Host) preflight(ctx context.Context, p *Preflight) *HostState {
 	}
 	st := &HostState{CC: cc}
 
-	switch v := cc.Version(); {
-	case v == "":
-		p.Warn("wait until the KubeSphere installation finished", "KubeSphere version unknown (%s has no status.core.version)", ccObject)
-	case strings.HasPrefix(v, "v3.") || strings.HasPrefix(v, "3."):
-		p.OK("KubeSphere %s installed", v)
-	default:
-		p.Warn("ks-mc supports KubeSphere 3.x", "KubeSphere %s installed", v)
-	}
-	if s := cc.ComponentStatus("core"); s != "" && s != "enabled" {
-		p.Warn("wait for the KubeSphere installation to finish", "KubeSphere core status is %q", s)
-	}
-
-	switch role := cc.ClusterRole(); role {
-	case RoleHost:
-		p.OK("cluster role: host already")
-	case RoleNone:
-		p.OK("cluster role: none, will become host")
-	case RoleMember:
-		msg := "cluster role is member: KubeSphere does not support switching a member to host (it uninstalls nothing and may leave the host's Cluster object pointing here)"
-		if h.opts.Force {
-			p.Warn("", "%s; continuing because of --force", msg)
-		} else {
-			p.Error("remove it from its host first (kubectl ks-mc unjoin), or pass --force to switch anyway", "%s", msg)
-		}
-	default:
-		p.Error("fix spec.multicluster.clusterRole (host, member or none)", "unknown cluster role %q in %s", role, ccObject)
-	}
+	h.kubeSphereChecks(p, cc)
 
 	if cfg, err := GetKubeSphereConfig(ctx, h.c); err != nil {
 		p.Warn("", "cannot read kubesphere-config: %v", err)
@@ -264,6 +238,38 @@ func (h *Host) preflight(ctx context.Context, p *Preflight) *HostState {
 		}
 	}
 	return st
+}
+
+// kubeSphereChecks: the KubeSphere version and state, and the cluster role (a member becomes host
+// only with --force).
+func (h *Host) kubeSphereChecks(p *Preflight, cc *ClusterConfiguration) {
+	switch v := cc.Version(); {
+	case v == "":
+		p.Warn("wait until the KubeSphere installation finished", "KubeSphere version unknown (%s has no status.core.version)", ccObject)
+	case strings.HasPrefix(v, "v3.") || strings.HasPrefix(v, "3."):
+		p.OK("KubeSphere %s installed", v)
+	default:
+		p.Warn("ks-mc supports KubeSphere 3.x", "KubeSphere %s installed", v)
+	}
+	if s := cc.ComponentStatus("core"); s != "" && s != "enabled" {
+		p.Warn("wait for the KubeSphere installation to finish", "KubeSphere core status is %q", s)
+	}
+
+	switch role := cc.ClusterRole(); role {
+	case RoleHost:
+		p.OK("cluster role: host already")
+	case RoleNone:
+		p.OK("cluster role: none, will become host")
+	case RoleMember:
+		msg := "cluster role is member: KubeSphere does not support switching a member to host (it uninstalls nothing and may leave the host's Cluster object pointing here)"
+		if h.opts.Force {
+			p.Warn("", "%s; continuing because of --force", msg)
+		} else {
+			p.Error("remove it from its host first (kubectl ks-mc unjoin), or pass --force to switch anyway", "%s", msg)
+		}
+	default:
+		p.Error("fix spec.multicluster.clusterRole (host, member or none)", "unknown cluster role %q in %s", role, ccObject)
+	}
 }
 
 // wantsHostSettings reports whether the CC already carries what init-host would set.
@@ -463,15 +469,6 @@ func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
 	}
 }
 
-// httpsAddress returns addr with an http:// scheme replaced by https:// (the ks-mc proxy serves TLS
-// on the same port); other addresses unchanged.
-func httpsAddress(addr string) string {
-	if rest, ok := strings.CutPrefix(addr, "http://"); ok {
-		return "https://" + rest
-	}
-	return addr
-}
-
 // TunnelOf tells which tunnel a tower Deployment runs.
 func TunnelOf(d *appsv1.Deployment) string {
 	if d == nil {
@@ -494,27 +491,4 @@ func HostTunnel(ctx context.Context, c *Clients) (string, error) {
 		return "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)
 	}
 	return TunnelOf(d), nil
-}
-
-// HostPatch builds the ClusterConfiguration merge patch for a host: clusterRole host and, when
-// address is not empty, proxyPublishAddress. Fields that already hold the wanted value are left out,
-// so an empty patch means nothing to change. Nothing else of the object is touched.
-func HostPatch(cc *ClusterConfiguration, address string) MergePatch {
-	p := MergePatch{}
-	p.SetIfDifferent(cc.Object.Object, RoleHost, "spec", "multicluster", "clusterRole")
-	if address != "" {
-		p.SetIfDifferent(cc.Object.Object, address, "spec", "multicluster", "proxyPublishAddress")
-	}
-	return p
-}
-
-func describeHostPatch(p MergePatch) string {
-	var parts []string
-	if v, ok := p.Get("spec", "multicluster", "clusterRole"); ok {
-		parts = append(parts, fmt.Sprintf("clusterRole: %v", v))
-	}
-	if v, ok := p.Get("spec", "multicluster", "proxyPublishAddress"); ok {
-		parts = append(parts, fmt.Sprintf("proxyPublishAddress: %v", v))
-	}
-	return "set " + strings.Join(parts, ", ")
 }

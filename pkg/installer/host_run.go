@@ -33,22 +33,7 @@ func (h *Host) Apply(ctx context.Context, plan *Plan[*HostState]) (*HostResult, 
 		return nil, errors.New("init-host: run preflight first")
 	}
 	h.deadline = time.Now().Add(h.opts.Timeout)
-	res := &HostResult{
-		Context: h.c.Context, ClusterRole: RoleHost, KubeSphereVersion: st.CC.Version(),
-		Tunnel: st.CurrentTunnel, Changes: []Change{},
-	}
-	if h.opts.Tunnel != "" {
-		res.Tunnel = h.opts.Tunnel
-	}
-	if res.Tunnel == "" {
-		res.Tunnel = TunnelTower
-	}
-	if h.opts.DryRun.Enabled() {
-		res.DryRun = h.opts.DryRun
-	}
-	h.result = res
-	h.log = NewChangeLog(&res.Changes, h.opts.DryRun, nil)
-	h.plaintext = st.PlaintextAgents
+	res := h.start(st)
 
 	// (1) The address, when it can be known now.
 	addr, source, err := h.initialAddress(ctx, st)
@@ -76,22 +61,8 @@ func (h *Host) Apply(ctx context.Context, plan *Plan[*HostState]) (*HostResult, 
 
 	// (4) Address from the Service the installer created.
 	if res.ProxyPublishAddress == "" {
-		addr, source, err := h.deferredAddress(ctx)
-		if err != nil {
+		if err := h.addressFromService(ctx, res); err != nil {
 			return res, err
-		}
-		res.ProxyPublishAddress, res.AddressSource = addr, source
-		if source == AddressFromAnswer || h.explicitLB(source) {
-			cc, err := GetClusterConfiguration(ctx, h.c)
-			if err != nil {
-				return res, err
-			}
-			if err := h.patchCC(ctx, cc, addr); err != nil {
-				return res, err
-			}
-			if err := h.waitHost(ctx); err != nil {
-				return res, err
-			}
 		}
 	}
 
@@ -111,6 +82,50 @@ func (h *Host) Apply(ctx context.Context, plan *Plan[*HostState]) (*HostResult, 
 	h.verify(ctx, res)
 	res.Changed = len(res.Changes) > 0
 	return res, nil
+}
+
+// start makes the result and the change log of this run.
+func (h *Host) start(st *HostState) *HostResult {
+	res := &HostResult{
+		Context: h.c.Context, ClusterRole: RoleHost, KubeSphereVersion: st.CC.Version(),
+		Tunnel: st.CurrentTunnel, Changes: []Change{},
+	}
+	if h.opts.Tunnel != "" {
+		res.Tunnel = h.opts.Tunnel
+	}
+	if res.Tunnel == "" {
+		res.Tunnel = TunnelTower
+	}
+	if h.opts.DryRun.Enabled() {
+		res.DryRun = h.opts.DryRun
+	}
+	h.result = res
+	h.log = NewChangeLog(&res.Changes, h.opts.DryRun, nil)
+	h.plaintext = st.PlaintextAgents
+	return res
+}
+
+// addressFromService is step (4): the address once ks-installer created Service tower, published
+// with a second patch when it has to be explicit.
+func (h *Host) addressFromService(ctx context.Context, res *HostResult) error {
+	addr, source, err := h.deferredAddress(ctx)
+	if err != nil {
+		return err
+	}
+	res.ProxyPublishAddress, res.AddressSource = addr, source
+	if source == AddressFromAnswer || h.explicitLB(source) {
+		cc, err := GetClusterConfiguration(ctx, h.c)
+		if err != nil {
+			return err
+		}
+		if err := h.patchCC(ctx, cc, addr); err != nil {
+			return err
+		}
+		if err := h.waitHost(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (h *Host) remaining() time.Duration {
@@ -196,6 +211,29 @@ func (h *Host) patchCC(ctx context.Context, cc *ClusterConfiguration, addr strin
 	h.ccChanged = true
 	h.log.Record(Change{Object: ccObject, Action: "merge-patch", Summary: summary, Patch: p})
 	return nil
+}
+
+// HostPatch builds the ClusterConfiguration merge patch for a host: clusterRole host and, when
+// address is not empty, proxyPublishAddress. Fields that already hold the wanted value are left out,
+// so an empty patch means nothing to change. Nothing else of the object is touched.
+func HostPatch(cc *ClusterConfiguration, address string) MergePatch {
+	p := MergePatch{}
+	p.SetIfDifferent(cc.Object.Object, RoleHost, "spec", "multicluster", "clusterRole")
+	if address != "" {
+		p.SetIfDifferent(cc.Object.Object, address, "spec", "multicluster", "proxyPublishAddress")
+	}
+	return p
+}
+
+func describeHostPatch(p MergePatch) string {
+	var parts []string
+	if v, ok := p.Get("spec", "multicluster", "clusterRole"); ok {
+		parts = append(parts, fmt.Sprintf("clusterRole: %v", v))
+	}
+	if v, ok := p.Get("spec", "multicluster", "proxyPublishAddress"); ok {
+		parts = append(parts, fmt.Sprintf("proxyPublishAddress: %v", v))
+	}
+	return "set " + strings.Join(parts, ", ")
 }
 
 // HostReady is the wait condition of a host: status.multicluster.status enabled, kubesphere-config
