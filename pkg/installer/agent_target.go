@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -14,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 // HostProxyAddress resolves the address agents dial, KubeSphere's way: multicluster.proxyPublishAddress
@@ -29,7 +29,7 @@ func HostProxyAddress(ctx context.Context, host *Clients, cc *ClusterConfigurati
 		addr = cc.ProxyPublishAddress()
 	}
 	if addr == "" {
-		if svc, err := host.Kube.CoreV1().Services(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+		if svc, err := host.Kube.CoreV1().Services(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{}); err == nil {
 			addr = LoadBalancerAddress(svc)
 		}
 	}
@@ -39,7 +39,7 @@ func HostProxyAddress(ctx context.Context, host *Clients, cc *ClusterConfigurati
 // RenderAgentOptions select what "kubectl ks-mc render agent" renders.
 type RenderAgentOptions struct {
 	Name       string
-	Tunnel     manifests.Tunnel
+	Tunnel     kubesphere.Tunnel
 	AgentImage string
 	CACertHash string
 	// ProxyAddress overrides the host's published address.
@@ -48,7 +48,7 @@ type RenderAgentOptions struct {
 
 // RenderAgentFor renders the agent of an existing Cluster from the host's data (token, proxy
 // address, agent image, tunnel). The returned objects hold the token: redact before printing.
-func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([]*unstructured.Unstructured, manifests.Tunnel, error) {
+func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([]*unstructured.Unstructured, kubesphere.Tunnel, error) {
 	if err := manifests.ValidateClusterName(o.Name); err != nil {
 		return nil, "", err
 	}
@@ -61,7 +61,7 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 	}
 	token, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "token")
 	if token == "" {
-		return nil, "", fmt.Errorf("cluster %s has no spec.connection.token yet: is the host's proxy running (kubectl -n %s get deployment %s%s)?", o.Name, KubeSphereNamespace, TowerName, host.contextFlag())
+		return nil, "", fmt.Errorf("cluster %s has no spec.connection.token yet: is the host's proxy running (kubectl -n %s get deployment %s%s)?", o.Name, kubesphere.Namespace, kubesphere.TowerName, host.contextFlag())
 	}
 	cc, err := GetClusterConfiguration(ctx, host)
 	if err != nil {
@@ -92,7 +92,7 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 // agentWants is what the caller asks of an agent; empty fields are resolved from the host.
 type agentWants struct {
 	ProxyAddress, AgentImage, CACertHash string
-	Tunnel                               manifests.Tunnel
+	Tunnel                               kubesphere.Tunnel
 	// Strict (join): the address must be valid, Deployment tower must exist, and the tunnel asked
 	// for must be the one the host runs. Render is lenient: it renders what was asked.
 	Strict bool
@@ -103,7 +103,7 @@ type agentTarget struct {
 	// Address is the proxy address the agent dials (normalised when Strict).
 	Address string
 	// Tunnel is the agent's tunnel; HostTunnel what Deployment tower runs.
-	Tunnel, HostTunnel manifests.Tunnel
+	Tunnel, HostTunnel kubesphere.Tunnel
 	// Tower is the host's Deployment tower (nil when absent and not Strict).
 	Tower *appsv1.Deployment
 	Image string
@@ -154,36 +154,36 @@ func resolveAgentTarget(ctx context.Context, host *Clients, cc *ClusterConfigura
 		}
 		t.Address = norm
 	}
-	tower, err := host.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	tower, err := host.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err) && w.Strict:
 		return t, &targetError{Step: targetTower, Err: err}
 	case apierrors.IsNotFound(err):
 	case err != nil:
-		return t, &targetError{Step: targetTower, Err: fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)}
+		return t, &targetError{Step: targetTower, Err: fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, kubesphere.TowerName, err)}
 	default:
 		t.Tower = tower
 	}
-	t.HostTunnel = manifests.TunnelTower
-	if TunnelOf(t.Tower) == TunnelKsMc {
-		t.HostTunnel = manifests.TunnelKSMC
+	t.HostTunnel = kubesphere.TunnelTower
+	if TunnelOf(t.Tower) == kubesphere.TunnelKsMc {
+		t.HostTunnel = kubesphere.TunnelKsMc
 	}
 	t.Tunnel = w.Tunnel
-	if t.Tunnel == "" || t.Tunnel == manifests.TunnelAuto {
+	if t.Tunnel == "" || t.Tunnel == kubesphere.TunnelAuto {
 		t.Tunnel = t.HostTunnel
 	}
 	if w.Strict && t.Tunnel != t.HostTunnel {
 		return t, &targetError{Step: targetTunnel, Err: fmt.Errorf("the host runs the %s proxy, not %s", t.HostTunnel, t.Tunnel)}
 	}
 	t.Image = w.AgentImage
-	if t.Image == "" && t.Tunnel == manifests.TunnelTower {
+	if t.Image == "" && t.Tunnel == kubesphere.TunnelTower {
 		t.Image = cfg.Multicluster.AgentImage
 	}
 	if err := PlaintextAgentRefused(t.Tunnel, t.Address, t.Tower); err != nil {
 		return t, &targetError{Step: targetPlaintext, Err: err}
 	}
 	t.CACertHash = w.CACertHash
-	if t.CACertHash == "" && t.Tunnel == manifests.TunnelKSMC && strings.HasPrefix(t.Address, "https://") {
+	if t.CACertHash == "" && t.Tunnel == kubesphere.TunnelKsMc && strings.HasPrefix(t.Address, "https://") {
 		pin, err := ProxyCACertHash(ctx, host)
 		if err != nil {
 			return t, &targetError{Step: targetPin, Err: err}
@@ -197,8 +197,8 @@ func resolveAgentTarget(ctx context.Context, host *Clients, cc *ClusterConfigura
 // on the path could pose as the proxy and act with the agent's cluster-admin identity), and the
 // ks-mc proxy refuses plaintext agents unless init-host rendered it with --allow-plaintext-agents.
 // The host's consent is read from the tower Deployment's arguments.
-func PlaintextAgentRefused(tun manifests.Tunnel, addr string, tower *appsv1.Deployment) error {
-	if tun != manifests.TunnelKSMC || !strings.HasPrefix(addr, "http://") || manifests.ProxyAllowsPlaintextAgents(tower) {
+func PlaintextAgentRefused(tun kubesphere.Tunnel, addr string, tower *appsv1.Deployment) error {
+	if tun != kubesphere.TunnelKsMc || !strings.HasPrefix(addr, "http://") || manifests.ProxyAllowsPlaintextAgents(tower) {
 		return nil
 	}
 	return fmt.Errorf("the proxy address %s is plain http, and the host's ks-mc proxy refuses agents without TLS (the token would travel in clear text)", addr)
@@ -214,17 +214,17 @@ func PlaintextAgentAdvice(host *Clients, addr string) string {
 // (kubesphere-system/ks-mc-proxy-ca, created by the proxy on first start): the sha256 of the CA
 // certificate's public key, computed from the certificate itself.
 func ProxyCACertHash(ctx context.Context, host *Clients) (string, error) {
-	s, err := host.Kube.CoreV1().Secrets(KubeSphereNamespace).Get(ctx, tunnel.DefaultCASecretName, metav1.GetOptions{})
+	s, err := host.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.CASecretName, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read the proxy CA (Secret %s/%s): %w", KubeSphereNamespace, tunnel.DefaultCASecretName, err)
+		return "", fmt.Errorf("read the proxy CA (Secret %s/%s): %w", kubesphere.Namespace, kubesphere.CASecretName, err)
 	}
 	block, _ := pem.Decode(s.Data[corev1.TLSCertKey])
 	if block == nil {
-		return "", fmt.Errorf("Secret %s/%s has no PEM certificate in %s", KubeSphereNamespace, tunnel.DefaultCASecretName, corev1.TLSCertKey)
+		return "", fmt.Errorf("Secret %s/%s has no PEM certificate in %s", kubesphere.Namespace, kubesphere.CASecretName, corev1.TLSCertKey)
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return "", fmt.Errorf("Secret %s/%s: parse the CA certificate: %w", KubeSphereNamespace, tunnel.DefaultCASecretName, err)
+		return "", fmt.Errorf("Secret %s/%s: parse the CA certificate: %w", kubesphere.Namespace, kubesphere.CASecretName, err)
 	}
-	return tunnel.CACertHash(cert), nil
+	return kubesphere.CACertHash(cert), nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -54,7 +55,7 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 		// The member UID annotation is only written on create; the rest must match.
 		ann := map[string]any{}
 		for k, v := range want.GetAnnotations() {
-			if k != manifests.MemberUIDAnnotation && k != manifests.CreatorAnnotation {
+			if k != kubesphere.MemberUIDAnnotation && k != kubesphere.CreatorAnnotation {
 				ann[k] = v
 			}
 		}
@@ -75,7 +76,7 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 		action, summary = "update", "labels/annotations/spec from the flags"
 	}
 	j.log.Record(Change{Object: obj, Action: action, Summary: summary})
-	got, _, err := j.w.ServerSideApply(ctx, DynamicResource(j.host, manifests.ClusterGVR, ""), want)
+	got, _, err := j.w.ServerSideApply(ctx, DynamicResource(j.host, kubesphere.ClusterGVR, ""), want)
 	if err != nil {
 		return nil, fmt.Errorf("apply Cluster %s on the host: %w", j.opts.Name, err)
 	}
@@ -99,10 +100,10 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	m := side(j.member, "member")
 	// Switching tunnels: the old Deployment's command/args belong to another manager; replace it.
 	if st.agent != nil && InspectAgent(st.agent).Tunnel != st.tunnel {
-		j.log.Record(Change{Object: fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, manifests.AgentName), Action: "delete",
+		j.log.Record(Change{Object: fmt.Sprintf("%s deployment %s/%s", m, kubesphere.Namespace, kubesphere.AgentName), Action: "delete",
 			Summary: fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel)})
-		if err := j.w.Delete(ctx, Deployments(j.member, manifests.AgentNamespace), manifests.AgentName, metav1.DeleteOptions{}); err != nil {
-			return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
+		if err := j.w.Delete(ctx, Deployments(j.member, kubesphere.Namespace), kubesphere.AgentName, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, kubesphere.AgentName, err)
 		}
 		st.agent = nil
 	}
@@ -119,18 +120,18 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 		}
 		j.log.Record(Change{Object: obj, Action: action, Summary: "server-side apply (field manager ks-mc)"})
 	}
-	if st.tunnel == manifests.TunnelTower {
+	if st.tunnel == kubesphere.TunnelTower {
 		// A token Secret left by an earlier bundled agent is no longer used.
-		sec, err := j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
-		if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue {
-			j.log.Record(Change{Object: fmt.Sprintf("%s secret %s/%s", m, manifests.AgentNamespace, manifests.AgentTokenSecretName), Action: "delete", Summary: "no longer used by the Tower agent"})
-			_ = j.w.Delete(ctx, Secrets(j.member, manifests.AgentNamespace), manifests.AgentTokenSecretName, metav1.DeleteOptions{})
+		sec, err := j.member.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{})
+		if err == nil && sec.Labels[kubesphere.ManagedByLabel] == kubesphere.ManagedByValue {
+			j.log.Record(Change{Object: fmt.Sprintf("%s secret %s/%s", m, kubesphere.Namespace, kubesphere.AgentTokenSecretName), Action: "delete", Summary: "no longer used by the Tower agent"})
+			_ = j.w.Delete(ctx, Secrets(j.member, kubesphere.Namespace), kubesphere.AgentTokenSecretName, metav1.DeleteOptions{})
 		}
 	}
 	if j.opts.DryRun.Enabled() {
 		return nil
 	}
-	if err := WaitForRollout(ctx, j.member, manifests.AgentNamespace, manifests.AgentName, j.remaining(), j.rep); err != nil {
+	if err := WaitForRollout(ctx, j.member, kubesphere.Namespace, kubesphere.AgentName, j.remaining(), j.rep); err != nil {
 		return fmt.Errorf("member: %w", err)
 	}
 	j.rep.Step(fmt.Sprintf("%s: agent rolled out", m))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -50,7 +51,7 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 	st.hostCC = cc
 	hint := initHostHint(j.host)
 	ok := true
-	if role := cc.ClusterRole(); role != RoleHost {
+	if role := cc.ClusterRole(); role != kubesphere.RoleHost {
 		p.Error(hint, "%s: multicluster.clusterRole is %q, not host", h, role)
 		ok = false
 	}
@@ -116,10 +117,10 @@ func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState)
 	}
 	st.memberCC = cc
 	switch role := cc.ClusterRole(); role {
-	case RoleHost:
+	case kubesphere.RoleHost:
 		p.Error("join another cluster, or pick the right --context", "%s: it is a KubeSphere host (clusterRole host): a host cannot join another host", m)
 		return false
-	case RoleMember:
+	case kubesphere.RoleMember:
 		p.OK("%s: KubeSphere %s, already clusterRole member", m, cc.Version())
 	default:
 		p.OK("%s: KubeSphere %s, clusterRole %s (will become member)", m, cc.Version(), role)
@@ -164,7 +165,7 @@ func (j *Join) agentTargetCheck(ctx context.Context, p *Preflight, st *joinState
 	if terr != nil && terr.Step == targetAddress {
 		if terr.Err == nil {
 			p.Error(hint+" (with --proxy-publish-address when the tower Service has no external address)",
-				"%s: no proxy address: multicluster.proxyPublishAddress is unset and Service %s/%s has no load balancer address", h, KubeSphereNamespace, TowerName)
+				"%s: no proxy address: multicluster.proxyPublishAddress is unset and Service %s/%s has no load balancer address", h, kubesphere.Namespace, kubesphere.TowerName)
 		} else {
 			p.Error(hint, "%s: %v", h, terr.Err)
 		}
@@ -173,7 +174,7 @@ func (j *Join) agentTargetCheck(ctx context.Context, p *Preflight, st *joinState
 	p.OK("%s: KubeSphere %s host, multicluster enabled, proxy address %s", h, cc.Version(), t.Address)
 	if terr != nil && terr.Step == targetTower {
 		if apierrors.IsNotFound(terr.Err) {
-			p.Error(hint, "%s: Deployment %s/%s (the proxy) does not exist", h, KubeSphereNamespace, TowerName)
+			p.Error(hint, "%s: Deployment %s/%s (the proxy) does not exist", h, kubesphere.Namespace, kubesphere.TowerName)
 		} else {
 			p.Error("", "%s: %v", h, terr.Err)
 		}
@@ -314,12 +315,12 @@ func (j *Join) leftoverAgentCheck(p *Preflight, st *joinState) {
 		info := InspectAgent(st.agent)
 		switch {
 		case info.ProxyServer != "" && !sameProxy(info.ProxyServer, st.proxyAddress):
-			p.Error(fmt.Sprintf("unjoin it from that host first, or delete it: kubectl -n %s delete deployment %s%s", manifests.AgentNamespace, manifests.AgentName, j.member.contextFlag()),
-				"%s: Deployment %s/%s connects to another proxy (%s): is the member joined to another host?", m, manifests.AgentNamespace, manifests.AgentName, info.ProxyServer)
+			p.Error(fmt.Sprintf("unjoin it from that host first, or delete it: kubectl -n %s delete deployment %s%s", kubesphere.Namespace, kubesphere.AgentName, j.member.contextFlag()),
+				"%s: Deployment %s/%s connects to another proxy (%s): is the member joined to another host?", m, kubesphere.Namespace, kubesphere.AgentName, info.ProxyServer)
 		case st.existing == nil:
-			p.Warn("", "%s: a leftover Deployment %s/%s (cluster %q) will be replaced", m, manifests.AgentNamespace, manifests.AgentName, info.ClusterName)
+			p.Warn("", "%s: a leftover Deployment %s/%s (cluster %q) will be replaced", m, kubesphere.Namespace, kubesphere.AgentName, info.ClusterName)
 		case info.ClusterName != "" && info.ClusterName != name:
-			p.Warn("", "%s: Deployment %s/%s serves cluster %q; it will be replaced to serve %q", m, manifests.AgentNamespace, manifests.AgentName, info.ClusterName, name)
+			p.Warn("", "%s: Deployment %s/%s serves cluster %q; it will be replaced to serve %q", m, kubesphere.Namespace, kubesphere.AgentName, info.ClusterName, name)
 		default:
 			p.OK("%s: agent Deployment exists (%s tunnel)", m, info.Tunnel)
 		}
