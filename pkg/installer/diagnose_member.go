@@ -16,35 +16,6 @@ import (
 // maxHeartbeatSkew: a renewTime up to this far in the future is the clock estimate's error.
 const maxHeartbeatSkew = 3 * time.Second
 
-// agentLogCause reads the agent's recent logs and names the likeliest cause of a dead tunnel and
-// the check that holds its fix ("" when the logs say nothing known).
-func agentLogCause(logs string) (cause, see string) {
-	l := strings.ToLower(logs)
-	has := func(subs ...string) bool {
-		for _, s := range subs {
-			if strings.Contains(l, s) {
-				return true
-			}
-		}
-		return false
-	}
-	switch {
-	case has("token rejected", "unauthorized", " 401", "(401)", "too many failed attempts"):
-		return "the proxy rejects the agent's token (unauthorized)", CheckMemberAgent
-	case has("unknown cluster"):
-		return "the proxy does not know the cluster (unknown cluster): no served Cluster of the agent's --name on the host", CheckMemberAgent
-	case has("ca-cert-hash", "x509", "certificate"):
-		return "the proxy's certificate does not match the agent's pinned CA (--ca-cert-hash)", CheckMemberAgent
-	case has("bad handshake", "handshake failed", "upgrade"):
-		return "bad handshake: what answers at the proxy address is not the proxy (wrong port?) or an L7 proxy drops the Upgrade header", CheckHostAddress
-	case has("no such host", "server misbehaving"):
-		return "DNS: the proxy address's host name does not resolve on the member", CheckHostAddress
-	case has("connection refused", "i/o timeout", "no route to host", "network is unreachable", "dial proxy", "deadline exceeded"):
-		return "dial error: the proxy address is not reachable from the member", CheckHostAddress
-	}
-	return "", ""
-}
-
 // agentProblems compares the member's agent Deployment with the Cluster and the host (never
 // printing the token).
 func (k *checker) agentProblems(m *memberData, c *unstructured.Unstructured) []string {
