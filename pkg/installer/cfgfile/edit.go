@@ -201,11 +201,7 @@ func (ed *editor) entry(kn, vn *yaml.Node, sub *tree, path []string, flow, jsoni
 		ed.add(le, le, f.nl+strings.Join(lines, f.nl))
 		return nil
 	case vn.Kind == yaml.ScalarNode && vn.Tag == "!!null" && vn.Style&(yaml.LiteralStyle|yaml.FoldedStyle) == 0:
-		start, err := f.nodeStart(vn)
-		if err != nil {
-			return err
-		}
-		end, err := f.scalarEnd(start, vn, kn.Column-1, flow)
+		start, end, err := f.scalarSpan(kn, vn, flow)
 		if err != nil {
 			return err
 		}
@@ -217,6 +213,15 @@ func (ed *editor) entry(kn, vn *yaml.Node, sub *tree, path []string, flow, jsoni
 		return nil
 	}
 	return fmt.Errorf("%w: %s is not a mapping", ErrUnsupported, name)
+}
+
+// scalarSpan is where the scalar value vn of key kn starts and ends in the file.
+func (f *File) scalarSpan(kn, vn *yaml.Node, flow bool) (start, end int, err error) {
+	if start, err = f.nodeStart(vn); err != nil {
+		return 0, 0, err
+	}
+	end, err = f.scalarEnd(start, vn, kn.Column-1, flow)
+	return start, end, err
 }
 
 // leafEntry replaces (or fills in) the single value of key kn.
@@ -240,11 +245,7 @@ func (ed *editor) leafEntry(kn, vn *yaml.Node, sub *tree, name string, flow, jso
 	if vn.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 		return fmt.Errorf("%w: %s is a block scalar: edit it by hand", ErrUnsupported, name)
 	}
-	start, err := f.nodeStart(vn)
-	if err != nil {
-		return err
-	}
-	end, err := f.scalarEnd(start, vn, kn.Column-1, flow)
+	start, end, err := f.scalarSpan(kn, vn, flow)
 	if err != nil {
 		return err
 	}
