@@ -49,7 +49,11 @@ type Fix struct {
 }
 
 // Finding is the result of one check.
-type Finding struct {
+type Finding = FindingOf[Fix]
+
+// FindingOf is a finding with its fix as F: Fix here (data), a rendered fix in the command
+// layer (pkg/cmd's CheckView), so the printed form is this same type.
+type FindingOf[F any] struct {
 	// ID names the check ("host.role", "cluster.tunnel", "member.jwtSecret").
 	ID     string     `json:"id"`
 	Status DiagStatus `json:"status"`
@@ -57,13 +61,14 @@ type Finding struct {
 	Subject string `json:"subject"`
 	// Summary is the finding in one line.
 	Summary string `json:"summary"`
-	// Evidence lists what was observed (never a secret).
-	Evidence []string `json:"evidence,omitempty"`
+	// Evidence lists what was observed (never a secret); printed as [] when empty.
+	Evidence []string `json:"evidence"`
 	// Sources names the evidence used by checks that combine several (cluster.tunnel).
 	Sources []string `json:"sources,omitempty"`
 	// LatencyMS is a measured round trip, when one was measured.
 	LatencyMS *float64 `json:"latencyMs,omitempty"`
-	Fix       *Fix     `json:"fix,omitempty"`
+	// Fix is nil when there is nothing to fix (printed as null).
+	Fix *F `json:"fix"`
 }
 
 // DiagnoseReport is every finding of one run.
