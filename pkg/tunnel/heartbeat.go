@@ -30,6 +30,9 @@ const (
 	HeartbeatAgentsAnnotation = "tunnel.ks-mc.io/agents"
 	// HeartbeatRTTAnnotation is the slowest ping round trip (Go duration).
 	HeartbeatRTTAnnotation = "tunnel.ks-mc.io/rtt"
+	// HeartbeatProtocolAnnotation (AgentProtocolAnnotation) is the protocol of the session that
+	// serves: ProtocolKsMC or ProtocolTower; kept from the last beat with a session.
+	HeartbeatProtocolAnnotation = AgentProtocolAnnotation
 	// HeartbeatErrorAnnotation is why sessions did not answer (no secret: yamux errors only).
 	HeartbeatErrorAnnotation = "tunnel.ks-mc.io/error"
 	// DefaultHeartbeatInterval is how often the Leases are renewed; the Lease lasts three intervals.
@@ -54,12 +57,24 @@ func (p *Proxy) PingAgents(cluster string) (int, time.Duration, error) {
 		ok++
 		worst = max(worst, rtt)
 	}
+	for _, s := range p.tower.reg.sessions(cluster) {
+		rtt, err := pingTower(s, p.cfg.Config.KeepAliveTimeout)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ok++
+		worst = max(worst, rtt)
+	}
 	return ok, worst, lastErr
 }
 
 // ConnectedClusters lists the clusters with at least one agent session.
 func (p *Proxy) ConnectedClusters() []string {
 	snap := p.reg.snapshot()
+	for k, n := range p.tower.reg.snapshot() {
+		snap[k] += n
+	}
 	out := make([]string, 0, len(snap))
 	for k, n := range snap {
 		if n > 0 {
@@ -128,7 +143,11 @@ func (h *Heartbeat) Beat(ctx context.Context, log logr.Logger) {
 		if n > 0 {
 			next[cluster] = true
 		}
-		if werr := h.write(ctx, cluster, n, rtt, err); werr != nil {
+		proto := ""
+		if pp, ok := h.Proxy.(interface{ Protocol(string) string }); ok {
+			proto = pp.Protocol(cluster)
+		}
+		if werr := h.write(ctx, cluster, n, rtt, err, proto); werr != nil {
 			log.V(1).Info("heartbeat lease not written", "cluster", cluster, "err", werr.Error())
 		}
 	}
@@ -137,7 +156,7 @@ func (h *Heartbeat) Beat(ctx context.Context, log logr.Logger) {
 	h.mu.Unlock()
 }
 
-func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt time.Duration, pingErr error) error {
+func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt time.Duration, pingErr error, proto string) error {
 	leases := h.Kube.CoordinationV1().Leases(h.Namespace)
 	name := HeartbeatLeaseName(cluster)
 	ctx, cancel := context.WithTimeout(ctx, h.Interval)
@@ -149,6 +168,9 @@ func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt t
 	ann := map[string]string{HeartbeatAgentsAnnotation: strconv.Itoa(agents), HeartbeatRTTAnnotation: rtt.String()}
 	if pingErr != nil && agents == 0 {
 		ann[HeartbeatErrorAnnotation] = pingErr.Error()
+	}
+	if proto != "" {
+		ann[HeartbeatProtocolAnnotation] = proto
 	}
 	renew := metav1.NewMicroTime(time.Now())
 	id := h.Identity
