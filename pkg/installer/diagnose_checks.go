@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -117,8 +118,8 @@ func (k *checker) hostChecks() {
 	switch {
 	case h.ccErr != nil:
 		k.add(Finding{ID: CheckHostRole, Status: DiagFail, Subject: subj, Summary: "cannot read the host's ClusterConfiguration",
-			Evidence: []string{errText(h.ccErr)}, Fix: &Fix{Action: "check that KubeSphere is installed and the context has access", Kubectl: append([]string{"-n", KubeSphereNamespace, "get", "clusterconfiguration", ClusterConfigurationName}, hostCtxArgs(h.c)...)}})
-	case h.cc.ClusterRole() != RoleHost:
+			Evidence: []string{errText(h.ccErr)}, Fix: &Fix{Action: "check that KubeSphere is installed and the context has access", Kubectl: append([]string{"-n", kubesphere.Namespace, "get", "clusterconfiguration", kubesphere.ClusterConfigurationName}, hostCtxArgs(h.c)...)}})
+	case h.cc.ClusterRole() != kubesphere.RoleHost:
 		k.add(Finding{ID: CheckHostRole, Status: DiagFail, Subject: subj, Summary: "the cluster is not a host",
 			Evidence: []string{"spec.multicluster.clusterRole is " + strconv.Quote(h.cc.ClusterRole())},
 			Fix:      &Fix{Action: "make it the host", Setting: ccObject + " spec.multicluster.clusterRole: host", KsMc: initHost}})
@@ -171,8 +172,8 @@ func (k *checker) hostChecks() {
 			if why == "" {
 				why = fmt.Sprintf("%d/%d ready", h.tower.Status.ReadyReplicas, replicas(h.tower))
 			}
-			k.add(Finding{ID: CheckHostTower, Status: DiagFail, Subject: subj, Summary: "tower Deployment not ready (" + tunnelKind + ")", Evidence: []string{why},
-				Fix: &Fix{Action: "look at the proxy's pods and logs", Kubectl: append([]string{"-n", KubeSphereNamespace, "logs", "deployment/tower"}, hostCtxArgs(h.c)...)}})
+			k.add(Finding{ID: CheckHostTower, Status: DiagFail, Subject: subj, Summary: "tower Deployment not ready (" + string(tunnelKind) + ")", Evidence: []string{why},
+				Fix: &Fix{Action: "look at the proxy's pods and logs", Kubectl: append([]string{"-n", kubesphere.Namespace, "logs", "deployment/tower"}, hostCtxArgs(h.c)...)}})
 		}
 	}
 	addr := h.healthAddr
@@ -242,7 +243,7 @@ func (k *checker) hostChecks() {
 		k.add(Finding{ID: CheckHostRestart, Status: DiagWarn, Subject: subj, Summary: "cannot tell whether ks-apiserver picked up the settings", Evidence: []string{errText(h.restartErr)}})
 	case h.restart:
 		k.add(Finding{ID: CheckHostRestart, Status: DiagWarn, Subject: subj, Summary: "ks-apiserver has not restarted since the multicluster settings last changed", Evidence: []string{h.restartWhy},
-			Fix: &Fix{Action: "restart ks-apiserver", Kubectl: append([]string{"-n", KubeSphereNamespace, "rollout", "restart", "deployment/ks-apiserver"}, hostCtxArgs(h.c)...)}})
+			Fix: &Fix{Action: "restart ks-apiserver", Kubectl: append([]string{"-n", kubesphere.Namespace, "rollout", "restart", "deployment/ks-apiserver"}, hostCtxArgs(h.c)...)}})
 	case h.cc != nil:
 		k.add(Finding{ID: CheckHostRestart, Status: DiagOK, Subject: subj, Summary: "ks-apiserver restarted after the settings changed"})
 	}
@@ -272,7 +273,7 @@ func (k *checker) clusterChecks(c *unstructured.Unstructured) {
 	conds := ClusterConditions(c)
 	host := IsHostCluster(c)
 	m := k.byCluster[name]
-	ready := conditionTrue(conds, ConditionReady)
+	ready := conditionTrue(conds, kubesphere.ConditionReady)
 	if ready {
 		k.add(Finding{ID: CheckClusterConditions, Status: DiagOK, Subject: subj, Summary: DescribeConditions(conds)})
 	} else {
@@ -389,7 +390,7 @@ func (k *checker) certCheck(c *unstructured.Unstructured, subj string) {
 	left := cert.NotAfter.Sub(k.now)
 	ev := []string{"subject " + cert.Subject.CommonName + ", not after " + cert.NotAfter.UTC().Format(time.RFC3339)}
 	fix := &Fix{Action: "have the proxy write a fresh kubeconfig: it renews a kubeconfig whose certificate is expired or near its end when the agent reconnects (ks-mc proxy); for Tower, re-create the kubeconfig from the member",
-		Kubectl: append([]string{"-n", KubeSphereNamespace, "rollout", "restart", "deployment/tower"}, hostCtxArgs(k.h.c)...)}
+		Kubectl: append([]string{"-n", kubesphere.Namespace, "rollout", "restart", "deployment/tower"}, hostCtxArgs(k.h.c)...)}
 	switch {
 	case left <= 0:
 		k.add(Finding{ID: CheckClusterCertificate, Status: DiagFail, Subject: subj, Summary: "the kubeconfig's client certificate expired " + fmtAge(-left) + " ago", Evidence: ev, Fix: fix})

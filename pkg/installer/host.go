@@ -13,17 +13,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
-// Tunnel implementations a host can run in Deployment kubesphere-system/tower.
-const (
-	TunnelTower = "tower" // KubeSphere's own Tower
-	TunnelKsMc  = "ks-mc" // the bundled ks-mc proxy
-)
-
 // ccObject names the ClusterConfiguration in results and messages.
-var ccObject = "ClusterConfiguration " + KubeSphereNamespace + "/" + ClusterConfigurationName
+var ccObject = "ClusterConfiguration " + kubesphere.Namespace + "/" + kubesphere.ClusterConfigurationName
 
 // HostOptions configure InitHost.
 type HostOptions struct {
@@ -38,7 +33,7 @@ type HostOptions struct {
 	Force  bool
 	DryRun DryRun
 	// Tunnel is TunnelTower, TunnelKsMc or "" (keep what runs; Tower on a fresh host).
-	Tunnel string
+	Tunnel kubesphere.Tunnel
 	// Proxy renders the ks-mc proxy Deployment (Tunnel == TunnelKsMc).
 	Proxy manifests.ProxyValues
 	// AllowPlaintextAgents (Tunnel == TunnelKsMc) renders the proxy with --allow-plaintext-agents,
@@ -81,7 +76,7 @@ type HostState struct {
 	Tower       *corev1.Service
 	TowerDeploy *appsv1.Deployment
 	// CurrentTunnel is what Deployment tower runs now ("" when absent).
-	CurrentTunnel string
+	CurrentTunnel kubesphere.Tunnel
 	Installer     InstallerState
 	Drift         []string
 	// Address is the validated --proxy-publish-address ("" when not given).
@@ -103,16 +98,16 @@ type Change struct {
 
 // HostResult is the machine-readable outcome of init-host.
 type HostResult struct {
-	Context             string   `json:"context,omitempty"`
-	ClusterRole         string   `json:"clusterRole"`
-	KubeSphereVersion   string   `json:"kubesphereVersion,omitempty"`
-	ProxyPublishAddress string   `json:"proxyPublishAddress,omitempty"`
-	AddressSource       string   `json:"addressSource,omitempty"`
-	Tunnel              string   `json:"tunnel"`
-	DryRun              DryRun   `json:"dryRun,omitempty"`
-	Changed             bool     `json:"changed"`
-	Changes             []Change `json:"changes"`
-	Verify              []Check  `json:"verify,omitempty"`
+	Context             string            `json:"context,omitempty"`
+	ClusterRole         string            `json:"clusterRole"`
+	KubeSphereVersion   string            `json:"kubesphereVersion,omitempty"`
+	ProxyPublishAddress string            `json:"proxyPublishAddress,omitempty"`
+	AddressSource       string            `json:"addressSource,omitempty"`
+	Tunnel              kubesphere.Tunnel `json:"tunnel"`
+	DryRun              DryRun            `json:"dryRun,omitempty"`
+	Changed             bool              `json:"changed"`
+	Changes             []Change          `json:"changes"`
+	Verify              []Check           `json:"verify,omitempty"`
 	// Pending lists what a dry run could not determine without applying.
 	Pending []string `json:"pending,omitempty"`
 }
@@ -163,21 +158,21 @@ func NewHost(c *Clients, opts HostOptions, rep Reporter, ask AddressFunc) *Host 
 
 // HostAccess is what init-host needs to be allowed to do.
 func HostAccess(opts HostOptions) []Access {
-	ns := KubeSphereNamespace
+	ns := kubesphere.Namespace
 	wants := []Access{
-		{Verb: "get", Group: ClusterConfigurationGVR.Group, Resource: ClusterConfigurationGVR.Resource, Namespace: ns, Name: ClusterConfigurationName},
-		{Verb: "patch", Group: ClusterConfigurationGVR.Group, Resource: ClusterConfigurationGVR.Resource, Namespace: ns, Name: ClusterConfigurationName},
-		{Verb: "get", Resource: "configmaps", Namespace: ns, Name: KubeSphereConfigName},
-		{Verb: "get", Resource: "services", Namespace: ns, Name: TowerName},
+		{Verb: "get", Group: kubesphere.ClusterConfigurationGVR.Group, Resource: kubesphere.ClusterConfigurationGVR.Resource, Namespace: ns, Name: kubesphere.ClusterConfigurationName},
+		{Verb: "patch", Group: kubesphere.ClusterConfigurationGVR.Group, Resource: kubesphere.ClusterConfigurationGVR.Resource, Namespace: ns, Name: kubesphere.ClusterConfigurationName},
+		{Verb: "get", Resource: "configmaps", Namespace: ns, Name: kubesphere.ConfigName},
+		{Verb: "get", Resource: "services", Namespace: ns, Name: kubesphere.TowerName},
 		{Verb: "get", Group: "apps", Resource: "deployments", Namespace: ns},
 	}
 	if !opts.NoRestart {
-		wants = append(wants, Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: APIServerName})
+		wants = append(wants, Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: kubesphere.APIServerName})
 	}
-	if opts.Tunnel == TunnelKsMc {
+	if opts.Tunnel == kubesphere.TunnelKsMc {
 		wants = append(wants,
-			Access{Verb: "update", Group: "apps", Resource: "deployments", Namespace: ns, Name: TowerName},
-			Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: TowerName})
+			Access{Verb: "update", Group: "apps", Resource: "deployments", Namespace: ns, Name: kubesphere.TowerName},
+			Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: kubesphere.TowerName})
 	}
 	return wants
 }
@@ -221,11 +216,11 @@ func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
 	}
 
 	switch role := cc.ClusterRole(); role {
-	case RoleHost:
+	case kubesphere.RoleHost:
 		p.OK("cluster role: host already")
-	case RoleNone:
+	case kubesphere.RoleNone:
 		p.OK("cluster role: none, will become host")
-	case RoleMember:
+	case kubesphere.RoleMember:
 		msg := "cluster role is member: KubeSphere does not support switching a member to host (it uninstalls nothing and may leave the host's Cluster object pointing here)"
 		if h.opts.Force {
 			p.Warn("", "%s; continuing because of --force", msg)
@@ -248,12 +243,12 @@ func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
 
 	CheckAccessInto(ctx, p, h.c, HostAccess(h.opts))
 
-	if svc, err := h.c.Kube.CoreV1().Services(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+	if svc, err := h.c.Kube.CoreV1().Services(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{}); err == nil {
 		st.Tower = svc
 	} else if !apierrors.IsNotFound(err) {
-		p.Warn("", "cannot read Service %s/%s: %v", KubeSphereNamespace, TowerName, err)
+		p.Warn("", "cannot read Service %s/%s: %v", kubesphere.Namespace, kubesphere.TowerName, err)
 	}
-	if d, err := h.c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+	if d, err := h.c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{}); err == nil {
 		st.TowerDeploy = d
 		st.CurrentTunnel = TunnelOf(d)
 	}
@@ -262,8 +257,8 @@ func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
 	h.towerMembersCheck(ctx, p, st)
 
 	if !h.opts.NoRestart {
-		if _, err := h.c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, APIServerName, metav1.GetOptions{}); err != nil {
-			p.Error("pass --no-restart to skip the restart", "cannot read deployment %s/%s to restart it: %v", KubeSphereNamespace, APIServerName, err)
+		if _, err := h.c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.APIServerName, metav1.GetOptions{}); err != nil {
+			p.Error("pass --no-restart to skip the restart", "cannot read deployment %s/%s to restart it: %v", kubesphere.Namespace, kubesphere.APIServerName, err)
 		}
 	}
 	return p, st
@@ -271,7 +266,7 @@ func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
 
 // wantsHostSettings reports whether the CC already carries what init-host would set.
 func (h *Host) wantsHostSettings(st *HostState) bool {
-	if st.CC.ClusterRole() != RoleHost {
+	if st.CC.ClusterRole() != kubesphere.RoleHost {
 		return false
 	}
 	return st.Address == "" || st.Address == st.CC.ProxyPublishAddress()
@@ -321,37 +316,37 @@ func (h *Host) addressCheck(p *Preflight, st *HostState) {
 	}
 	switch {
 	case st.Tower == nil:
-		p.OK("Service %s/%s does not exist yet: ks-installer creates it, then its load balancer address is used or one is asked for (--proxy-publish-address)", KubeSphereNamespace, TowerName)
-	case LoadBalancerAddress(st.Tower) != "" && h.opts.Tunnel == TunnelKsMc:
-		p.OK("proxy address %s (load balancer of Service %s; https: the ks-mc proxy serves TLS on that port, so init-host publishes it)", httpsAddress(LoadBalancerAddress(st.Tower)), TowerName)
+		p.OK("Service %s/%s does not exist yet: ks-installer creates it, then its load balancer address is used or one is asked for (--proxy-publish-address)", kubesphere.Namespace, kubesphere.TowerName)
+	case LoadBalancerAddress(st.Tower) != "" && h.opts.Tunnel == kubesphere.TunnelKsMc:
+		p.OK("proxy address %s (load balancer of Service %s; https: the ks-mc proxy serves TLS on that port, so init-host publishes it)", httpsAddress(LoadBalancerAddress(st.Tower)), kubesphere.TowerName)
 	case LoadBalancerAddress(st.Tower) != "":
-		p.OK("proxy address %s (load balancer of Service %s)", LoadBalancerAddress(st.Tower), TowerName)
+		p.OK("proxy address %s (load balancer of Service %s)", LoadBalancerAddress(st.Tower), kubesphere.TowerName)
 	default:
 		example := ProxyAddressExample
-		if h.opts.Tunnel == TunnelKsMc {
+		if h.opts.Tunnel == kubesphere.TunnelKsMc {
 			example = httpsAddress(example)
 		}
-		p.Warn("pass --proxy-publish-address="+example+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName)
+		p.Warn("pass --proxy-publish-address="+example+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", kubesphere.Namespace, kubesphere.TowerName)
 	}
 }
 
 func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
 	defer h.plaintextCheck(p, st)
 	switch {
-	case h.opts.Tunnel == TunnelKsMc:
+	case h.opts.Tunnel == kubesphere.TunnelKsMc:
 		if err := h.opts.Proxy.Validate(); err != nil {
 			p.Error("check --proxy-image", "%v", err)
 			return
 		}
-		if st.CurrentTunnel == TunnelKsMc {
+		if st.CurrentTunnel == kubesphere.TunnelKsMc {
 			p.OK("tunnel: Deployment tower runs the ks-mc proxy")
 		} else {
 			p.OK("tunnel: Deployment tower will run the ks-mc proxy (%s)", h.opts.Proxy.Image)
 		}
-	case h.opts.Tunnel == TunnelTower && st.CurrentTunnel == TunnelKsMc:
+	case h.opts.Tunnel == kubesphere.TunnelTower && st.CurrentTunnel == kubesphere.TunnelKsMc:
 		p.Error("keep --tunnel=ks-mc (members joined through it would lose their connection)",
 			"tunnel: Deployment tower runs the ks-mc proxy; switching back to KubeSphere's Tower is not supported by init-host")
-	case st.CurrentTunnel == TunnelKsMc:
+	case st.CurrentTunnel == kubesphere.TunnelKsMc:
 		p.OK("tunnel: Deployment tower runs the ks-mc proxy (kept)")
 	default:
 		p.OK("tunnel: KubeSphere's Tower")
@@ -363,7 +358,7 @@ func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
 // listed, and the switch is refused without --force; each must be re-joined afterwards.
 func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostState) {
 	// Only a host has members.
-	if h.opts.Tunnel != TunnelKsMc || st.CurrentTunnel != TunnelTower || st.CC.ClusterRole() != RoleHost {
+	if h.opts.Tunnel != kubesphere.TunnelKsMc || st.CurrentTunnel != kubesphere.TunnelTower || st.CC.ClusterRole() != kubesphere.RoleHost {
 		return
 	}
 	clusters, err := ListClusters(ctx, h.c)
@@ -382,7 +377,7 @@ func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostStat
 			continue
 		}
 		state := "agent disconnected"
-		if conditionTrue(ClusterConditions(c), ConditionAgentAvailable) {
+		if conditionTrue(ClusterConditions(c), kubesphere.ConditionAgentAvailable) {
 			state = "agent connected"
 		}
 		names = append(names, fmt.Sprintf("%s (%s)", c.GetName(), state))
@@ -415,7 +410,7 @@ func hostContextName(c *Clients) string {
 // when the flag is not given (a re-run never cuts members off). Without --tunnel the proxy is not
 // re-rendered: an http:// address is only warned about.
 func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
-	if h.opts.Tunnel != TunnelKsMc && st.CurrentTunnel != TunnelKsMc {
+	if h.opts.Tunnel != kubesphere.TunnelKsMc && st.CurrentTunnel != kubesphere.TunnelKsMc {
 		return
 	}
 	addr := st.Address
@@ -424,14 +419,14 @@ func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
 	}
 	if addr == "" && st.Tower != nil {
 		addr = LoadBalancerAddress(st.Tower)
-		if h.opts.Tunnel == TunnelKsMc {
+		if h.opts.Tunnel == kubesphere.TunnelKsMc {
 			addr = httpsAddress(addr)
 		}
 	}
 	plain := strings.HasPrefix(addr, "http://")
-	live := st.CurrentTunnel == TunnelKsMc && manifests.ProxyAllowsPlaintextAgents(st.TowerDeploy)
+	live := st.CurrentTunnel == kubesphere.TunnelKsMc && manifests.ProxyAllowsPlaintextAgents(st.TowerDeploy)
 	httpsFix := "publish --proxy-publish-address=" + httpsAddress(addr) + ": the ks-mc proxy serves TLS on the same port and join pins its CA"
-	if h.opts.Tunnel != TunnelKsMc {
+	if h.opts.Tunnel != kubesphere.TunnelKsMc {
 		st.PlaintextAgents = live
 		if plain {
 			p.Warn(httpsFix, "agents will reach the ks-mc proxy at %s without TLS", addr)
@@ -476,25 +471,25 @@ func httpsAddress(addr string) string {
 }
 
 // TunnelOf tells which tunnel a tower Deployment runs.
-func TunnelOf(d *appsv1.Deployment) string {
+func TunnelOf(d *appsv1.Deployment) kubesphere.Tunnel {
 	if d == nil {
 		return ""
 	}
 	if manifests.IsProxyDeployment(d) {
-		return TunnelKsMc
+		return kubesphere.TunnelKsMc
 	}
-	return TunnelTower
+	return kubesphere.TunnelTower
 }
 
 // HostTunnel reads Deployment kubesphere-system/tower and tells which tunnel the host runs
 // (TunnelTower or TunnelKsMc); "" when there is no tower Deployment. For join's --tunnel=auto.
-func HostTunnel(ctx context.Context, c *Clients) (string, error) {
-	d, err := c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+func HostTunnel(ctx context.Context, c *Clients) (kubesphere.Tunnel, error) {
+	d, err := c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return "", nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)
+		return "", fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, kubesphere.TowerName, err)
 	}
 	return TunnelOf(d), nil
 }
@@ -504,7 +499,7 @@ func HostTunnel(ctx context.Context, c *Clients) (string, error) {
 // so an empty patch means nothing to change. Nothing else of the object is touched.
 func HostPatch(cc *ClusterConfiguration, address string) MergePatch {
 	p := MergePatch{}
-	p.SetIfDifferent(cc.Object.Object, RoleHost, "spec", "multicluster", "clusterRole")
+	p.SetIfDifferent(cc.Object.Object, kubesphere.RoleHost, "spec", "multicluster", "clusterRole")
 	if address != "" {
 		p.SetIfDifferent(cc.Object.Object, address, "spec", "multicluster", "proxyPublishAddress")
 	}

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -93,7 +94,7 @@ func EnsureProxyDeployment(ctx context.Context, c *Clients, v manifests.ProxyVal
 		}
 		force := true
 		if _, err := deps.Patch(ctx, v.Name, types.ApplyPatchType, data,
-			metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: dry.apiDryRun()}); err != nil {
+			metav1.PatchOptions{FieldManager: kubesphere.FieldManager, Force: &force, DryRun: dry.apiDryRun()}); err != nil {
 			return false, nil, fmt.Errorf("apply deployment %s/%s: %w", v.Namespace, v.Name, err)
 		}
 		return true, want, nil
@@ -107,7 +108,7 @@ func EnsureProxyDeployment(ctx context.Context, c *Clients, v manifests.ProxyVal
 		return true, want, nil
 	}
 	if _, err := deps.Update(ctx, proxyReplacement(live, want),
-		metav1.UpdateOptions{FieldManager: FieldManager, DryRun: dry.apiDryRun()}); err != nil {
+		metav1.UpdateOptions{FieldManager: kubesphere.FieldManager, DryRun: dry.apiDryRun()}); err != nil {
 		return false, nil, fmt.Errorf("update deployment %s/%s to the ks-mc proxy: %w", v.Namespace, v.Name, err)
 	}
 	return true, want, nil

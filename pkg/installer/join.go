@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -22,7 +23,7 @@ type JoinOptions struct {
 	// Name of the Cluster on the host (a DNS label of at most 60 characters).
 	Name string
 	// Tunnel is tower, ks-mc or auto (ks-mc when the host's tower Deployment runs the ks-mc proxy).
-	Tunnel manifests.Tunnel
+	Tunnel kubesphere.Tunnel
 	// Cluster metadata.
 	Provider, Description, Group, Region string
 	Labels                               map[string]string
@@ -44,19 +45,19 @@ type JoinOptions struct {
 
 // JoinResult is the machine-readable outcome of a join.
 type JoinResult struct {
-	Name         string           `json:"name"`
-	HostContext  string           `json:"hostContext,omitempty"`
-	Context      string           `json:"context,omitempty"`
-	Tunnel       manifests.Tunnel `json:"tunnel"`
-	ProxyAddress string           `json:"proxyAddress"`
-	MemberUID    string           `json:"memberUID"`
+	Name         string            `json:"name"`
+	HostContext  string            `json:"hostContext,omitempty"`
+	Context      string            `json:"context,omitempty"`
+	Tunnel       kubesphere.Tunnel `json:"tunnel"`
+	ProxyAddress string            `json:"proxyAddress"`
+	MemberUID    string            `json:"memberUID"`
 	// Adopted is true when the Cluster already existed for this member (a re-run).
 	Adopted bool     `json:"adopted"`
 	DryRun  DryRun   `json:"dryRun,omitempty"`
 	Changed bool     `json:"changed"`
 	Changes []Change `json:"changes"`
 	// Conditions of the Cluster at the end.
-	Conditions []ClusterCondition `json:"conditions,omitempty"`
+	Conditions []kubesphere.ClusterCondition `json:"conditions,omitempty"`
 	// HostObjects and MemberObjects are what was (or, in a dry run, would be) applied to each
 	// cluster, secrets redacted. The member's ClusterConfiguration appears as its merge patch.
 	HostObjects   []*unstructured.Unstructured `json:"-"`
@@ -71,7 +72,7 @@ type joinState struct {
 	hostCfg, memberCfg *KubeSphereConfig
 	hostUID, memberUID string
 	proxyAddress       string
-	tunnel             manifests.Tunnel
+	tunnel             kubesphere.Tunnel
 	agentImage         string
 	existing           *unstructured.Unstructured
 	agent              *appsv1.Deployment
@@ -105,7 +106,7 @@ func NewJoin(host, member *Clients, opts JoinOptions, rep Reporter) *Join {
 		opts.Clock = APIServerClock
 	}
 	if opts.Tunnel == "" {
-		opts.Tunnel = manifests.TunnelAuto
+		opts.Tunnel = kubesphere.TunnelAuto
 	}
 	if opts.DryRun == "" {
 		opts.DryRun = DryRunNone
@@ -116,18 +117,18 @@ func NewJoin(host, member *Clients, opts JoinOptions, rep Reporter) *Join {
 // JoinAccess is what join needs to be allowed to do on each side.
 func JoinAccess() (host, member []Access) {
 	host = []Access{
-		{Verb: "get", Group: "cluster.kubesphere.io", Resource: "clusters"},
-		{Verb: "list", Group: "cluster.kubesphere.io", Resource: "clusters"},
-		{Verb: "create", Group: "cluster.kubesphere.io", Resource: "clusters"},
-		{Verb: "patch", Group: "cluster.kubesphere.io", Resource: "clusters"},
-		{Verb: "get", Resource: "configmaps", Namespace: KubeSphereNamespace, Name: KubeSphereConfigName},
+		{Verb: "get", Group: kubesphere.ClusterGVR.Group, Resource: "clusters"},
+		{Verb: "list", Group: kubesphere.ClusterGVR.Group, Resource: "clusters"},
+		{Verb: "create", Group: kubesphere.ClusterGVR.Group, Resource: "clusters"},
+		{Verb: "patch", Group: kubesphere.ClusterGVR.Group, Resource: "clusters"},
+		{Verb: "get", Resource: "configmaps", Namespace: kubesphere.Namespace, Name: kubesphere.ConfigName},
 	}
 	member = []Access{
-		{Verb: "patch", Group: "installer.kubesphere.io", Resource: "clusterconfigurations", Namespace: KubeSphereNamespace, Name: ClusterConfigurationName},
-		{Verb: "create", Group: "apps", Resource: "deployments", Namespace: KubeSphereNamespace},
-		{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: KubeSphereNamespace},
-		{Verb: "create", Resource: "secrets", Namespace: KubeSphereNamespace},
-		{Verb: "patch", Resource: "secrets", Namespace: KubeSphereNamespace},
+		{Verb: "patch", Group: "installer.kubesphere.io", Resource: "clusterconfigurations", Namespace: kubesphere.Namespace, Name: kubesphere.ClusterConfigurationName},
+		{Verb: "create", Group: "apps", Resource: "deployments", Namespace: kubesphere.Namespace},
+		{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: kubesphere.Namespace},
+		{Verb: "create", Resource: "secrets", Namespace: kubesphere.Namespace},
+		{Verb: "patch", Resource: "secrets", Namespace: kubesphere.Namespace},
 	}
 	return host, member
 }
@@ -182,7 +183,7 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 	st.hostCC = cc
 	hint := initHostHint(j.host)
 	ok := true
-	if role := cc.ClusterRole(); role != RoleHost {
+	if role := cc.ClusterRole(); role != kubesphere.RoleHost {
 		p.Error(hint, "%s: multicluster.clusterRole is %q, not host", h, role)
 		ok = false
 	}
@@ -212,7 +213,7 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 	addr := HostProxyAddress(ctx, j.host, cc, cfg)
 	if addr == "" {
 		p.Error(hint+" (with --proxy-publish-address when the tower Service has no external address)",
-			"%s: no proxy address: multicluster.proxyPublishAddress is unset and Service %s/%s has no load balancer address", h, KubeSphereNamespace, TowerName)
+			"%s: no proxy address: multicluster.proxyPublishAddress is unset and Service %s/%s has no load balancer address", h, kubesphere.Namespace, kubesphere.TowerName)
 		return false
 	}
 	if norm, err := ValidateProxyAddress(addr); err != nil {
@@ -224,21 +225,21 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 	st.proxyAddress = addr
 	p.OK("%s: KubeSphere %s host, multicluster enabled, proxy address %s", h, cc.Version(), addr)
 	// Tunnel.
-	tower, err := j.host.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	tower, err := j.host.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		p.Error(hint, "%s: Deployment %s/%s (the proxy) does not exist", h, KubeSphereNamespace, TowerName)
+		p.Error(hint, "%s: Deployment %s/%s (the proxy) does not exist", h, kubesphere.Namespace, kubesphere.TowerName)
 		return false
 	case err != nil:
-		p.Error("", "%s: get deployment %s/%s: %v", h, KubeSphereNamespace, TowerName, err)
+		p.Error("", "%s: get deployment %s/%s: %v", h, kubesphere.Namespace, kubesphere.TowerName, err)
 		return false
 	}
-	hostTunnel := manifests.TunnelTower
-	if TunnelOf(tower) == TunnelKsMc {
-		hostTunnel = manifests.TunnelKSMC
+	hostTunnel := kubesphere.TunnelTower
+	if tower != nil {
+		hostTunnel = TunnelOf(tower)
 	}
 	st.tunnel = j.opts.Tunnel
-	if st.tunnel == manifests.TunnelAuto {
+	if st.tunnel == kubesphere.TunnelAuto {
 		st.tunnel = hostTunnel
 	}
 	if st.tunnel != hostTunnel {
@@ -250,7 +251,7 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 		p.Warn("check: kubectl -n kubesphere-system get pods -l app=tower"+j.host.contextFlag(), "%s: the proxy (deployment tower) is not available yet: %s", h, why)
 	}
 	st.agentImage = j.opts.AgentImage
-	if st.agentImage == "" && st.tunnel == manifests.TunnelTower {
+	if st.agentImage == "" && st.tunnel == kubesphere.TunnelTower {
 		st.agentImage = cfg.Multicluster.AgentImage
 	}
 	if err := PlaintextAgentRefused(st.tunnel, addr, tower); err != nil {
@@ -258,7 +259,7 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 		return false
 	}
 	st.caHash = j.opts.CACertHash
-	if st.tunnel == manifests.TunnelKSMC && strings.HasPrefix(addr, "https://") && st.caHash == "" {
+	if st.tunnel == kubesphere.TunnelKsMc && strings.HasPrefix(addr, "https://") && st.caHash == "" {
 		pin, err := ProxyCACertHash(ctx, j.host)
 		if err != nil {
 			p.Error("pass --ca-cert-hash=sha256:… (the annotation ks-mc.io/ca-cert-hash of that Secret)", "%s: the proxy address is https but its CA cannot be pinned: %v", h, err)
@@ -304,10 +305,10 @@ func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState)
 	}
 	st.memberCC = cc
 	switch role := cc.ClusterRole(); role {
-	case RoleHost:
+	case kubesphere.RoleHost:
 		p.Error("join another cluster, or pick the right --context", "%s: it is a KubeSphere host (clusterRole host): a host cannot join another host", m)
 		return false
-	case RoleMember:
+	case kubesphere.RoleMember:
 		p.OK("%s: KubeSphere %s, already clusterRole member", m, cc.Version())
 	default:
 		p.OK("%s: KubeSphere %s, clusterRole %s (will become member)", m, cc.Version(), role)
@@ -434,12 +435,12 @@ func (j *Join) crossPreflight(ctx context.Context, p *Preflight, st *joinState) 
 		info := InspectAgent(st.agent)
 		switch {
 		case info.ProxyServer != "" && !sameProxy(info.ProxyServer, st.proxyAddress):
-			p.Error(fmt.Sprintf("unjoin it from that host first, or delete it: kubectl -n %s delete deployment %s%s", manifests.AgentNamespace, manifests.AgentName, j.member.contextFlag()),
-				"%s: Deployment %s/%s connects to another proxy (%s): is the member joined to another host?", m, manifests.AgentNamespace, manifests.AgentName, info.ProxyServer)
+			p.Error(fmt.Sprintf("unjoin it from that host first, or delete it: kubectl -n %s delete deployment %s%s", kubesphere.Namespace, kubesphere.AgentName, j.member.contextFlag()),
+				"%s: Deployment %s/%s connects to another proxy (%s): is the member joined to another host?", m, kubesphere.Namespace, kubesphere.AgentName, info.ProxyServer)
 		case st.existing == nil:
-			p.Warn("", "%s: a leftover Deployment %s/%s (cluster %q) will be replaced", m, manifests.AgentNamespace, manifests.AgentName, info.ClusterName)
+			p.Warn("", "%s: a leftover Deployment %s/%s (cluster %q) will be replaced", m, kubesphere.Namespace, kubesphere.AgentName, info.ClusterName)
 		case info.ClusterName != "" && info.ClusterName != name:
-			p.Warn("", "%s: Deployment %s/%s serves cluster %q; it will be replaced to serve %q", m, manifests.AgentNamespace, manifests.AgentName, info.ClusterName, name)
+			p.Warn("", "%s: Deployment %s/%s serves cluster %q; it will be replaced to serve %q", m, kubesphere.Namespace, kubesphere.AgentName, info.ClusterName, name)
 		default:
 			p.OK("%s: agent Deployment exists (%s tunnel)", m, info.Tunnel)
 		}
@@ -531,7 +532,7 @@ func (j *Join) change(obj, action, summary string, patch map[string]any) {
 func MemberPatch(cc *ClusterConfiguration, jwt Secret) MergePatch {
 	p := MergePatch{}
 	p.SetIfDifferent(cc.Object.Object, jwt.Reveal(), "spec", "authentication", "jwtSecret")
-	p.SetIfDifferent(cc.Object.Object, RoleMember, "spec", "multicluster", "clusterRole")
+	p.SetIfDifferent(cc.Object.Object, kubesphere.RoleMember, "spec", "multicluster", "clusterRole")
 	p.SetIfDifferent(cc.Object.Object, int64(0), "spec", "authentication", "oauthOptions", "accessTokenMaxAge")
 	return p
 }
@@ -558,7 +559,7 @@ func (j *Join) memberConfigDone(cfg *KubeSphereConfig) (bool, string) {
 	if cfg.Authentication.JWTSecret != j.jwt {
 		missing = append(missing, "jwtSecret differs from the host's")
 	}
-	if cfg.Multicluster.ClusterRole != RoleMember {
+	if cfg.Multicluster.ClusterRole != kubesphere.RoleMember {
 		missing = append(missing, fmt.Sprintf("clusterRole is %q", cfg.Multicluster.ClusterRole))
 	}
 	if d, err := cfg.AccessTokenMaxAgeDuration(); err != nil || d != 0 {
@@ -581,8 +582,8 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 		redacted := patch.Redacted(jwtPath)
 		j.change(side(j.member, "member")+" "+ccObject, "patch", describeMemberPatch(patch), redacted)
 		j.result.MemberObjects = append(j.result.MemberObjects, &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": ClusterConfigurationGVR.GroupVersion().String(), "kind": "ClusterConfiguration",
-			"metadata": map[string]any{"name": ClusterConfigurationName, "namespace": KubeSphereNamespace},
+			"apiVersion": kubesphere.ClusterConfigurationAPIVersion, "kind": "ClusterConfiguration",
+			"metadata": map[string]any{"name": kubesphere.ClusterConfigurationName, "namespace": kubesphere.Namespace},
 			"spec":     redacted["spec"],
 		}})
 		if j.opts.DryRun == DryRunClient {
@@ -597,7 +598,7 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 			return nil
 		}
 	} else if !done {
-		since = LastUpdateBy(st.memberCC.Object, FieldManager)
+		since = LastUpdateBy(st.memberCC.Object, kubesphere.FieldManager)
 	}
 	if j.opts.DryRun.Enabled() {
 		return nil
@@ -628,11 +629,11 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 		return fmt.Errorf("member: %w", err)
 	}
 	if need {
-		if _, err := RestartDeployment(ctx, j.member, KubeSphereNamespace, APIServerName, j.opts.DryRun); err != nil {
+		if _, err := RestartDeployment(ctx, j.member, kubesphere.Namespace, kubesphere.APIServerName, j.opts.DryRun); err != nil {
 			return fmt.Errorf("member: %w", err)
 		}
-		j.change(side(j.member, "member")+" deployment "+KubeSphereNamespace+"/"+APIServerName, "restart", why, nil)
-		if err := WaitForRollout(ctx, j.member, KubeSphereNamespace, APIServerName, j.remaining(), j.rep); err != nil {
+		j.change(side(j.member, "member")+" deployment "+kubesphere.Namespace+"/"+kubesphere.APIServerName, "restart", why, nil)
+		if err := WaitForRollout(ctx, j.member, kubesphere.Namespace, kubesphere.APIServerName, j.remaining(), j.rep); err != nil {
 			return fmt.Errorf("member: %w", err)
 		}
 	}
@@ -681,7 +682,7 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 		// The member UID annotation is only written on create; the rest must match.
 		ann := map[string]any{}
 		for k, v := range want.GetAnnotations() {
-			if k != manifests.MemberUIDAnnotation && k != manifests.CreatorAnnotation {
+			if k != kubesphere.MemberUIDAnnotation && k != kubesphere.CreatorAnnotation {
 				ann[k] = v
 			}
 		}
@@ -708,8 +709,8 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 		}
 		return want, nil
 	}
-	got, err := j.host.Dynamic.Resource(manifests.ClusterGVR).Apply(ctx, j.opts.Name, want,
-		metav1.ApplyOptions{FieldManager: FieldManager, Force: true, DryRun: j.opts.DryRun.apiDryRun()})
+	got, err := j.host.Dynamic.Resource(kubesphere.ClusterGVR).Apply(ctx, j.opts.Name, want,
+		metav1.ApplyOptions{FieldManager: kubesphere.FieldManager, Force: true, DryRun: j.opts.DryRun.apiDryRun()})
 	if err != nil {
 		return nil, fmt.Errorf("apply Cluster %s on the host: %w", j.opts.Name, err)
 	}
@@ -747,7 +748,7 @@ func (j *Join) waitToken(ctx context.Context, cluster *unstructured.Unstructured
 		if time.Now().After(j.deadline) {
 			return "", fmt.Errorf("timed out after %s waiting for the host's proxy to fill spec.connection.token of Cluster %s (last seen: %s)\n"+
 				"is the proxy running? kubectl -n %s get deployment %s%s; kubectl -n %s logs deployment/%s%s",
-				j.opts.Timeout, j.opts.Name, observed, KubeSphereNamespace, TowerName, j.host.contextFlag(), KubeSphereNamespace, TowerName, j.host.contextFlag())
+				j.opts.Timeout, j.opts.Name, observed, kubesphere.Namespace, kubesphere.TowerName, j.host.contextFlag(), kubesphere.Namespace, kubesphere.TowerName, j.host.contextFlag())
 		}
 		select {
 		case <-ctx.Done():
@@ -768,13 +769,13 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	m := side(j.member, "member")
 	// Switching tunnels: the old Deployment's command/args belong to another manager; replace it.
 	if st.agent != nil && InspectAgent(st.agent).Tunnel != st.tunnel {
-		j.change(fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, manifests.AgentName), "delete",
+		j.change(fmt.Sprintf("%s deployment %s/%s", m, kubesphere.Namespace, kubesphere.AgentName), "delete",
 			fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel), nil)
 		if j.opts.DryRun != DryRunClient {
-			err := j.member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, manifests.AgentName,
+			err := j.member.Kube.AppsV1().Deployments(kubesphere.Namespace).Delete(ctx, kubesphere.AgentName,
 				metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
 			if err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
+				return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, kubesphere.AgentName, err)
 			}
 		}
 		st.agent = nil
@@ -796,20 +797,20 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 		}
 		j.change(obj, action, "server-side apply (field manager ks-mc)", nil)
 	}
-	if st.tunnel == manifests.TunnelTower {
+	if st.tunnel == kubesphere.TunnelTower {
 		// A token Secret left by an earlier bundled agent is no longer used.
-		sec, err := j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
-		if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue {
-			j.change(fmt.Sprintf("%s secret %s/%s", m, manifests.AgentNamespace, manifests.AgentTokenSecretName), "delete", "no longer used by the Tower agent", nil)
+		sec, err := j.member.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{})
+		if err == nil && sec.Labels[kubesphere.ManagedByLabel] == kubesphere.ManagedByValue {
+			j.change(fmt.Sprintf("%s secret %s/%s", m, kubesphere.Namespace, kubesphere.AgentTokenSecretName), "delete", "no longer used by the Tower agent", nil)
 			if j.opts.DryRun != DryRunClient {
-				_ = j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Delete(ctx, manifests.AgentTokenSecretName, metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
+				_ = j.member.Kube.CoreV1().Secrets(kubesphere.Namespace).Delete(ctx, kubesphere.AgentTokenSecretName, metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
 			}
 		}
 	}
 	if j.opts.DryRun.Enabled() {
 		return nil
 	}
-	if err := WaitForRollout(ctx, j.member, manifests.AgentNamespace, manifests.AgentName, j.remaining(), j.rep); err != nil {
+	if err := WaitForRollout(ctx, j.member, kubesphere.Namespace, kubesphere.AgentName, j.remaining(), j.rep); err != nil {
 		return fmt.Errorf("member: %w", err)
 	}
 	j.rep.Step(fmt.Sprintf("%s: agent rolled out", m))
@@ -824,7 +825,7 @@ func applyMemberObject(ctx context.Context, c *Clients, o *unstructured.Unstruct
 		return "", err
 	}
 	force := true
-	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: dry.apiDryRun()}
+	opts := metav1.PatchOptions{FieldManager: kubesphere.FieldManager, Force: &force, DryRun: dry.apiDryRun()}
 	ns, name := o.GetNamespace(), o.GetName()
 	var before, after metav1.Object
 	switch o.GetKind() {
@@ -880,7 +881,7 @@ func apiReason(err error) string {
 type ConnectTimeoutError struct {
 	Name       string
 	Timeout    time.Duration
-	Conditions []ClusterCondition
+	Conditions []kubesphere.ClusterCondition
 	// Agent describes the agent pods; Logs are the last agent log lines (secrets scrubbed).
 	Agent []string
 	Logs  []string
@@ -906,8 +907,8 @@ func (e *ConnectTimeoutError) Error() string {
 }
 
 func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) error {
-	var conds []ClusterCondition
-	phase := ConditionAgentAvailable
+	var conds []kubesphere.ClusterCondition
+	phase := kubesphere.ConditionAgentAvailable
 	for {
 		c, err := GetCluster(ctx, j.host, j.opts.Name)
 		observed := ""
@@ -919,18 +920,18 @@ func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) e
 		default:
 			conds = ClusterConditions(c)
 			j.result.Conditions = conds
-			if conditionTrue(conds, ConditionAgentAvailable) && phase == ConditionAgentAvailable {
+			if conditionTrue(conds, kubesphere.ConditionAgentAvailable) && phase == kubesphere.ConditionAgentAvailable {
 				j.rep.Step("host: the agent connected to the proxy (AgentAvailable=True)")
-				phase = ConditionReady
+				phase = kubesphere.ConditionReady
 			}
-			if phase == ConditionReady && conditionTrue(conds, ConditionReady) {
+			if phase == kubesphere.ConditionReady && conditionTrue(conds, kubesphere.ConditionReady) {
 				j.rep.Step(fmt.Sprintf("host: Cluster %s is Ready", j.opts.Name))
 				return nil
 			}
 			observed = DescribeConditions(conds)
 		}
 		what := "the agent to connect (AgentAvailable)"
-		if phase == ConditionReady {
+		if phase == kubesphere.ConditionReady {
 			what = "KubeSphere to reach the member (Ready)"
 		}
 		j.rep.Progress(fmt.Sprintf("waiting for %s: %s (%s left)", what, observed, max(time.Until(j.deadline).Round(time.Second), 0)))
@@ -946,11 +947,11 @@ func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) e
 }
 
 // diagnose gathers what a timed-out join saw and guesses the cause.
-func (j *Join) diagnose(ctx context.Context, st *joinState, conds []ClusterCondition, token string) error {
+func (j *Join) diagnose(ctx context.Context, st *joinState, conds []kubesphere.ClusterCondition, token string) error {
 	e := &ConnectTimeoutError{Name: j.opts.Name, Timeout: j.opts.Timeout, Conditions: conds}
 	scrub := func(s string) string { return manifests.Scrub(s, token, j.jwt.Reveal()) }
 	sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: manifests.AgentSelector()})
-	pods, err := j.member.Kube.CoreV1().Pods(manifests.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	pods, err := j.member.Kube.CoreV1().Pods(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	var notRunning string
 	if err != nil {
 		e.Agent = append(e.Agent, "cannot list: "+scrub(err.Error()))
@@ -967,7 +968,7 @@ func (j *Join) diagnose(ctx context.Context, st *joinState, conds []ClusterCondi
 		}
 		tail := int64(15)
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		raw, err := j.member.Kube.CoreV1().Pods(manifests.AgentNamespace).GetLogs(pod.Name, &corev1.PodLogOptions{TailLines: &tail}).Do(lctx).Raw()
+		raw, err := j.member.Kube.CoreV1().Pods(kubesphere.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{TailLines: &tail}).Do(lctx).Raw()
 		cancel()
 		if err == nil {
 			logText = scrub(string(raw))
@@ -985,7 +986,7 @@ func (j *Join) diagnose(ctx context.Context, st *joinState, conds []ClusterCondi
 }
 
 // likelyCause maps what was observed to the most probable reason a member did not connect.
-func likelyCause(conds []ClusterCondition, notRunning, logs, proxy, hostFlag, memberFlag string) string {
+func likelyCause(conds []kubesphere.ClusterCondition, notRunning, logs, proxy, hostFlag, memberFlag string) string {
 	l := strings.ToLower(logs)
 	has := func(subs ...string) bool {
 		for _, s := range subs {
@@ -998,9 +999,9 @@ func likelyCause(conds []ClusterCondition, notRunning, logs, proxy, hostFlag, me
 	switch {
 	case notRunning != "":
 		return notRunning + ": check kubectl -n kubesphere-system describe pods -l app=agent" + memberFlag
-	case conditionTrue(conds, ConditionAgentAvailable):
+	case conditionTrue(conds, kubesphere.ConditionAgentAvailable):
 		msg := ""
-		if c := FindCondition(conds, ConditionReady); c != nil && c.Message != "" {
+		if c := FindCondition(conds, kubesphere.ConditionReady); c != nil && c.Message != "" {
 			msg = " (" + c.Message + ")"
 		}
 		return "the agent is connected but KubeSphere cannot reach the member through the tunnel" + msg +
@@ -1012,7 +1013,7 @@ func likelyCause(conds []ClusterCondition, notRunning, logs, proxy, hostFlag, me
 	case has("connection refused", "i/o timeout", "no route to host", "no such host", "deadline exceeded", "timeout", "eof", "bad handshake"):
 		return "the proxy address " + proxy + " is not reachable from the member (firewall, NodePort, load balancer, or an L7 proxy dropping the Upgrade header): " +
 			"check it from a member node with curl " + proxy + "/health; fix it with kubectl ks-mc init-host --proxy-publish-address" + hostFlag
-	case FindCondition(conds, ConditionInitialized) == nil && FindCondition(conds, ConditionAgentAvailable) == nil:
+	case FindCondition(conds, kubesphere.ConditionInitialized) == nil && FindCondition(conds, kubesphere.ConditionAgentAvailable) == nil:
 		return "the host's proxy has not picked up the Cluster (no Initialized condition): check kubectl -n kubesphere-system logs deployment/tower" + hostFlag
 	default:
 		return "the agent has not connected to the proxy at " + proxy + ": most likely that address is unreachable from the member; check curl " + proxy + "/health from a member node and the agent's logs (kubectl -n kubesphere-system logs deployment/cluster-agent" + memberFlag + ")"

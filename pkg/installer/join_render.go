@@ -13,8 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 // HostProxyAddress resolves the address agents dial, KubeSphere's way: multicluster.proxyPublishAddress
@@ -29,7 +29,7 @@ func HostProxyAddress(ctx context.Context, host *Clients, cc *ClusterConfigurati
 		addr = cc.ProxyPublishAddress()
 	}
 	if addr == "" {
-		if svc, err := host.Kube.CoreV1().Services(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+		if svc, err := host.Kube.CoreV1().Services(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{}); err == nil {
 			addr = LoadBalancerAddress(svc)
 		}
 	}
@@ -39,7 +39,7 @@ func HostProxyAddress(ctx context.Context, host *Clients, cc *ClusterConfigurati
 // RenderAgentOptions select what "kubectl ks-mc render agent" renders.
 type RenderAgentOptions struct {
 	Name       string
-	Tunnel     manifests.Tunnel
+	Tunnel     kubesphere.Tunnel
 	AgentImage string
 	CACertHash string
 	// ProxyAddress overrides the host's published address.
@@ -48,7 +48,7 @@ type RenderAgentOptions struct {
 
 // RenderAgentFor renders the agent of an existing Cluster from the host's data (token, proxy
 // address, agent image, tunnel). The returned objects hold the token: redact before printing.
-func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([]*unstructured.Unstructured, manifests.Tunnel, error) {
+func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([]*unstructured.Unstructured, kubesphere.Tunnel, error) {
 	if err := manifests.ValidateClusterName(o.Name); err != nil {
 		return nil, "", err
 	}
@@ -61,7 +61,7 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 	}
 	token, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "token")
 	if token == "" {
-		return nil, "", fmt.Errorf("cluster %s has no spec.connection.token yet: is the host's proxy running (kubectl -n %s get deployment %s%s)?", o.Name, KubeSphereNamespace, TowerName, host.contextFlag())
+		return nil, "", fmt.Errorf("cluster %s has no spec.connection.token yet: is the host's proxy running (kubectl -n %s get deployment %s%s)?", o.Name, kubesphere.Namespace, kubesphere.TowerName, host.contextFlag())
 	}
 	cc, err := GetClusterConfiguration(ctx, host)
 	if err != nil {
@@ -78,31 +78,31 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 	if addr == "" {
 		return nil, "", fmt.Errorf("the host has no proxy address: %s (or pass --proxy-address)", initHostHint(host))
 	}
-	tower, err := host.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	tower, err := host.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return nil, "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)
+		return nil, "", fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, kubesphere.TowerName, err)
 	}
 	if err != nil {
 		tower = nil
 	}
 	tun := o.Tunnel
-	if tun == "" || tun == manifests.TunnelAuto {
-		tun = manifests.TunnelTower
-		if TunnelOf(tower) == TunnelKsMc {
-			tun = manifests.TunnelKSMC
+	if tun == "" || tun == kubesphere.TunnelAuto {
+		tun = kubesphere.TunnelTower
+		if tower != nil {
+			tun = TunnelOf(tower)
 		}
 	}
 	if err := PlaintextAgentRefused(tun, addr, tower); err != nil {
 		return nil, "", fmt.Errorf("%w: %s", err, PlaintextAgentAdvice(host, addr))
 	}
 	pin := o.CACertHash
-	if pin == "" && tun == manifests.TunnelKSMC && strings.HasPrefix(addr, "https://") {
+	if pin == "" && tun == kubesphere.TunnelKsMc && strings.HasPrefix(addr, "https://") {
 		if pin, err = ProxyCACertHash(ctx, host); err != nil {
 			return nil, "", fmt.Errorf("%w (or pass --ca-cert-hash)", err)
 		}
 	}
 	image := o.AgentImage
-	if image == "" && tun == manifests.TunnelTower {
+	if image == "" && tun == kubesphere.TunnelTower {
 		image = cfg.Multicluster.AgentImage
 	}
 	objs, err := manifests.RenderAgent(tun, manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: addr, Image: image, CACertHash: pin})
@@ -113,8 +113,8 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 // on the path could pose as the proxy and act with the agent's cluster-admin identity), and the
 // ks-mc proxy refuses plaintext agents unless init-host rendered it with --allow-plaintext-agents.
 // The host's consent is read from the tower Deployment's arguments.
-func PlaintextAgentRefused(tun manifests.Tunnel, addr string, tower *appsv1.Deployment) error {
-	if tun != manifests.TunnelKSMC || !strings.HasPrefix(addr, "http://") || manifests.ProxyAllowsPlaintextAgents(tower) {
+func PlaintextAgentRefused(tun kubesphere.Tunnel, addr string, tower *appsv1.Deployment) error {
+	if tun != kubesphere.TunnelKsMc || !strings.HasPrefix(addr, "http://") || manifests.ProxyAllowsPlaintextAgents(tower) {
 		return nil
 	}
 	return fmt.Errorf("the proxy address %s is plain http, and the host's ks-mc proxy refuses agents without TLS (the token would travel in clear text)", addr)
@@ -130,17 +130,17 @@ func PlaintextAgentAdvice(host *Clients, addr string) string {
 // (kubesphere-system/ks-mc-proxy-ca, created by the proxy on first start): the sha256 of the CA
 // certificate's public key, computed from the certificate itself.
 func ProxyCACertHash(ctx context.Context, host *Clients) (string, error) {
-	s, err := host.Kube.CoreV1().Secrets(KubeSphereNamespace).Get(ctx, tunnel.DefaultCASecretName, metav1.GetOptions{})
+	s, err := host.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.CASecretName, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read the proxy CA (Secret %s/%s): %w", KubeSphereNamespace, tunnel.DefaultCASecretName, err)
+		return "", fmt.Errorf("read the proxy CA (Secret %s/%s): %w", kubesphere.Namespace, kubesphere.CASecretName, err)
 	}
 	block, _ := pem.Decode(s.Data[corev1.TLSCertKey])
 	if block == nil {
-		return "", fmt.Errorf("Secret %s/%s has no PEM certificate in %s", KubeSphereNamespace, tunnel.DefaultCASecretName, corev1.TLSCertKey)
+		return "", fmt.Errorf("Secret %s/%s has no PEM certificate in %s", kubesphere.Namespace, kubesphere.CASecretName, corev1.TLSCertKey)
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return "", fmt.Errorf("Secret %s/%s: parse the CA certificate: %w", KubeSphereNamespace, tunnel.DefaultCASecretName, err)
+		return "", fmt.Errorf("Secret %s/%s: parse the CA certificate: %w", kubesphere.Namespace, kubesphere.CASecretName, err)
 	}
-	return tunnel.CACertHash(cert), nil
+	return kubesphere.CACertHash(cert), nil
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // ClusterRow is one Cluster of a host, as "kubectl ks-mc status" shows it.
@@ -29,10 +31,10 @@ type ClusterRow struct {
 	// not a proxy connection.
 	Live string `json:"live,omitempty"`
 	// LiveEvidence is what the probe saw; LatencyMS its measured round trip.
-	LiveEvidence []string           `json:"liveEvidence,omitempty"`
-	LatencyMS    *float64           `json:"latencyMs,omitempty"`
-	UID          string             `json:"uid,omitempty"`
-	Conditions   []ClusterCondition `json:"conditions,omitempty"`
+	LiveEvidence []string                      `json:"liveEvidence,omitempty"`
+	LatencyMS    *float64                      `json:"latencyMs,omitempty"`
+	UID          string                        `json:"uid,omitempty"`
+	Conditions   []kubesphere.ClusterCondition `json:"conditions,omitempty"`
 }
 
 // ContextRole is the KubeSphere role of one kubeconfig context.
@@ -54,9 +56,9 @@ type StatusReport struct {
 
 // ClusterRowOf summarises a Cluster object.
 func ClusterRowOf(c *unstructured.Unstructured) ClusterRow {
-	row := ClusterRow{Name: c.GetName(), Role: RoleMember, Agent: "-", Ready: "Unknown"}
+	row := ClusterRow{Name: c.GetName(), Role: kubesphere.RoleMember, Agent: "-", Ready: "Unknown"}
 	if IsHostCluster(c) {
-		row.Role = RoleHost
+		row.Role = kubesphere.RoleHost
 	}
 	row.Connection, _, _ = unstructured.NestedString(c.Object, "spec", "connection", "type")
 	row.KubernetesVersion, _, _ = unstructured.NestedString(c.Object, "status", "kubernetesVersion")
@@ -70,11 +72,11 @@ func ClusterRowOf(c *unstructured.Unstructured) ClusterRow {
 	row.Conditions = ClusterConditions(c)
 	if row.Connection == "proxy" {
 		row.Agent = "Disconnected"
-		if conditionTrue(row.Conditions, ConditionAgentAvailable) {
+		if conditionTrue(row.Conditions, kubesphere.ConditionAgentAvailable) {
 			row.Agent = "Connected"
 		}
 	}
-	if r := FindCondition(row.Conditions, ConditionReady); r != nil {
+	if r := FindCondition(row.Conditions, kubesphere.ConditionReady); r != nil {
 		row.Ready = r.Status
 		if r.Status != "True" {
 			row.Message = r.Message
@@ -108,8 +110,8 @@ func Status(ctx context.Context, host *Clients, contexts []*Clients) (*StatusRep
 		}
 		sort.Slice(rep.Clusters, func(a, b int) bool {
 			ra, rb := rep.Clusters[a], rep.Clusters[b]
-			if (ra.Role == RoleHost) != (rb.Role == RoleHost) {
-				return ra.Role == RoleHost
+			if (ra.Role == kubesphere.RoleHost) != (rb.Role == kubesphere.RoleHost) {
+				return ra.Role == kubesphere.RoleHost
 			}
 			return ra.Name < rb.Name
 		})

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -130,7 +131,7 @@ func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep 
 				res.Name = agentInfo.ClusterName
 			}
 			if res.Name != "" && agentInfo.ClusterName != "" && agentInfo.ClusterName != res.Name {
-				rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", manifests.AgentNamespace, manifests.AgentName, agentInfo.ClusterName, res.Name))
+				rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", kubesphere.Namespace, kubesphere.AgentName, agentInfo.ClusterName, res.Name))
 				agentPresent = false
 			}
 		}
@@ -141,7 +142,7 @@ func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep 
 		obj := "host Cluster " + cluster.GetName()
 		change(obj, "delete", "KubeSphere unregisters the member")
 		if opts.DryRun != DryRunClient {
-			err := host.Dynamic.Resource(manifests.ClusterGVR).Delete(ctx, cluster.GetName(), metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
+			err := host.Dynamic.Resource(kubesphere.ClusterGVR).Delete(ctx, cluster.GetName(), metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
 			if err != nil && !apierrors.IsNotFound(err) {
 				return res, fmt.Errorf("delete Cluster %s on the host: %w", cluster.GetName(), err)
 			}
@@ -156,21 +157,21 @@ func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep 
 	// 2. The agent on the member.
 	if memberErr == nil {
 		if agentPresent {
-			change(fmt.Sprintf("member deployment %s/%s", manifests.AgentNamespace, manifests.AgentName), "delete", fmt.Sprintf("the %s agent", agentInfo.Tunnel))
+			change(fmt.Sprintf("member deployment %s/%s", kubesphere.Namespace, kubesphere.AgentName), "delete", fmt.Sprintf("the %s agent", agentInfo.Tunnel))
 			if opts.DryRun != DryRunClient {
-				err := member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, manifests.AgentName, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
+				err := member.Kube.AppsV1().Deployments(kubesphere.Namespace).Delete(ctx, kubesphere.AgentName, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
 				if err != nil && !apierrors.IsNotFound(err) {
-					return res, fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
+					return res, fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, kubesphere.AgentName, err)
 				}
 			}
 		}
-		sec, err := member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
-		if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue && (agentPresent || agentInfo.ClusterName == "") {
-			change(fmt.Sprintf("member secret %s/%s", manifests.AgentNamespace, manifests.AgentTokenSecretName), "delete", "the agent token")
+		sec, err := member.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{})
+		if err == nil && sec.Labels[kubesphere.ManagedByLabel] == kubesphere.ManagedByValue && (agentPresent || agentInfo.ClusterName == "") {
+			change(fmt.Sprintf("member secret %s/%s", kubesphere.Namespace, kubesphere.AgentTokenSecretName), "delete", "the agent token")
 			if opts.DryRun != DryRunClient {
-				err := member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Delete(ctx, manifests.AgentTokenSecretName, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
+				err := member.Kube.CoreV1().Secrets(kubesphere.Namespace).Delete(ctx, kubesphere.AgentTokenSecretName, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
 				if err != nil && !apierrors.IsNotFound(err) {
-					return res, fmt.Errorf("member: delete secret %s/%s: %w", manifests.AgentNamespace, manifests.AgentTokenSecretName, err)
+					return res, fmt.Errorf("member: delete secret %s/%s: %w", kubesphere.Namespace, kubesphere.AgentTokenSecretName, err)
 				}
 			}
 		}
@@ -181,8 +182,8 @@ func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep 
 		res.LeftBehind = append(res.LeftBehind,
 			fmt.Sprintf("on the member (unreachable): Deployment %s/%s, Secret %s/%s (ks-mc agent only) and the member settings in its ClusterConfiguration; "+
 				"if it comes back, delete them: kubectl -n %s delete deployment %s; kubectl -n %s delete secret %s --ignore-not-found",
-				manifests.AgentNamespace, manifests.AgentName, manifests.AgentNamespace, manifests.AgentTokenSecretName,
-				manifests.AgentNamespace, manifests.AgentName, manifests.AgentNamespace, manifests.AgentTokenSecretName))
+				kubesphere.Namespace, kubesphere.AgentName, kubesphere.Namespace, kubesphere.AgentTokenSecretName,
+				kubesphere.Namespace, kubesphere.AgentName, kubesphere.Namespace, kubesphere.AgentTokenSecretName))
 	}
 	res.Changed = len(res.Changes) > 0
 	return res, nil
@@ -275,7 +276,7 @@ func webhookReason(err error) string {
 var finalizersNull = []byte(`{"metadata":{"finalizers":null}}`)
 
 func removeFinalizers(ctx context.Context, host *Clients, name string) error {
-	_, err := host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull, metav1.PatchOptions{FieldManager: FieldManager})
+	_, err := host.Dynamic.Resource(kubesphere.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull, metav1.PatchOptions{FieldManager: kubesphere.FieldManager})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -283,8 +284,8 @@ func removeFinalizers(ctx context.Context, host *Clients, name string) error {
 }
 
 func removeFinalizersDryRun(ctx context.Context, host *Clients, name string) error {
-	_, err := host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull,
-		metav1.PatchOptions{FieldManager: FieldManager, DryRun: []string{metav1.DryRunAll}})
+	_, err := host.Dynamic.Resource(kubesphere.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull,
+		metav1.PatchOptions{FieldManager: kubesphere.FieldManager, DryRun: []string{metav1.DryRunAll}})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -323,7 +324,7 @@ func removeFinalizersPastWebhook(ctx context.Context, host *Clients, name string
 	restore := func() error {
 		var err error
 		for i := 0; i < 5; i++ {
-			if _, err = api.Create(ctx, saved, metav1.CreateOptions{FieldManager: FieldManager}); err == nil || apierrors.IsAlreadyExists(err) {
+			if _, err = api.Create(ctx, saved, metav1.CreateOptions{FieldManager: kubesphere.FieldManager}); err == nil || apierrors.IsAlreadyExists(err) {
 				return nil
 			}
 			select {

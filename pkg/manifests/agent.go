@@ -20,59 +20,23 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/version"
 )
 
 //go:embed templates/agent-tower.yaml templates/agent-ksmc.yaml templates/cluster.yaml
 var agentTemplateFS embed.FS
 
-// Names of the agent objects on a member (the same for both tunnels, so switching tunnels replaces
-// the Deployment instead of running two agents).
-const (
-	AgentNamespace      = "kubesphere-system"
-	AgentName           = "cluster-agent"
-	AgentServiceAccount = "kubesphere"
-	// AgentTokenSecretName holds the bundled agent's token (key AgentTokenSecretKey).
-	AgentTokenSecretName = "cluster-agent-token"
-	AgentTokenSecretKey  = "token"
-	// AgentTokenMountPath is where the bundled agent reads its token file.
-	AgentTokenMountPath = "/var/run/secrets/ks-mc/agent"
-	// KubeSphereAgentImage is the Tower agent image of KubeSphere 3.4 (multicluster.agentImage default).
-	KubeSphereAgentImage = "kubesphere/tower:v0.2.1"
-	// ManagedByLabel marks objects ks-mc created.
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedByValue = "ks-mc"
-)
+// The names of the agent objects on a member (kubesphere.AgentName, kubesphere.AgentTokenSecretName,
+// ...) are in pkg/kubesphere.
+
+// AgentTokenMountPath is where the bundled agent reads its token file.
+const AgentTokenMountPath = "/var/run/secrets/ks-mc/agent"
 
 // AgentSelector are the labels KubeSphere gives its agent pods (kept for the bundled agent too:
 // a Deployment's selector is immutable).
 func AgentSelector() map[string]string {
 	return map[string]string{"app": "agent", "app.kubernetes.io/part-of": "tower"}
-}
-
-// Tunnel names which agent/proxy pair connects a member.
-type Tunnel string
-
-const (
-	// TunnelTower is KubeSphere's own Tower agent.
-	TunnelTower Tunnel = "tower"
-	// TunnelKSMC is the agent bundled in the ks-mc binary.
-	TunnelKSMC Tunnel = "ks-mc"
-	// TunnelAuto picks from what the host runs.
-	TunnelAuto Tunnel = "auto"
-)
-
-// ParseTunnel accepts tower, ks-mc (or ksmc) and auto ("" = auto).
-func ParseTunnel(s string) (Tunnel, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", "auto":
-		return TunnelAuto, nil
-	case "tower":
-		return TunnelTower, nil
-	case "ks-mc", "ksmc":
-		return TunnelKSMC, nil
-	}
-	return "", fmt.Errorf("invalid tunnel %q: use tower, ks-mc or auto", s)
 }
 
 // AgentValues are the inputs of both agent renderings.
@@ -91,7 +55,7 @@ type AgentValues struct {
 }
 
 // Validate checks the values for the given tunnel. Errors never quote the token.
-func (v AgentValues) Validate(t Tunnel) error {
+func (v AgentValues) Validate(t kubesphere.Tunnel) error {
 	if v.ClusterName == "" {
 		return fmt.Errorf("agent: cluster name is required")
 	}
@@ -103,8 +67,8 @@ func (v AgentValues) Validate(t Tunnel) error {
 		return fmt.Errorf("agent: proxy address %q must be http(s)://host[:port]", v.ProxyServer)
 	}
 	switch t {
-	case TunnelTower:
-	case TunnelKSMC:
+	case kubesphere.TunnelTower:
+	case kubesphere.TunnelKsMc:
 		if u.Scheme == "https" && v.CACertHash == "" {
 			return fmt.Errorf("agent: the proxy address %s is https but no CA hash is known to pin it", v.ProxyServer)
 		}
@@ -128,31 +92,31 @@ type agentTemplateData struct {
 
 // RenderAgent renders the objects to apply on the member: for Tower the Deployment alone (token on
 // its command line, as KubeSphere does), for the bundled agent a token Secret and the Deployment.
-func RenderAgent(t Tunnel, v AgentValues) ([]*unstructured.Unstructured, error) {
+func RenderAgent(t kubesphere.Tunnel, v AgentValues) ([]*unstructured.Unstructured, error) {
 	if err := v.Validate(t); err != nil {
 		return nil, err
 	}
 	d := agentTemplateData{
-		AgentValues: v, Name: AgentName, Namespace: AgentNamespace, ServiceAccount: AgentServiceAccount,
-		SecretName: AgentTokenSecretName, SecretKey: AgentTokenSecretKey, TokenMountPath: AgentTokenMountPath,
+		AgentValues: v, Name: kubesphere.AgentName, Namespace: kubesphere.Namespace, ServiceAccount: kubesphere.ServiceAccount,
+		SecretName: kubesphere.AgentTokenSecretName, SecretKey: kubesphere.AgentTokenSecretKey, TokenMountPath: AgentTokenMountPath,
 		Selector: AgentSelector(),
 	}
 	var tmpl string
 	switch t {
-	case TunnelTower:
+	case kubesphere.TunnelTower:
 		tmpl = "templates/agent-tower.yaml"
 		if d.Image == "" {
-			d.Image = KubeSphereAgentImage
+			d.Image = kubesphere.DefaultAgentImage
 		}
 		// Exactly KubeSphere's labels, so that the console and ks-mc see the same agent.
 		d.Labels = AgentSelector()
-	case TunnelKSMC:
+	case kubesphere.TunnelKsMc:
 		tmpl = "templates/agent-ksmc.yaml"
 		if d.Image == "" {
 			d.Image = version.Image()
 		}
 		d.Labels = AgentSelector()
-		d.Labels[ManagedByLabel] = ManagedByValue
+		d.Labels[kubesphere.ManagedByLabel] = kubesphere.ManagedByValue
 		sum := sha256.Sum256([]byte("ks-mc-agent\x00" + v.Token + "\x00" + v.CACertHash + "\x00" + v.ProxyServer + "\x00" + v.ClusterName))
 		d.ConfigHash = hex.EncodeToString(sum[:8])
 	}
