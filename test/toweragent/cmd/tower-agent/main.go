@@ -25,6 +25,9 @@ import (
 	"github.com/ks-mc/ks-mc/test/toweragent"
 )
 
+// ServiceAccountDirEnv replaces /var/run/secrets/kubernetes.io/serviceaccount (test hook).
+const ServiceAccountDirEnv = "TOWER_AGENT_SERVICE_ACCOUNT_DIR"
+
 func main() {
 	o := toweragent.DefaultOptions()
 	cmd := &cobra.Command{
@@ -40,6 +43,9 @@ func main() {
 			klog.Infof("Server set to %s", o.Server)
 			klog.Infof("KeepAlive set to %s", o.KeepAlive)
 			o.Logf = klog.Infof
+			// The sandbox has no service-account mount: it writes the pod's token and ca.crt into a
+			// directory of its own and names it here (not a flag: the flags stay Tower's).
+			o.ServiceAccountDir = os.Getenv(ServiceAccountDirEnv)
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			err := toweragent.Run(ctx, o)
