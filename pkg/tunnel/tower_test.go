@@ -30,6 +30,7 @@ type towerOpts struct {
 	payload        []byte             // overrides the marshalled config
 	mutate         func(*TowerConfig) // adjusts the config before marshalling
 	header         http.Header
+	plain          bool // ws:// even to a TLS proxy port
 }
 
 type towerClient struct {
@@ -90,7 +91,11 @@ func (h *harness) towerDial(o towerOpts) (*towerClient, error) {
 		},
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // Tower agents verify nothing either
 	}
-	ws, resp, err := d.Dial(h.towerURL(), o.header)
+	u := h.towerURL()
+	if o.plain {
+		u = "ws://" + h.addr + "/"
+	}
+	ws, resp, err := d.Dial(u, o.header)
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("upgrade: %s: %w", resp.Status, err)
@@ -298,6 +303,23 @@ func TestTowerAgentServes(t *testing.T) {
 				t.Fatal("a token reached the log")
 			}
 		})
+	}
+}
+
+// TestTowerPlaintextOnTLSPort: a proxy port with TLS that refuses plaintext ks-mc agents still
+// serves Tower agents over ws:// (what every KubeSphere agent Deployment dials).
+func TestTowerPlaintextOnTLSPort(t *testing.T) {
+	h := newHarness(t, "tls")
+	h.tweak = func(pc *ProxyConfig) { pc.AllowPlaintextAgents = false }
+	p := h.start()
+	h.mustTower(towerOpts{plain: true})
+	h.waitAgents(1)
+	if p.Protocol(testCluster) != ProtocolTower {
+		t.Fatal("tower agent over ws:// not served")
+	}
+	resp, _ := rawRequest(t, h.addr, upgradeRequest(testCluster, testToken))
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("plaintext ks-mc agent: %s, want 403", resp.Status)
 	}
 }
 
