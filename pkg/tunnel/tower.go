@@ -312,7 +312,13 @@ func (p *Proxy) dialTower(cluster string, h StreamHeader) (net.Conn, error) {
 	if s == nil {
 		return nil, ErrNoAgent
 	}
-	c, err := s.stream(h)
+	var c net.Conn
+	var err error
+	if p.cfg.MaxStreamsPerCluster > 0 && p.towerOpen(cluster) >= int64(p.cfg.MaxStreamsPerCluster) {
+		err = &streamLimitError{scope: "cluster"}
+	} else {
+		c, err = s.stream(h)
+	}
 	if err != nil {
 		var sl *streamLimitError
 		if errors.As(err, &sl) {
@@ -325,6 +331,15 @@ func (p *Proxy) dialTower(cluster string, h StreamHeader) (net.Conn, error) {
 	p.metrics.protoStreams.add(ProtocolTower)
 	p.metrics.streamsOpen.Add(1)
 	return &countedConn{Conn: c, dec: &p.metrics.streamsOpen}, nil
+}
+
+// towerOpen is the number of streams open over the cluster's Tower sessions.
+func (p *Proxy) towerOpen(cluster string) int64 {
+	var n int64
+	for _, s := range p.tower.reg.sessions(cluster) {
+		n += s.open.Load()
+	}
+	return n
 }
 
 // ksmcSessionsChanged is called after a ks-mc session of cluster connected or left: while one is

@@ -537,6 +537,45 @@ func TestTowerAgentChannelRefused(t *testing.T) {
 	}
 }
 
+// TestTowerStreamCaps: the per-session and per-cluster stream caps hold for Tower sessions too
+// (503 with a Status, the session stays).
+func TestTowerStreamCaps(t *testing.T) {
+	for _, scope := range []string{"session", "cluster"} {
+		t.Run(scope, func(t *testing.T) {
+			h := newHarness(t, "tcp")
+			cfg := testConfig()
+			if scope == "session" {
+				cfg.MaxStreamsPerSession = 1
+			}
+			h.cfg = cfg
+			h.tweak = func(pc *ProxyConfig) {
+				if scope == "cluster" {
+					pc.MaxStreamsPerCluster = 1
+				}
+			}
+			p := h.start()
+			h.mustTower(towerOpts{})
+			h.waitAgents(1)
+			h.listen()
+			wr, err := h.client(true).Get(h.kubeURL("/watch"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer wr.Body.Close()
+			if _, err := bufio.NewReader(wr.Body).ReadString('\n'); err != nil {
+				t.Fatal(err)
+			}
+			resp, body, err := h.get(h.client(true), "/api/v1/namespaces/default", "")
+			if err != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "too many open streams") {
+				t.Fatalf("beyond the cap: %v %v %q", resp, err, body)
+			}
+			if p.metrics.streamLimited.get(scope) == 0 || p.TowerAgents(testCluster) != 1 {
+				t.Fatalf("limit %v, agents %d", p.metrics.streamLimited.snapshot(), p.TowerAgents(testCluster))
+			}
+		})
+	}
+}
+
 // TestTowerHalfOpen: a Tower session whose connection goes silent is dropped by the proxy's
 // keepalive (Tower's proxy never pings), and a request then gets 503 instead of hanging.
 func TestTowerHalfOpen(t *testing.T) {
