@@ -757,3 +757,30 @@ func TestTowerToKsMCSwitch(t *testing.T) {
 	}
 	_ = a
 }
+
+// TestTowerFallbackWhenKsMCLeaves: a migration that fails (the ks-mc agent goes again) leaves the
+// member on its Tower agent: requests are served through the Tower session again.
+func TestTowerFallbackWhenKsMCLeaves(t *testing.T) {
+	h := newHarness(t, "tcp")
+	p := h.start()
+	tw := h.mustTower(towerOpts{})
+	h.waitAgents(1)
+	h.listen()
+	a := h.startAgent(agentOpts{})
+	h.waitAgents(2)
+	client := h.client(true)
+	if resp, _, err := h.get(client, "/api/v1/namespaces/default", ""); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("with both: %v %v", resp, err)
+	}
+	a.stop()
+	h.waitAgents(1)
+	before := len(tw.dialed())
+	for i := 0; i < 3; i++ {
+		if resp, _, err := h.get(client, "/api/v1/namespaces/default", ""); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("after the ks-mc agent left: %v %v", resp, err)
+		}
+	}
+	if p.Protocol(testCluster) != ProtocolTower || len(tw.dialed()) == before {
+		t.Fatalf("protocol %q, tower channels %d→%d", p.Protocol(testCluster), before, len(tw.dialed()))
+	}
+}
