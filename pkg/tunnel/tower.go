@@ -216,8 +216,8 @@ func newTowerForwarder(s *towerSession, log logr.Logger) *forwarder {
 			DialContext:         dial(t.kube),
 			TLSClientConfig:     tlsCfg,
 			TLSHandshakeTimeout: 10 * time.Second,
-			MaxIdleConns:        h1IdleConnsPerHost,
-			MaxIdleConnsPerHost: h1IdleConnsPerHost,
+			MaxIdleConns:        towerIdleConns,
+			MaxIdleConnsPerHost: towerIdleConns,
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true, // transparency: see newForwarder
 			ForceAttemptHTTP2:   !h1,
@@ -256,6 +256,9 @@ func (b *bearerRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) 
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return b.rt.RoundTrip(r)
 }
+
+// towerIdleConns is the idle pool towards the member's kube-apiserver (as the ks-mc agent's).
+const towerIdleConns = 256
 
 // towerState is the proxy's Tower side.
 type towerState struct {

@@ -1,4 +1,4 @@
-package tunnel
+package kube
 
 import "github.com/ks-mc/ks-mc/pkg/kubesphere"
 
