@@ -266,6 +266,8 @@ func TestRecordRealAgent(t *testing.T) {
 			}
 			return func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 		})
+	rec.Notes = []string{"The agent side (upgradeRequest, clientFrames, clientBanner, clientKexInit, auth, requests, channels) is the real Tower v0.2.1 agent; the server side is the recording server of test/toweragent/honest_test.go (x/crypto v0.36), not Tower's proxy.",
+		"Values of Sec-WebSocket-Key, Host and the SSH cookies are random or per run and are kept by length only; Token, CAData, CertData, KeyData and BearerToken are redacted."}
 	saveRecording(t, "agent-v0.2.1.json", rec)
 }
 
@@ -463,6 +465,8 @@ func TestRecordRealProxy(t *testing.T) {
 				KubernetesSvcHost: "10.96.0.1:443", KubeSphereSvcHost: "ks-apiserver.kubesphere-system.svc:80"})
 			return b
 		})
+	rec.Notes = []string{"The proxy side (upgradeResponse, serverFrames, serverBanner, serverKexInit, hostKeyType, configReply, refusedReply, channels) is the real Tower v0.2.1 proxy; the client side is the recording client of test/toweragent/honest_test.go (x/crypto v0.36, gorilla v1.5.4), not Tower's agent.",
+		"refusedReply is the answer to a wrong token; channels: the channel Tower's proxy opened for a request on the Cluster's ks-apiserver listener (its extra data is the agent's KubeSphereSvcHost)."}
 	saveRecording(t, "proxy-v0.2.1.json", rec)
 }
 
