@@ -108,6 +108,12 @@ func newRecordServer(t *testing.T, rec *Recording) *recordServer {
 	}
 	rs.addr = ln.Addr().String()
 	rs.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-rs.done: // one recorded connection; the agent's reconnects are turned away
+			http.Error(w, "recorded", http.StatusServiceUnavailable)
+			return
+		default:
+		}
 		ws, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return

@@ -181,7 +181,9 @@ func teeListen(target string, rec *Recording) (addr string, done func(), err err
 // pump copies src to dst and parses what client (true) or server sent.
 func (t *tee) pump(src, dst net.Conn, client bool) {
 	pr, pw := io.Pipe()
+	parsed := make(chan struct{})
 	go func() {
+		defer close(parsed)
 		t.parse(bufio.NewReader(pr), client)
 		_, _ = io.Copy(io.Discard, pr)
 	}()
@@ -189,6 +191,7 @@ func (t *tee) pump(src, dst net.Conn, client bool) {
 	_ = pw.Close()
 	_ = dst.Close()
 	_ = src.Close()
+	<-parsed // the recording is complete when the tee is done
 }
 
 func readHead(br *bufio.Reader) (string, error) {
@@ -261,8 +264,9 @@ func (t *tee) parse(br *bufio.Reader, client bool) {
 		return
 	}
 	sshR, sshW := io.Pipe()
-	go t.parseSSH(bufio.NewReader(sshR), client)
-	defer sshW.Close()
+	sshDone := make(chan struct{})
+	go func() { defer close(sshDone); t.parseSSH(bufio.NewReader(sshR), client) }()
+	defer func() { _ = sshW.Close(); <-sshDone }()
 	for {
 		var h [2]byte
 		if _, err := io.ReadFull(br, h[:]); err != nil {
