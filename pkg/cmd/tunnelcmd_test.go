@@ -60,6 +60,10 @@ func TestProxyRefusesPlaintextAgentsByDefault(t *testing.T) {
 	if o := NewProxyOptions(genericiooptions.IOStreams{}); o.AllowPlaintextAgents || !o.TLS {
 		t.Fatalf("defaults: tls %v, allow-plaintext-agents %v; want TLS and plaintext agents refused", o.TLS, o.AllowPlaintextAgents)
 	}
+	// Tower v0.2.x agents (ws://, Clusters not moved to the ks-mc agent) are served by default.
+	if o := NewProxyOptions(genericiooptions.IOStreams{}); o.TowerAgents != "auto" {
+		t.Fatalf("default --tower-agents %q, want auto", o.TowerAgents)
+	}
 }
 
 func TestProxyFlagValidation(t *testing.T) {
@@ -73,6 +77,7 @@ func TestProxyFlagValidation(t *testing.T) {
 		{[]string{"proxy", "--metrics-bind-address=9090"}, "--metrics-bind-address must be IP:port"},
 		// Plaintext agents are refused by default: --tls=false alone leaves no way in.
 		{[]string{"proxy", "--tls=false"}, "--tls=false needs --allow-plaintext-agents"},
+		{[]string{"proxy", "--tower-agents=always"}, "--tower-agents must be auto or never"},
 	} {
 		out, err := runRoot(t, tc.args...)
 		if err == nil || !strings.Contains(out, tc.want) {
