@@ -77,6 +77,9 @@ type joinState struct {
 	agent              *appsv1.Deployment
 	// caHash pins the bundled proxy's CA (https proxy addresses).
 	caHash string
+	// agentName is the agent Deployment to render: manifests.AgentName, or MigratedAgentName on a
+	// member moved by migrate (the ks-mc agent keeps the Deployment it was migrated to).
+	agentName string
 }
 
 // Join connects a member to a host through the agent tunnel. It never prints: progress goes to
@@ -338,6 +341,10 @@ func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState)
 		return false
 	}
 	st.agent = agent
+	st.agentName = manifests.AgentName
+	if agent != nil && agent.Name == manifests.MigratedAgentName {
+		st.agentName = manifests.MigratedAgentName
+	}
 	return true
 }
 
@@ -641,10 +648,15 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 
 // clusterValues renders the desired Cluster.
 func (j *Join) renderCluster(st *joinState) (*unstructured.Unstructured, error) {
-	return manifests.RenderCluster(manifests.ClusterValues{
+	v := manifests.ClusterValues{
 		Name: j.opts.Name, Provider: j.opts.Provider, Description: j.opts.Description, Group: j.opts.Group,
 		Region: j.opts.Region, MemberUID: st.memberUID, Labels: j.opts.Labels,
-	})
+	}
+	if st.tunnel == manifests.TunnelKSMC {
+		// The proxy then never serves a Tower agent for this Cluster (downgrade protection).
+		v.Annotations = map[string]string{manifests.AgentProtocolAnnotation: manifests.AgentProtocolKsMc}
+	}
+	return manifests.RenderCluster(v)
 }
 
 // subsetOf reports whether every field of want is present with the same value in have.
@@ -760,6 +772,7 @@ func (j *Join) waitToken(ctx context.Context, cluster *unstructured.Unstructured
 func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) error {
 	objs, err := manifests.RenderAgent(st.tunnel, manifests.AgentValues{
 		ClusterName: j.opts.Name, Token: token, ProxyServer: st.proxyAddress, Image: st.agentImage, CACertHash: st.caHash,
+		DeploymentName: agentNameFor(st),
 	})
 	if err != nil {
 		return err
@@ -768,16 +781,17 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	m := side(j.member, "member")
 	// Switching tunnels: the old Deployment's command/args belong to another manager; replace it.
 	if st.agent != nil && InspectAgent(st.agent).Tunnel != st.tunnel {
-		j.change(fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, manifests.AgentName), "delete",
+		j.change(fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, st.agent.Name), "delete",
 			fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel), nil)
 		if j.opts.DryRun != DryRunClient {
-			err := j.member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, manifests.AgentName,
+			err := j.member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, st.agent.Name,
 				metav1.DeleteOptions{DryRun: j.opts.DryRun.apiDryRun()})
 			if err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
+				return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, st.agent.Name, err)
 			}
 		}
 		st.agent = nil
+		st.agentName = manifests.AgentName
 	}
 	for _, o := range objs {
 		obj := fmt.Sprintf("%s %s %s/%s", m, strings.ToLower(o.GetKind()), o.GetNamespace(), o.GetName())
@@ -809,11 +823,19 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	if j.opts.DryRun.Enabled() {
 		return nil
 	}
-	if err := WaitForRollout(ctx, j.member, manifests.AgentNamespace, manifests.AgentName, j.remaining(), j.rep); err != nil {
+	if err := WaitForRollout(ctx, j.member, manifests.AgentNamespace, agentNameFor(st), j.remaining(), j.rep); err != nil {
 		return fmt.Errorf("member: %w", err)
 	}
 	j.rep.Step(fmt.Sprintf("%s: agent rolled out", m))
 	return nil
+}
+
+// agentNameFor is the agent Deployment join renders (manifests.AgentName unless migrated).
+func agentNameFor(st *joinState) string {
+	if st.tunnel == manifests.TunnelKSMC && st.agentName != "" {
+		return st.agentName
+	}
+	return manifests.AgentName
 }
 
 // applyMemberObject server-side applies a rendered Secret or Deployment (field manager ks-mc,
@@ -949,7 +971,7 @@ func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) e
 func (j *Join) diagnose(ctx context.Context, st *joinState, conds []ClusterCondition, token string) error {
 	e := &ConnectTimeoutError{Name: j.opts.Name, Timeout: j.opts.Timeout, Conditions: conds}
 	scrub := func(s string) string { return manifests.Scrub(s, token, j.jwt.Reveal()) }
-	sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: manifests.AgentSelector()})
+	sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: manifests.AgentSelectorFor(agentNameFor(st))})
 	pods, err := j.member.Kube.CoreV1().Pods(manifests.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	var notRunning string
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -118,21 +119,28 @@ func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep 
 	// The member's agent: only one that serves this Cluster (or this host's proxy).
 	var agentInfo AgentInfo
 	agentPresent := false
+	// Every agent Deployment that serves this Cluster: cluster-agent and, on a member moved by
+	// migrate (or stopped half-way), the ks-mc agent next to it.
+	var agents []*appsv1.Deployment
 	if memberErr == nil {
-		d, err := GetAgentDeployment(ctx, member)
+		ds, err := GetAgentDeployments(ctx, member)
 		if err != nil {
 			return res, fmt.Errorf("member: %w", err)
 		}
-		if d != nil {
-			agentInfo = InspectAgent(d)
-			agentPresent = true
+		for _, d := range ds {
+			info := InspectAgent(d)
 			if res.Name == "" {
-				res.Name = agentInfo.ClusterName
+				res.Name = info.ClusterName
 			}
-			if res.Name != "" && agentInfo.ClusterName != "" && agentInfo.ClusterName != res.Name {
-				rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", manifests.AgentNamespace, manifests.AgentName, agentInfo.ClusterName, res.Name))
-				agentPresent = false
+			if res.Name != "" && info.ClusterName != "" && info.ClusterName != res.Name {
+				rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", manifests.AgentNamespace, d.Name, info.ClusterName, res.Name))
+				continue
 			}
+			if !agentPresent {
+				agentInfo = info
+			}
+			agentPresent = true
+			agents = append(agents, d)
 		}
 	}
 
@@ -155,12 +163,12 @@ func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep 
 
 	// 2. The agent on the member.
 	if memberErr == nil {
-		if agentPresent {
-			change(fmt.Sprintf("member deployment %s/%s", manifests.AgentNamespace, manifests.AgentName), "delete", fmt.Sprintf("the %s agent", agentInfo.Tunnel))
+		for _, d := range agents {
+			change(fmt.Sprintf("member deployment %s/%s", manifests.AgentNamespace, d.Name), "delete", fmt.Sprintf("the %s agent", InspectAgent(d).Tunnel))
 			if opts.DryRun != DryRunClient {
-				err := member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, manifests.AgentName, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
+				err := member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, d.Name, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
 				if err != nil && !apierrors.IsNotFound(err) {
-					return res, fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, manifests.AgentName, err)
+					return res, fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, d.Name, err)
 				}
 			}
 		}

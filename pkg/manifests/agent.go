@@ -88,6 +88,10 @@ type AgentValues struct {
 	Image string
 	// CACertHash pins the proxy CA for the bundled agent ("sha256:<hex>"); required with https.
 	CACertHash string
+	// DeploymentName is the bundled agent's Deployment: "" or AgentName, or MigratedAgentName on a
+	// member moved from Tower by migrate (then with MigratedAgentSelector). Tower agents are always
+	// AgentName.
+	DeploymentName string
 }
 
 // Validate checks the values for the given tunnel. Errors never quote the token.
@@ -104,7 +108,13 @@ func (v AgentValues) Validate(t Tunnel) error {
 	}
 	switch t {
 	case TunnelTower:
+		if v.DeploymentName != "" && v.DeploymentName != AgentName {
+			return fmt.Errorf("agent: the Tower agent is always Deployment %s", AgentName)
+		}
 	case TunnelKSMC:
+		if v.DeploymentName != "" && v.DeploymentName != AgentName && v.DeploymentName != MigratedAgentName {
+			return fmt.Errorf("agent: unknown agent Deployment name %q", v.DeploymentName)
+		}
 		if u.Scheme == "https" && v.CACertHash == "" {
 			return fmt.Errorf("agent: the proxy address %s is https but no CA hash is known to pin it", v.ProxyServer)
 		}
@@ -151,7 +161,10 @@ func RenderAgent(t Tunnel, v AgentValues) ([]*unstructured.Unstructured, error) 
 		if d.Image == "" {
 			d.Image = version.Image()
 		}
-		d.Labels = AgentSelector()
+		if v.DeploymentName == MigratedAgentName {
+			d.Name, d.Selector = MigratedAgentName, MigratedAgentSelector()
+		}
+		d.Labels = AgentSelectorFor(d.Name)
 		d.Labels[ManagedByLabel] = ManagedByValue
 		sum := sha256.Sum256([]byte("ks-mc-agent\x00" + v.Token + "\x00" + v.CACertHash + "\x00" + v.ProxyServer + "\x00" + v.ClusterName))
 		d.ConfigHash = hex.EncodeToString(sum[:8])
