@@ -1,5 +1,11 @@
 package manifests
 
+import (
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+)
+
 // Names for a member moved from KubeSphere's Tower agent to the ks-mc agent by "kubectl ks-mc
 // migrate": the ks-mc agent runs NEXT TO the Tower agent until its session serves, so it needs a
 // Deployment of its own, with a selector that does not overlap the Tower agent's (app: agent,
@@ -38,4 +44,26 @@ func AgentSelectorFor(name string) map[string]string {
 		return MigratedAgentSelector()
 	}
 	return AgentSelector()
+}
+
+// ProxyTowerAgentsArg is the ks-mc proxy's flag saying whether it serves Tower agents (values
+// auto, the default, and never).
+const ProxyTowerAgentsArg = "--tower-agents"
+
+// ProxyTowerAgents reads --tower-agents from a rendered proxy Deployment ("auto" when absent).
+func ProxyTowerAgents(d *appsv1.Deployment) string {
+	v := "auto"
+	if d == nil || !IsProxyDeployment(d) {
+		return v
+	}
+	args := d.Spec.Template.Spec.Containers[0].Args
+	for i, a := range args {
+		switch {
+		case strings.HasPrefix(a, ProxyTowerAgentsArg+"="):
+			v = strings.TrimPrefix(a, ProxyTowerAgentsArg+"=")
+		case a == ProxyTowerAgentsArg && i+1 < len(args):
+			v = args[i+1]
+		}
+	}
+	return v
 }
