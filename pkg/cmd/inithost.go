@@ -219,12 +219,12 @@ func (o *InitHostOptions) Run(parent context.Context) error {
 		LoadBalancerWait:     max(o.LoadBalancerWait, time.Millisecond),
 	}, rep, o.askAddress(rep))
 
-	pre, st := host.Preflight(ctx)
-	printChecks(o.ErrOut, pre.Checks)
-	if err := pre.Err(); err != nil {
+	plan := host.Preflight(ctx)
+	printChecks(o.ErrOut, plan.Checks)
+	if err := plan.Err(); err != nil {
 		return err
 	}
-	res, err := host.Run(ctx, st)
+	res, err := host.Apply(ctx, plan)
 	if err != nil {
 		return o.explain(ctx, parent, err)
 	}

@@ -252,3 +252,7 @@ func (fc *fakeCluster) setCCAddress(t *testing.T, addr string) {
 		t.Fatal(err)
 	}
 }
+
+// split returns a plan's checks and state (the two results Preflight returned before the
+// operation shape).
+func split[S any](p *Plan[S]) (*Preflight, S) { return p.Findings(), p.State }

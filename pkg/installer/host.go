@@ -91,16 +91,6 @@ type HostState struct {
 	PlaintextAgents bool
 }
 
-// Change is one change init-host made (or, in a dry run, would make).
-type Change struct {
-	Object  string         `json:"object"`
-	Action  string         `json:"action"`
-	Summary string         `json:"summary"`
-	Patch   map[string]any `json:"patch,omitempty"`
-	// Manifest is a rendered object (the proxy Deployment).
-	Manifest any `json:"manifest,omitempty"`
-}
-
 // HostResult is the machine-readable outcome of init-host.
 type HostResult struct {
 	Context             string   `json:"context,omitempty"`
@@ -126,6 +116,7 @@ type Host struct {
 
 	deadline  time.Time
 	result    *HostResult
+	log       *ChangeLog
 	ccChanged bool
 	// tunnelSwitched: the proxy was rolled out by this run (verify waits for it to listen).
 	tunnelSwitched bool
@@ -182,10 +173,16 @@ func HostAccess(opts HostOptions) []Access {
 	return wants
 }
 
-// Preflight checks the cluster without changing anything. The returned state is nil when the
-// cluster or KubeSphere could not be read (the Preflight then holds the error).
-func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
-	p := &Preflight{}
+// Preflight checks the cluster without changing anything. The plan's state is nil when the
+// cluster or KubeSphere could not be read (its checks then hold the error); else it is what was
+// observed, also when a check failed.
+func (h *Host) Preflight(ctx context.Context) *Plan[*HostState] {
+	plan := &Plan[*HostState]{}
+	plan.State = h.preflight(ctx, plan.Findings())
+	return plan
+}
+
+func (h *Host) preflight(ctx context.Context, p *Preflight) *HostState {
 	ctxName := h.c.Context
 	if ctxName == "" {
 		ctxName = "(current context)"
@@ -193,18 +190,18 @@ func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
 	sv, err := h.c.Kube.Discovery().ServerVersion()
 	if err != nil {
 		p.Error("check --context and --kubeconfig", "cluster of context %s is not reachable: %v", ctxName, err)
-		return p, nil
+		return nil
 	}
 	p.OK("cluster of context %s is reachable (Kubernetes %s)", ctxName, sv.GitVersion)
 
 	cc, err := GetClusterConfiguration(ctx, h.c)
 	if errors.Is(err, ErrKubeSphereNotInstalled) {
 		p.Error(InstallKubeSphereHint, "KubeSphere is not installed: %s not found", ccObject)
-		return p, nil
+		return nil
 	}
 	if err != nil {
 		p.Error("", "%v", err)
-		return p, nil
+		return nil
 	}
 	st := &HostState{CC: cc}
 
@@ -266,7 +263,7 @@ func (h *Host) Preflight(ctx context.Context) (*Preflight, *HostState) {
 			p.Error("pass --no-restart to skip the restart", "cannot read deployment %s/%s to restart it: %v", KubeSphereNamespace, APIServerName, err)
 		}
 	}
-	return p, st
+	return st
 }
 
 // wantsHostSettings reports whether the CC already carries what init-host would set.

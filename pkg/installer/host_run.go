@@ -23,8 +23,12 @@ import (
 // could only be known once the installer created Service tower, resolve it and patch again;
 // (5) switch the tunnel; (6) restart ks-apiserver when ks-mc changed the ClusterConfiguration after
 // its last restart (read from managedFields, so an interrupted run is finished by the next one);
-// (7) verify.
-func (h *Host) Run(ctx context.Context, st *HostState) (*HostResult, error) {
+// (7) verify. A plan with a failed check is refused (nothing is changed).
+func (h *Host) Apply(ctx context.Context, plan *Plan[*HostState]) (*HostResult, error) {
+	if err := plan.Err(); err != nil {
+		return nil, err
+	}
+	st := plan.State
 	if st == nil || st.CC == nil {
 		return nil, errors.New("init-host: run preflight first")
 	}
@@ -43,6 +47,7 @@ func (h *Host) Run(ctx context.Context, st *HostState) (*HostResult, error) {
 		res.DryRun = h.opts.DryRun
 	}
 	h.result = res
+	h.log = NewChangeLog(&res.Changes, h.opts.DryRun, nil)
 	h.plaintext = st.PlaintextAgents
 
 	// (1) The address, when it can be known now.
@@ -113,11 +118,6 @@ func (h *Host) remaining() time.Duration {
 		return d
 	}
 	return time.Millisecond
-}
-
-func (h *Host) addChange(c Change) {
-	h.result.Changes = append(h.result.Changes, c)
-	h.result.Changed = true
 }
 
 func (h *Host) initialAddress(ctx context.Context, st *HostState) (string, string, error) {
@@ -194,7 +194,7 @@ func (h *Host) patchCC(ctx context.Context, cc *ClusterConfiguration, addr strin
 		h.rep.Step(summary + " in " + ccObject)
 	}
 	h.ccChanged = true
-	h.addChange(Change{Object: ccObject, Action: "merge-patch", Summary: summary, Patch: p})
+	h.log.Record(Change{Object: ccObject, Action: "merge-patch", Summary: summary, Patch: p})
 	return nil
 }
 
@@ -266,7 +266,7 @@ func (h *Host) deferredAddress(ctx context.Context) (string, string, error) {
 			return lb, AddressFromLoadBalancer, nil
 		}
 		if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || time.Now().After(end) {
-			addr, err := h.askAddress(ctx, svc, h.result.Changed)
+			addr, err := h.askAddress(ctx, svc, h.log.Changed())
 			return addr, AddressFromAnswer, err
 		}
 		h.rep.Progress(fmt.Sprintf("waiting for a load balancer address on Service tower (%s left)", time.Until(end).Round(time.Second)))
@@ -319,7 +319,7 @@ func (h *Host) switchTunnel(ctx context.Context) error {
 		h.rep.Step("tower already runs the ks-mc proxy")
 	} else {
 		h.tunnelSwitched = true
-		h.addChange(Change{Object: obj, Action: "update", Summary: "run the ks-mc proxy (" + h.opts.Proxy.Image + ")", Manifest: d})
+		h.log.Record(Change{Object: obj, Action: "update", Summary: "run the ks-mc proxy (" + h.opts.Proxy.Image + ")", Manifest: d})
 		if !h.opts.DryRun.Enabled() {
 			h.rep.Step("switched tower to the ks-mc proxy (" + h.opts.Proxy.Image + ")")
 		}
@@ -354,7 +354,7 @@ func (h *Host) restartIfNeeded(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	h.addChange(Change{Object: "Deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
+	h.log.Record(Change{Object: "Deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
 	h.rep.Step("restarted ks-apiserver")
 	return WaitForRolloutUntil(ctx, h.c, KubeSphereNamespace, APIServerName, h.deadline, h.opts.Timeout, h.rep)
 }
@@ -370,7 +370,7 @@ func (h *Host) dryRunRest(ctx context.Context, st *HostState, res *HostResult) (
 			if err := h.opts.Proxy.Validate(); err != nil {
 				return res, err
 			}
-			h.addChange(Change{Object: "Deployment " + KubeSphereNamespace + "/" + TowerName, Action: "update",
+			h.log.Record(Change{Object: "Deployment " + KubeSphereNamespace + "/" + TowerName, Action: "update",
 				Summary: "run the ks-mc proxy (" + h.opts.Proxy.Image + ") once ks-installer created tower"})
 		} else if err := h.switchTunnel(ctx); err != nil {
 			return res, err
@@ -389,7 +389,7 @@ func (h *Host) dryRunRest(ctx context.Context, st *HostState, res *HostResult) (
 		if err != nil {
 			return res, err
 		}
-		h.addChange(Change{Object: "Deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
+		h.log.Record(Change{Object: "Deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
 	}
 	res.Changed = len(res.Changes) > 0
 	return res, nil

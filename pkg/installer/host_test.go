@@ -51,7 +51,7 @@ func mustContain(t *testing.T, text string, frags ...string) {
 
 func TestHostPreflightFresh(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML)
-	p, st := NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background())
+	p, st := split(NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background()))
 	lines := checkLines(p)
 	if p.HasErrors() || st == nil {
 		t.Fatalf("fresh cluster fails preflight:\n%s", lines)
@@ -74,7 +74,7 @@ func TestHostPreflightNotInstalled(t *testing.T) {
 	fc.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{ClusterConfigurationGVR: "ClusterConfigurationList"})
 	fc.c.Dynamic = fc.dyn
-	p, st := NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background())
+	p, st := split(NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background()))
 	if st != nil || !p.HasErrors() {
 		t.Fatalf("no error without KubeSphere:\n%s", checkLines(p))
 	}
@@ -89,14 +89,14 @@ func TestHostPreflightMember(t *testing.T) {
 	cm.Data[KubeSphereConfigKey] = strings.Replace(testKSConfig, "clusterRole: none", "clusterRole: member", 1)
 	_, _ = fc.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Update(context.Background(), cm, metav1.UpdateOptions{})
 
-	p, _ := NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background())
+	p, _ := split(NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background()))
 	if !p.HasErrors() {
 		t.Fatalf("member accepted:\n%s", checkLines(p))
 	}
 	mustContain(t, checkLines(p), "[error] cluster role is member", "does not support switching", "--force")
 	opts := fastOpts()
 	opts.Force = true
-	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, _ = split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	if p.HasErrors() {
 		t.Fatalf("--force still refuses:\n%s", checkLines(p))
 	}
@@ -108,7 +108,7 @@ func TestHostPreflightInstallerRunning(t *testing.T) {
 	// the installer ran. Continuing is fine: it only waits.
 	host := strings.Replace(testCCYAML, "clusterRole: none", "clusterRole: host", 1)
 	fc := newFakeCluster(t, host)
-	p, _ := NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background())
+	p, _ := split(NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background()))
 	if p.HasErrors() {
 		t.Fatalf("resuming an interrupted run refused:\n%s", checkLines(p))
 	}
@@ -119,7 +119,7 @@ func TestHostPreflightInstallerRunning(t *testing.T) {
 	fc = newFakeCluster(t, other)
 	opts := fastOpts()
 	opts.ProxyPublishAddress = "http://192.0.2.9:30000"
-	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, _ = split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	if !p.HasErrors() {
 		t.Fatalf("running installer not reported:\n%s", checkLines(p))
 	}
@@ -131,7 +131,7 @@ func TestHostPreflightRBACAndAddress(t *testing.T) {
 	fc.denied["patch deployments"] = true
 	opts := fastOpts()
 	opts.ProxyPublishAddress = "tower:8080"
-	p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, _ := split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	lines := checkLines(p)
 	mustContain(t, lines, "[error] permissions: not allowed to patch deployments.apps/ks-apiserver -n kubesphere-system",
 		"[error] proxy address \"tower:8080\" has no scheme", "fix --proxy-publish-address")
@@ -141,7 +141,7 @@ func TestHostPreflightRBACAndAddress(t *testing.T) {
 	// --no-restart does not need the patch permission.
 	opts = fastOpts()
 	opts.NoRestart = true
-	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, _ = split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	if p.HasErrors() {
 		t.Errorf("--no-restart still needs patch deployments:\n%s", checkLines(p))
 	}
@@ -149,7 +149,7 @@ func TestHostPreflightRBACAndAddress(t *testing.T) {
 
 func TestHostPreflightPendingService(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML, towerService(""))
-	p, st := NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background())
+	p, st := split(NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p), "[warn] Service kubesphere-system/tower has no external address (LoadBalancer <pending>); pass --proxy-publish-address")
 	if st.Tower == nil {
 		t.Error("state has no tower Service")
@@ -160,11 +160,11 @@ func runHost(t *testing.T, fc *fakeCluster, opts HostOptions, ask AddressFunc) (
 	t.Helper()
 	rec := &recorder{}
 	h := NewHost(fc.c, opts, rec, ask)
-	p, st := h.Preflight(context.Background())
-	if p.HasErrors() {
+	plan := h.Preflight(context.Background())
+	if p := plan.Findings(); p.HasErrors() {
 		t.Fatalf("preflight:\n%s", checkLines(p))
 	}
-	res, err := h.Run(context.Background(), st)
+	res, err := h.Apply(context.Background(), plan)
 	return res, rec, err
 }
 
@@ -389,10 +389,10 @@ func TestHostRunInterruptedThenResumed(t *testing.T) {
 	opts := fastOpts()
 	opts.ProxyPublishAddress = "http://10.0.0.1:31234"
 	h := NewHost(fc.c, opts, nil, nil)
-	_, st := h.Preflight(context.Background())
+	plan := h.Preflight(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 	defer cancel()
-	if _, err := h.Run(ctx, st); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := h.Apply(ctx, plan); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("interrupted run: %v", err)
 	}
 	if fc.cc().ClusterRole() != RoleHost {
@@ -446,7 +446,7 @@ func TestHostRunTunnelKsMc(t *testing.T) {
 	// Asking for Tower back is refused in preflight.
 	back := fastOpts()
 	back.Tunnel = TunnelTower
-	p, _ := NewHost(fc.c, back, nil, nil).Preflight(context.Background())
+	p, _ := split(NewHost(fc.c, back, nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p), "[error] tunnel: Deployment tower runs the ks-mc proxy")
 }
 
@@ -657,13 +657,13 @@ func TestHostPreflightRefusesPlaintextKsMcTunnel(t *testing.T) {
 	opts := fastOpts()
 	opts.Tunnel = TunnelKsMc
 	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
-	p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, _ := split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p),
 		"[error] the proxy address is http://198.51.100.7:8080, but the ks-mc proxy refuses agents over plain http",
 		"--proxy-publish-address=https://198.51.100.7:8080", "or pass --allow-plaintext-agents")
 	yes, no := true, false
 	opts.AllowPlaintextAgents = &yes
-	p, st := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, st := split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p),
 		"[warn] agents will reach the ks-mc proxy at http://198.51.100.7:8080 without TLS",
 		"--proxy-publish-address=https://198.51.100.7:8080")
@@ -671,19 +671,19 @@ func TestHostPreflightRefusesPlaintextKsMcTunnel(t *testing.T) {
 		t.Fatalf("with --allow-plaintext-agents a plaintext address is a warning, not an error:\n%s", checkLines(p))
 	}
 	opts.AllowPlaintextAgents = &no
-	if p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background()); !p.HasErrors() {
+	if p, _ := split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background())); !p.HasErrors() {
 		t.Fatalf("--allow-plaintext-agents=false accepted an http:// address:\n%s", checkLines(p))
 	}
 	opts.AllowPlaintextAgents = nil
 	opts.ProxyPublishAddress = "https://198.51.100.7:8080"
-	p, st = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, st = split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	if strings.Contains(checkLines(p), "without TLS") || p.HasErrors() || st.PlaintextAgents {
 		t.Fatalf("https address warned:\n%s", checkLines(p))
 	}
 	// KubeSphere's own Tower: no such check (Tower speaks ws:// or wss:// itself).
 	opts.Tunnel = TunnelTower
 	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
-	p, _ = NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, _ = split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	if strings.Contains(checkLines(p), "without TLS") || p.HasErrors() {
 		t.Fatalf("tower tunnel warned:\n%s", checkLines(p))
 	}
@@ -695,7 +695,7 @@ func TestHostPreflightRefusesPublishedPlaintextForKsMc(t *testing.T) {
 	fc.setCCAddress(t, "http://10.0.0.1:31234")
 	opts := fastOpts()
 	opts.Tunnel = TunnelKsMc
-	p, _ := NewHost(fc.c, opts, nil, nil).Preflight(context.Background())
+	p, _ := split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p), "[error] the proxy address is http://10.0.0.1:31234", "--proxy-publish-address=https://10.0.0.1:31234")
 }
 
@@ -720,7 +720,7 @@ func TestHostRunPlaintextAgentsOptIn(t *testing.T) {
 	// Re-run without the flag: kept, with a warning; nothing changes.
 	rerun := fastOpts()
 	rerun.Tunnel = TunnelKsMc
-	p, _ := NewHost(fc.c, rerun, nil, nil).Preflight(ctx)
+	p, _ := split(NewHost(fc.c, rerun, nil, nil).Preflight(ctx))
 	if p.HasErrors() {
 		t.Fatalf("re-run without the flag refused:\n%s", checkLines(p))
 	}
@@ -738,14 +738,14 @@ func TestHostRunPlaintextAgentsOptIn(t *testing.T) {
 	off := rerun
 	off.AllowPlaintextAgents = &no
 	fc.clearActions()
-	p, _ = NewHost(fc.c, off, nil, nil).Preflight(ctx)
+	p, _ = split(NewHost(fc.c, off, nil, nil).Preflight(ctx))
 	mustContain(t, checkLines(p), "[error] the proxy address is http://198.51.100.7:8080, but --allow-plaintext-agents=false")
 	if m := fc.mutations(); len(m) != 0 {
 		t.Errorf("preflight sent %v", m)
 	}
 	// Off together with an https address: the proxy is re-rendered without it, with a warning.
 	off.ProxyPublishAddress = "https://198.51.100.7:8080"
-	p, _ = NewHost(fc.c, off, nil, nil).Preflight(ctx)
+	p, _ = split(NewHost(fc.c, off, nil, nil).Preflight(ctx))
 	mustContain(t, checkLines(p), "[warn] --allow-plaintext-agents=false: the ks-mc proxy will refuse agents that connect over plain http")
 	if _, _, err := runHost(t, fc, off, nil); err != nil {
 		t.Fatal(err)
@@ -766,12 +766,12 @@ func TestHostAskKsMcSuggestsHTTPS(t *testing.T) {
 	answer := ""
 	ask := func(_ context.Context, req AddressRequest) (string, error) { got = req; return answer, nil }
 	h := NewHost(fc.c, opts, &recorder{}, ask)
-	p, st := h.Preflight(context.Background())
-	if p.HasErrors() {
+	plan := h.Preflight(context.Background())
+	if p := plan.Findings(); p.HasErrors() {
 		t.Fatalf("preflight:\n%s", checkLines(p))
 	}
 	answer = "http://10.0.0.1:31234"
-	if _, err := h.Run(context.Background(), st); err == nil || !strings.Contains(err.Error(), "use https://10.0.0.1:31234") {
+	if _, err := h.Apply(context.Background(), plan); err == nil || !strings.Contains(err.Error(), "use https://10.0.0.1:31234") {
 		t.Fatalf("http:// answer: %v", err)
 	}
 	if len(got.Candidates) == 0 {

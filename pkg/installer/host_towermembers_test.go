@@ -13,7 +13,7 @@ func TestHostPreflightTowerMembers(t *testing.T) {
 	f := newJoinFixture(t, memberCluster("member1", "uid-member", false), memberCluster("m2", "uid-2", false))
 	opts := fastOpts()
 	opts.Tunnel = TunnelKsMc
-	p, st := NewHost(f.host.c, opts, nil, nil).Preflight(context.Background())
+	p, st := split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
 	if st == nil {
 		t.Fatalf("no state:\n%s", checkLines(p))
 	}
@@ -29,7 +29,7 @@ func TestHostPreflightTowerMembers(t *testing.T) {
 	}
 	// Staying on Tower is no switch: nothing to say.
 	opts.Tunnel = ""
-	p, _ = NewHost(f.host.c, opts, nil, nil).Preflight(context.Background())
+	p, _ = split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
 	if strings.Contains(checkLines(p), "Tower agents") {
 		t.Errorf("warned without a switch:\n%s", checkLines(p))
 	}

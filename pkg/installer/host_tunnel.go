@@ -2,7 +2,6 @@ package installer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 
@@ -10,7 +9,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
@@ -80,20 +80,16 @@ func EnsureProxyDeployment(ctx context.Context, c *Clients, v manifests.ProxyVal
 	if err != nil {
 		return false, nil, err
 	}
+	w := Writer{DryRun: dry}
 	deps := c.Kube.AppsV1().Deployments(v.Namespace)
 	live, err := deps.Get(ctx, v.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		if dry == DryRunClient {
-			return true, want, nil
-		}
-		data, err := json.Marshal(want)
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(want)
 		if err != nil {
 			return false, nil, err
 		}
-		force := true
-		if _, err := deps.Patch(ctx, v.Name, types.ApplyPatchType, data,
-			metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: dry.apiDryRun()}); err != nil {
+		if _, _, err := w.ServerSideApply(ctx, TypedResource(deps), &unstructured.Unstructured{Object: obj}); err != nil {
 			return false, nil, fmt.Errorf("apply deployment %s/%s: %w", v.Namespace, v.Name, err)
 		}
 		return true, want, nil
@@ -103,11 +99,11 @@ func EnsureProxyDeployment(ctx context.Context, c *Clients, v manifests.ProxyVal
 	if ProxyUpToDate(live, want) {
 		return false, want, nil
 	}
-	if dry == DryRunClient {
-		return true, want, nil
-	}
-	if _, err := deps.Update(ctx, proxyReplacement(live, want),
-		metav1.UpdateOptions{FieldManager: FieldManager, DryRun: dry.apiDryRun()}); err != nil {
+	err = w.Send(func(dryRun []string) error {
+		_, err := deps.Update(ctx, proxyReplacement(live, want), metav1.UpdateOptions{FieldManager: FieldManager, DryRun: dryRun})
+		return err
+	})
+	if err != nil {
 		return false, nil, fmt.Errorf("update deployment %s/%s to the ks-mc proxy: %w", v.Namespace, v.Name, err)
 	}
 	return true, want, nil

@@ -144,7 +144,7 @@ func errorsOf(p *Preflight) string {
 
 func TestJoinPreflightOK(t *testing.T) {
 	f := newJoinFixture(t)
-	p, st := f.join(JoinOptions{}, nil).Preflight(context.Background())
+	p, st := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 	if p.HasErrors() || st == nil {
 		t.Fatalf("unexpected errors:\n%s", errorsOf(p))
 	}
@@ -164,7 +164,7 @@ func TestJoinPreflightReportsBothSidesTogether(t *testing.T) {
 	// Host: not a host. Member: is a host.
 	withClusters(t, f.host, testCCYAML)
 	withClusters(t, f.member, hostCCYAML())
-	p, st := f.join(JoinOptions{}, nil).Preflight(context.Background())
+	p, st := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 	if st != nil {
 		t.Fatal("state returned despite errors")
 	}
@@ -212,7 +212,7 @@ func TestJoinPreflightHostChecks(t *testing.T) {
 			if name == "tunnel mismatch" {
 				opts.Tunnel = manifests.TunnelKSMC
 			}
-			p, _ := f.join(opts, nil).Preflight(context.Background())
+			p, _ := split(f.join(opts, nil).Preflight(context.Background()))
 			if errs := errorsOf(p); !strings.Contains(errs, tc.want) {
 				t.Errorf("errors lack %q:\n%s", tc.want, errs)
 			}
@@ -233,7 +233,7 @@ func TestJoinPreflightClockSkew(t *testing.T) {
 	}{{3 * time.Second, false}, {-9 * time.Second, false}, {30 * time.Second, true}, {-12 * time.Second, true}} {
 		f := newJoinFixture(t)
 		f.clock[f.host.c] = tc.skew
-		p, _ := f.join(JoinOptions{}, nil).Preflight(context.Background())
+		p, _ := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 		got := strings.Contains(errorsOf(p), "clock skew")
 		if got != tc.err {
 			t.Errorf("skew %s: error %v, want %v\n%s", tc.skew, got, tc.err, errorsOf(p))
@@ -243,7 +243,7 @@ func TestJoinPreflightClockSkew(t *testing.T) {
 	f := newJoinFixture(t)
 	setConfig(f.host, strings.Replace(hostKSConfig, "maximumClockSkew: 10s", "maximumClockSkew: 1m", 1))
 	f.clock[f.member.c] = 30 * time.Second
-	if p, _ := f.join(JoinOptions{}, nil).Preflight(context.Background()); p.HasErrors() {
+	if p, _ := split(f.join(JoinOptions{}, nil).Preflight(context.Background())); p.HasErrors() {
 		t.Errorf("30s skew with a 1m maximum refused:\n%s", errorsOf(p))
 	}
 	// Unmeasurable clocks warn.
@@ -252,7 +252,7 @@ func TestJoinPreflightClockSkew(t *testing.T) {
 	j.opts.Clock = func(context.Context, *Clients) (time.Duration, time.Duration, error) {
 		return 0, 0, errors.New("no Date")
 	}
-	p, _ := j.Preflight(context.Background())
+	p, _ := split(j.Preflight(context.Background()))
 	if p.HasErrors() || !strings.Contains(fmt.Sprint(p.Checks), "could not measure") {
 		t.Errorf("checks = %v", p.Checks)
 	}
@@ -275,7 +275,7 @@ func TestJoinPreflightIdentity(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			f := newJoinFixture(t, tc.clusters...)
-			p, st := f.join(JoinOptions{}, nil).Preflight(context.Background())
+			p, st := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 			errs := errorsOf(p)
 			if tc.want == "" {
 				if errs != "" || st == nil {
@@ -308,13 +308,13 @@ func agentDeployment(t *testing.T, proxy, name string) *appsv1.Deployment {
 func TestJoinPreflightLeftoverAgent(t *testing.T) {
 	f := newJoinFixture(t)
 	_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(context.Background(), agentDeployment(t, "http://198.51.100.7:8080", "x"), metav1.CreateOptions{})
-	p, _ := f.join(JoinOptions{}, nil).Preflight(context.Background())
+	p, _ := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 	if !strings.Contains(errorsOf(p), "connects to another proxy (http://198.51.100.7:8080)") {
 		t.Errorf("errors:\n%s", errorsOf(p))
 	}
 	f = newJoinFixture(t)
 	_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(context.Background(), agentDeployment(t, "http://203.0.113.10:30881", "old"), metav1.CreateOptions{})
-	p, st := f.join(JoinOptions{}, nil).Preflight(context.Background())
+	p, st := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 	if p.HasErrors() || st == nil || !strings.Contains(fmt.Sprint(p.Checks), "leftover Deployment kubesphere-system/cluster-agent") {
 		t.Errorf("checks = %v", p.Checks)
 	}
@@ -323,7 +323,7 @@ func TestJoinPreflightLeftoverAgent(t *testing.T) {
 func TestJoinPreflightVersionSkew(t *testing.T) {
 	f := newJoinFixture(t)
 	withClusters(t, f.member, strings.ReplaceAll(testCCYAML, "v3.4.1", "v3.3.2"))
-	p, _ := f.join(JoinOptions{}, nil).Preflight(context.Background())
+	p, _ := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 	if p.HasErrors() || !strings.Contains(fmt.Sprint(p.Checks), "[warn] KubeSphere versions: host v3.4.1, member v3.3.2: not the same minor") {
 		t.Errorf("checks = %v", p.Checks)
 	}
@@ -331,7 +331,7 @@ func TestJoinPreflightVersionSkew(t *testing.T) {
 
 func TestJoinPreflightName(t *testing.T) {
 	f := newJoinFixture(t)
-	p, _ := f.join(JoinOptions{Name: "Bad_Name"}, nil).Preflight(context.Background())
+	p, _ := split(f.join(JoinOptions{Name: "Bad_Name"}, nil).Preflight(context.Background()))
 	if !strings.Contains(errorsOf(p), "not a DNS label") {
 		t.Errorf("errors:\n%s", errorsOf(p))
 	}
@@ -608,7 +608,7 @@ func TestJoinPinsTheBundledProxyCA(t *testing.T) {
 	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy", "--bind-address=$(POD_IP)"}
 	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
 	// No CA Secret yet: an error that names the flag.
-	p, _ := f.join(JoinOptions{}, nil).Preflight(ctx)
+	p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx))
 	if !strings.Contains(errorsOf(p), "--ca-cert-hash") {
 		t.Fatalf("errors:\n%s", errorsOf(p))
 	}
@@ -619,7 +619,7 @@ func TestJoinPinsTheBundledProxyCA(t *testing.T) {
 	_, _ = f.host.kube.CoreV1().Secrets(KubeSphereNamespace).Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: tunnel.DefaultCASecretName, Namespace: KubeSphereNamespace},
 		Data:       map[string][]byte{corev1.TLSCertKey: ca.CertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM}}, metav1.CreateOptions{})
-	p, st := f.join(JoinOptions{}, nil).Preflight(ctx)
+	p, st := split(f.join(JoinOptions{}, nil).Preflight(ctx))
 	if p.HasErrors() || st == nil {
 		t.Fatalf("errors:\n%s", errorsOf(p))
 	}
@@ -644,7 +644,7 @@ func TestJoinRefusesPlaintextKsMcProxy(t *testing.T) {
 	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
 	f.host.clearActions()
 	f.member.clearActions()
-	p, _ := f.join(JoinOptions{}, nil).Preflight(ctx)
+	p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx))
 	mustContain(t, errorsOf(p), "the proxy address http://203.0.113.10:30881 is plain http",
 		"--tunnel=ks-mc --proxy-publish-address https://203.0.113.10:30881", "--allow-plaintext-agents")
 	if m := append(f.host.mutations(), f.member.mutations()...); len(m) != 0 {
@@ -656,13 +656,13 @@ func TestJoinRefusesPlaintextKsMcProxy(t *testing.T) {
 	// The host's consent, read from the proxy's arguments.
 	d.Spec.Template.Spec.Containers[0].Args = append(d.Spec.Template.Spec.Containers[0].Args, manifests.ProxyAllowPlaintextArg)
 	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
-	if p, _ := f.join(JoinOptions{}, nil).Preflight(ctx); strings.Contains(errorsOf(p), "plain http") {
+	if p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx)); strings.Contains(errorsOf(p), "plain http") {
 		t.Fatalf("refused although the proxy allows plaintext agents:\n%s", errorsOf(p))
 	}
 	// KubeSphere's Tower is not concerned (it does its own transport).
 	d.Spec.Template.Spec.Containers[0].Args = []string{"--ca-cert=/x"}
 	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
-	if p, _ := f.join(JoinOptions{}, nil).Preflight(ctx); strings.Contains(errorsOf(p), "plain http") {
+	if p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx)); strings.Contains(errorsOf(p), "plain http") {
 		t.Fatalf("a Tower host refused:\n%s", errorsOf(p))
 	}
 }

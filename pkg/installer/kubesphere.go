@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 )
 
@@ -210,19 +209,14 @@ func toFloat(v any) (float64, bool) {
 // manager ks-mc). With DryRunClient nothing is sent and (nil, nil) is returned; with DryRunServer
 // the patch is sent with dryRun=All and the would-be object returned.
 func PatchClusterConfiguration(ctx context.Context, c *Clients, patch MergePatch, dry DryRun) (*ClusterConfiguration, error) {
-	if patch.Empty() || dry == DryRunClient {
-		return nil, nil
-	}
-	data, err := patch.JSON()
-	if err != nil {
-		return nil, fmt.Errorf("encode ClusterConfiguration patch: %w", err)
-	}
-	u, err := c.Dynamic.Resource(ClusterConfigurationGVR).Namespace(KubeSphereNamespace).Patch(ctx, ClusterConfigurationName,
-		types.MergePatchType, data, metav1.PatchOptions{FieldManager: FieldManager, DryRun: dry.apiDryRun()})
+	obj, err := Writer{DryRun: dry}.MergePatch(ctx, DynamicResource(c, ClusterConfigurationGVR, KubeSphereNamespace), ClusterConfigurationName, patch)
 	if err != nil {
 		return nil, fmt.Errorf("patch ClusterConfiguration %s/%s: %w", KubeSphereNamespace, ClusterConfigurationName, err)
 	}
-	return &ClusterConfiguration{Object: u}, nil
+	if obj == nil {
+		return nil, nil
+	}
+	return &ClusterConfiguration{Object: obj.(*unstructured.Unstructured)}, nil
 }
 
 // RedactedValue replaces secrets in anything ks-mc prints.

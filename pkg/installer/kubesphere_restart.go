@@ -8,7 +8,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 )
 
 // RestartPatch is the merge patch "kubectl rollout restart" sends: a new restartedAt annotation on
@@ -23,15 +22,7 @@ func RestartPatch(at time.Time) MergePatch {
 // returns the patch it sent (or, with DryRunClient, would send).
 func RestartDeployment(ctx context.Context, c *Clients, namespace, name string, dry DryRun) (MergePatch, error) {
 	p := RestartPatch(time.Now())
-	if dry == DryRunClient {
-		return p, nil
-	}
-	data, err := p.JSON()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.Kube.AppsV1().Deployments(namespace).Patch(ctx, name, types.MergePatchType, data,
-		metav1.PatchOptions{FieldManager: FieldManager, DryRun: dry.apiDryRun()}); err != nil {
+	if _, err := (Writer{DryRun: dry}).MergePatch(ctx, Deployments(c, namespace), name, p); err != nil {
 		return nil, fmt.Errorf("restart deployment %s/%s: %w", namespace, name, err)
 	}
 	return p, nil

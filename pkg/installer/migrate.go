@@ -122,6 +122,13 @@ type Migrate struct {
 	members []*Clients
 	opts    MigrateOptions
 	rep     Reporter
+	w       Writer
+}
+
+// MigratePlan is what Migrate's Preflight learned: the host's state, and each member's (members
+// are checked again right before their turn, so a plan made earlier stays valid).
+type MigratePlan struct {
+	host *migrateHost
 }
 
 // NewMigrate prepares a migrate of the given member contexts.
@@ -138,7 +145,7 @@ func NewMigrate(host *Clients, members []*Clients, opts MigrateOptions, rep Repo
 	if opts.Probe == nil {
 		opts.Probe = ProbeClusterListener
 	}
-	return &Migrate{host: host, members: members, opts: opts, rep: reporterOrNop(rep)}
+	return &Migrate{host: host, members: members, opts: opts, rep: reporterOrNop(rep), w: Writer{DryRun: opts.DryRun}}
 }
 
 // MigrateAccess is what migrate needs to be allowed to do on each side.
@@ -183,27 +190,45 @@ type migrateMember struct {
 	deadline    time.Time
 	// secretExisted: the token Secret was there before this run (a rollback keeps it).
 	secretExisted bool
+	log           *ChangeLog
 }
 
-// Run migrates every member in turn. The error is a *MigrateError when a member failed, or the
-// host preflight's error; the result is complete in both cases.
+// Run is Preflight then Apply. The error is a *MigrateError when a member failed, or the host
+// preflight's error; the result is complete in both cases.
 func (m *Migrate) Run(ctx context.Context) (*MigrateResult, error) {
+	return m.Apply(ctx, m.Preflight(ctx))
+}
+
+// Preflight checks the host (it changes nothing): the ks-mc proxy runs, the address the ks-mc
+// agents dial, the CA pin, the permissions. Each member is checked at its turn in Apply (a member
+// that fails its checks does not stop the others).
+func (m *Migrate) Preflight(ctx context.Context) *Plan[*MigratePlan] {
+	plan := &Plan[*MigratePlan]{}
+	hs := m.hostPreflight(ctx, plan.Findings())
+	if m.opts.OnPreflight != nil {
+		m.opts.OnPreflight(m.host.Context, plan.Findings())
+	}
+	if !plan.HasErrors() {
+		plan.State = &MigratePlan{host: hs}
+	}
+	return plan
+}
+
+// Apply migrates every member in turn: its preflight, then the steps.
+func (m *Migrate) Apply(ctx context.Context, plan *Plan[*MigratePlan]) (*MigrateResult, error) {
 	res := &MigrateResult{HostContext: m.host.Context, Members: []MigrateMemberResult{}}
 	if m.opts.DryRun.Enabled() {
 		res.DryRun = m.opts.DryRun
 	}
-	hp := &Preflight{}
-	hs := m.hostPreflight(ctx, hp)
-	if m.opts.OnPreflight != nil {
-		m.opts.OnPreflight(m.host.Context, hp)
-	}
-	if err := hp.Err(); err != nil {
+	if err := plan.Err(); err != nil {
 		return res, err
 	}
+	hs := plan.State.host
 	seen := map[string]string{}
 	for _, c := range m.members {
-		r := MigrateMemberResult{Context: c.Context, Changes: []Change{}}
+		r := MigrateMemberResult{Context: c.Context}
 		mm := &migrateMember{c: c, res: &r, deadline: time.Now().Add(m.opts.Timeout)}
+		mm.log = NewChangeLog(&r.Changes, m.opts.DryRun, m.rep)
 		m.rep.Step(fmt.Sprintf("member (%s):", c.Context))
 		m.migrateOne(ctx, hs, mm, seen)
 		if ctx.Err() != nil && r.Result == "" {
@@ -496,12 +521,7 @@ func (m *Migrate) memberPreflight(ctx context.Context, hs *migrateHost, mm *migr
 }
 
 func (m *Migrate) change(mm *migrateMember, obj, action, summary string, patch map[string]any) {
-	mm.res.Changes = append(mm.res.Changes, Change{Object: obj, Action: action, Summary: summary, Patch: patch})
-	verb := action
-	if m.opts.DryRun.Enabled() {
-		verb = "would " + action
-	}
-	m.rep.Step(fmt.Sprintf("%s %s: %s", verb, obj, summary))
+	mm.log.Record(Change{Object: obj, Action: action, Summary: summary, Patch: patch})
 }
 
 func (m *Migrate) remaining(mm *migrateMember) time.Duration {
@@ -527,11 +547,7 @@ func (m *Migrate) steps(ctx context.Context, hs *migrateHost, mm *migrateMember)
 	}
 	for _, o := range objs {
 		obj := fmt.Sprintf("%s %s %s/%s", ms, strings.ToLower(o.GetKind()), o.GetNamespace(), o.GetName())
-		if m.opts.DryRun == DryRunClient {
-			m.change(mm, obj, "apply", "the ks-mc agent next to the Tower agent (server-side apply, field manager ks-mc)", nil)
-			continue
-		}
-		action, err := applyMemberObject(ctx, mm.c, o, m.opts.DryRun)
+		_, action, err := m.w.ServerSideApply(ctx, agentResource(mm.c, o), o)
 		if err != nil {
 			return &migrateAdvice{err: fmt.Errorf("member: apply %s %s/%s: %s", o.GetKind(), o.GetNamespace(), o.GetName(), manifests.Scrub(apiReason(err), mm.token)),
 				advice: "check the permissions on the member and re-run migrate"}
@@ -562,11 +578,10 @@ func (m *Migrate) steps(ctx context.Context, hs *migrateHost, mm *migrateMember)
 	// 4. The Tower agent goes.
 	obj := fmt.Sprintf("%s deployment %s/%s", ms, manifests.AgentNamespace, manifests.AgentName)
 	m.change(mm, obj, "delete", "the Tower agent (its token is in its command line)", nil)
-	if m.opts.DryRun != DryRunClient {
+	{
 		prop := metav1.DeletePropagationBackground
-		err := mm.c.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, manifests.AgentName,
-			metav1.DeleteOptions{DryRun: m.opts.DryRun.apiDryRun(), PropagationPolicy: &prop})
-		if err != nil && !apierrors.IsNotFound(err) {
+		err := m.w.Delete(ctx, Deployments(mm.c, manifests.AgentNamespace), manifests.AgentName, metav1.DeleteOptions{PropagationPolicy: &prop})
+		if err != nil {
 			return &migrateAdvice{ksmc: true, err: fmt.Errorf("member: delete the Tower agent deployment %s/%s: %w (the ks-mc agent serves; the proxy refuses the Tower agent now)", manifests.AgentNamespace, manifests.AgentName, err),
 				advice: fmt.Sprintf("re-run migrate, or delete it: kubectl -n %s delete deployment %s%s", manifests.AgentNamespace, manifests.AgentName, mm.c.contextFlag())}
 		}
@@ -596,16 +611,7 @@ func (m *Migrate) annotate(ctx context.Context, mm *migrateMember) error {
 		obj = side(m.host, "host") + " Cluster " + name
 	}
 	m.change(mm, obj, "patch", "the member runs the ks-mc agent: the proxy serves no Tower agent for it any more", patch)
-	if m.opts.DryRun == DryRunClient {
-		return nil
-	}
-	data, err := patch.JSON()
-	if err != nil {
-		return err
-	}
-	_, err = m.host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, "application/merge-patch+json", data,
-		metav1.PatchOptions{FieldManager: FieldManager, DryRun: m.opts.DryRun.apiDryRun()})
-	if err != nil {
+	if _, err := m.w.MergePatch(ctx, DynamicResource(m.host, manifests.ClusterGVR, ""), name, patch); err != nil {
 		why := ""
 		if IsClusterWebhookRefusal(err) {
 			why = " (KubeSphere's Cluster webhook could not reach the member through the tunnel)"

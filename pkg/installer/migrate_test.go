@@ -156,7 +156,7 @@ func TestMigrateMovesTowerMemberToKsMcAgent(t *testing.T) {
 		t.Errorf("re-run changed %v", m)
 	}
 	// join and unjoin understand the migrated member.
-	p, st := f.join(JoinOptions{CACertHash: "sha256:" + strings.Repeat("ab", 32)}, nil).Preflight(ctx)
+	p, st := split(f.join(JoinOptions{CACertHash: "sha256:" + strings.Repeat("ab", 32)}, nil).Preflight(ctx))
 	if st == nil || st.agentName != manifests.MigratedAgentName || agentNameFor(st) != manifests.MigratedAgentName {
 		t.Fatalf("join of a migrated member: %s", checkLines(p))
 	}

@@ -7,11 +7,9 @@ import (
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ks-mc/ks-mc/pkg/manifests"
@@ -42,164 +40,226 @@ type UnjoinResult struct {
 
 // Unjoin removes a member: the Cluster on the host first (KubeSphere 3.4's webhook needs the member
 // reachable for it), then the agent on the member. member may be nil with Force (the member is gone).
+// It is NewUnjoin's Preflight then Apply.
 func Unjoin(ctx context.Context, host, member *Clients, opts UnjoinOptions, rep Reporter) (*UnjoinResult, error) {
-	rep = reporterOrNop(rep)
+	u := NewUnjoin(host, member, opts, rep)
+	return u.Apply(ctx, u.Preflight(ctx))
+}
+
+// Unjoiner is one unjoin in the operation shape (see opshape.go).
+type Unjoiner struct {
+	host, member *Clients
+	opts         UnjoinOptions
+	rep          Reporter
+	w            Writer
+	res          *UnjoinResult
+	log          *ChangeLog
+}
+
+// unjoinState is what the unjoin preflight found.
+type unjoinState struct {
+	// memberErr is why the member cannot be read (nil when it can); with Force only the host side
+	// is cleaned up then.
+	memberErr error
+	memberUID string
+	// cluster is the member's Cluster on the host (nil: already removed).
+	cluster *unstructured.Unstructured
+	// agent is the member's agent Deployment when it serves this Cluster.
+	agent        AgentInfo
+	agentPresent bool
+	// agents are every agent Deployment that serves this Cluster: cluster-agent and, on a member
+	// moved by migrate (or stopped half-way), the ks-mc agent next to it.
+	agents []string
+}
+
+// NewUnjoin prepares an unjoin.
+func NewUnjoin(host, member *Clients, opts UnjoinOptions, rep Reporter) *Unjoiner {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 5 * time.Minute
 	}
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = 2 * time.Second
 	}
-	res := &UnjoinResult{Name: opts.Name, Changes: []Change{}}
+	u := &Unjoiner{host: host, member: member, opts: opts, rep: reporterOrNop(rep), w: Writer{DryRun: opts.DryRun}}
+	u.res = &UnjoinResult{Name: opts.Name}
 	if opts.DryRun.Enabled() {
-		res.DryRun = opts.DryRun
+		u.res.DryRun = opts.DryRun
 	}
-	change := func(obj, action, summary string) {
-		res.Changes = append(res.Changes, Change{Object: obj, Action: action, Summary: summary})
-		verb := action
-		if opts.DryRun.Enabled() {
-			verb = "would " + action
-		}
-		rep.Step(fmt.Sprintf("%s %s: %s", verb, obj, summary))
-	}
+	u.log = NewChangeLog(&u.res.Changes, opts.DryRun, u.rep)
+	return u
+}
 
+// Preflight finds the member's identity, its Cluster on the host and its agent; it changes
+// nothing. A blocked plan carries the one error that says what to pass.
+func (u *Unjoiner) Preflight(ctx context.Context) *Plan[*unjoinState] {
+	plan := &Plan[*unjoinState]{}
+	st := &unjoinState{}
+	if err := u.preflight(ctx, st); err != nil {
+		plan.Block(err)
+		return plan
+	}
+	plan.State = st
+	return plan
+}
+
+func (u *Unjoiner) preflight(ctx context.Context, st *unjoinState) error {
+	host, member, opts := u.host, u.member, u.opts
 	// The member's identity, when it is reachable.
-	memberUID, memberErr := "", error(nil)
 	if member != nil {
-		memberUID, memberErr = KubeSystemUID(ctx, member)
+		st.memberUID, st.memberErr = KubeSystemUID(ctx, member)
 	} else {
-		memberErr = fmt.Errorf("no member context given")
+		st.memberErr = fmt.Errorf("no member context given")
 	}
-	if memberErr != nil && !opts.Force {
-		return res, fmt.Errorf("member%s: %w\nto remove the Cluster from the host anyway (the member is gone), re-run with --force", member.contextFlag(), memberErr)
+	if st.memberErr != nil && !opts.Force {
+		return fmt.Errorf("member%s: %w\nto remove the Cluster from the host anyway (the member is gone), re-run with --force", member.contextFlag(), st.memberErr)
 	}
-	if memberErr != nil {
-		rep.Warn(fmt.Sprintf("member unreachable (%v): --force, only the host side is cleaned up", memberErr))
+	if st.memberErr != nil {
+		u.rep.Warn(fmt.Sprintf("member unreachable (%v): --force, only the host side is cleaned up", st.memberErr))
 	}
-
-	// Find the Cluster.
-	var cluster *unstructured.Unstructured
-	var err error
-	if opts.Name != "" {
-		if err := manifests.ValidateClusterName(opts.Name); err != nil {
-			return res, err
+	if err := u.findCluster(ctx, host, st); err != nil {
+		return err
+	}
+	if c := st.cluster; c != nil {
+		u.res.Name = c.GetName()
+		if IsHostCluster(c) {
+			return fmt.Errorf("cluster %s is the host's own cluster: refusing to delete it", c.GetName())
 		}
-		cluster, err = GetCluster(ctx, host, opts.Name)
+		if uid := ClusterMemberUID(c); uid != "" && st.memberUID != "" && uid != st.memberUID && !opts.Force {
+			return fmt.Errorf("cluster %s belongs to another cluster (kube-system UID %s, the given member's is %s): check --name and --context (or --force to delete it anyway)",
+				c.GetName(), uid, st.memberUID)
+		}
+	} else {
+		u.rep.Step("host: no Cluster for this member (already removed)")
+	}
+	return u.findAgent(ctx, st)
+}
+
+// findCluster finds the Cluster by --name, else by the member's kube-system UID.
+func (u *Unjoiner) findCluster(ctx context.Context, host *Clients, st *unjoinState) error {
+	if u.opts.Name != "" {
+		if err := manifests.ValidateClusterName(u.opts.Name); err != nil {
+			return err
+		}
+		c, err := GetCluster(ctx, host, u.opts.Name)
 		if err != nil {
-			return res, fmt.Errorf("host: %w", err)
+			return fmt.Errorf("host: %w", err)
 		}
-	} else {
-		if memberUID == "" {
-			return res, fmt.Errorf("cannot find the Cluster without the member: pass --name")
-		}
-		clusters, err := ListClusters(ctx, host)
-		if err != nil {
-			return res, fmt.Errorf("host: %w", err)
-		}
-		for i := range clusters {
-			if ClusterMemberUID(&clusters[i]) == memberUID && !IsHostCluster(&clusters[i]) {
-				cluster = &clusters[i]
-				break
-			}
+		st.cluster = c
+		return nil
+	}
+	if st.memberUID == "" {
+		return fmt.Errorf("cannot find the Cluster without the member: pass --name")
+	}
+	clusters, err := ListClusters(ctx, host)
+	if err != nil {
+		return fmt.Errorf("host: %w", err)
+	}
+	for i := range clusters {
+		if ClusterMemberUID(&clusters[i]) == st.memberUID && !IsHostCluster(&clusters[i]) {
+			st.cluster = &clusters[i]
+			return nil
 		}
 	}
-	if cluster != nil {
-		res.Name = cluster.GetName()
-		if IsHostCluster(cluster) {
-			return res, fmt.Errorf("cluster %s is the host's own cluster: refusing to delete it", cluster.GetName())
-		}
-		if uid := ClusterMemberUID(cluster); uid != "" && memberUID != "" && uid != memberUID && !opts.Force {
-			return res, fmt.Errorf("cluster %s belongs to another cluster (kube-system UID %s, the given member's is %s): check --name and --context (or --force to delete it anyway)",
-				cluster.GetName(), uid, memberUID)
-		}
-	} else {
-		rep.Step("host: no Cluster for this member (already removed)")
-	}
+	return nil
+}
 
-	// The member's agent: only one that serves this Cluster (or this host's proxy).
-	var agentInfo AgentInfo
-	agentPresent := false
-	// Every agent Deployment that serves this Cluster: cluster-agent and, on a member moved by
-	// migrate (or stopped half-way), the ks-mc agent next to it.
-	var agents []*appsv1.Deployment
-	if memberErr == nil {
-		ds, err := GetAgentDeployments(ctx, member)
-		if err != nil {
-			return res, fmt.Errorf("member: %w", err)
-		}
-		for _, d := range ds {
-			info := InspectAgent(d)
-			if res.Name == "" {
-				res.Name = info.ClusterName
-			}
-			if res.Name != "" && info.ClusterName != "" && info.ClusterName != res.Name {
-				rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", manifests.AgentNamespace, d.Name, info.ClusterName, res.Name))
-				continue
-			}
-			if !agentPresent {
-				agentInfo = info
-			}
-			agentPresent = true
-			agents = append(agents, d)
-		}
+// findAgent reads the member's agent: only one that serves this Cluster (or this host's proxy)
+// is removed.
+func (u *Unjoiner) findAgent(ctx context.Context, st *unjoinState) error {
+	if st.memberErr != nil {
+		return nil
 	}
-
-	// 1. The Cluster on the host, and wait until it is gone.
-	if cluster != nil {
-		obj := "host Cluster " + cluster.GetName()
-		change(obj, "delete", "KubeSphere unregisters the member")
-		if opts.DryRun != DryRunClient {
-			err := host.Dynamic.Resource(manifests.ClusterGVR).Delete(ctx, cluster.GetName(), metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
-			if err != nil && !apierrors.IsNotFound(err) {
-				return res, fmt.Errorf("delete Cluster %s on the host: %w", cluster.GetName(), err)
-			}
-		}
-		if !opts.DryRun.Enabled() {
-			if err := waitClusterGone(ctx, host, cluster.GetName(), opts, rep, change, res); err != nil {
-				return res, err
-			}
-		}
+	ds, err := GetAgentDeployments(ctx, u.member)
+	if err != nil {
+		return fmt.Errorf("member: %w", err)
 	}
+	for _, d := range ds {
+		info := InspectAgent(d)
+		if u.res.Name == "" {
+			u.res.Name = info.ClusterName
+		}
+		if u.res.Name != "" && info.ClusterName != "" && info.ClusterName != u.res.Name {
+			u.rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", manifests.AgentNamespace, d.Name, info.ClusterName, u.res.Name))
+			continue
+		}
+		if !st.agentPresent {
+			st.agent = info
+		}
+		st.agentPresent = true
+		st.agents = append(st.agents, d.Name)
+	}
+	return nil
+}
 
-	// 2. The agent on the member.
-	if memberErr == nil {
-		for _, d := range agents {
-			change(fmt.Sprintf("member deployment %s/%s", manifests.AgentNamespace, d.Name), "delete", fmt.Sprintf("the %s agent", InspectAgent(d).Tunnel))
-			if opts.DryRun != DryRunClient {
-				err := member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(ctx, d.Name, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
-				if err != nil && !apierrors.IsNotFound(err) {
-					return res, fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, d.Name, err)
-				}
-			}
-		}
-		sec, err := member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
-		if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue && (agentPresent || agentInfo.ClusterName == "") {
-			change(fmt.Sprintf("member secret %s/%s", manifests.AgentNamespace, manifests.AgentTokenSecretName), "delete", "the agent token")
-			if opts.DryRun != DryRunClient {
-				err := member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Delete(ctx, manifests.AgentTokenSecretName, metav1.DeleteOptions{DryRun: opts.DryRun.apiDryRun()})
-				if err != nil && !apierrors.IsNotFound(err) {
-					return res, fmt.Errorf("member: delete secret %s/%s: %w", manifests.AgentNamespace, manifests.AgentTokenSecretName, err)
-				}
-			}
-		}
-		res.LeftBehind = append(res.LeftBehind,
-			"the member's ClusterConfiguration keeps clusterRole: member and the host's jwtSecret (KubeSphere does not support switching roles back; "+
-				"to re-join, run join again; to use it alone, set multicluster.clusterRole: none and a new authentication.jwtSecret in its ClusterConfiguration)")
-	} else {
-		res.LeftBehind = append(res.LeftBehind,
+// Apply removes what the plan found: (1) the Cluster on the host, waiting until KubeSphere
+// finished deleting it; (2) the agent on the member.
+func (u *Unjoiner) Apply(ctx context.Context, plan *Plan[*unjoinState]) (*UnjoinResult, error) {
+	if err := plan.Err(); err != nil {
+		return u.res, err
+	}
+	st := plan.State
+	if err := u.deleteCluster(ctx, st); err != nil {
+		return u.res, err
+	}
+	if err := u.deleteAgent(ctx, st); err != nil {
+		return u.res, err
+	}
+	u.res.Changed = u.log.Changed()
+	return u.res, nil
+}
+
+func (u *Unjoiner) deleteCluster(ctx context.Context, st *unjoinState) error {
+	if st.cluster == nil {
+		return nil
+	}
+	name := st.cluster.GetName()
+	u.log.Record(Change{Object: "host Cluster " + name, Action: "delete", Summary: "KubeSphere unregisters the member"})
+	if err := u.w.Delete(ctx, DynamicResource(u.host, manifests.ClusterGVR, ""), name, metav1.DeleteOptions{}); err != nil {
+		return fmt.Errorf("delete Cluster %s on the host: %w", name, err)
+	}
+	if u.opts.DryRun.Enabled() {
+		return nil
+	}
+	return u.waitClusterGone(ctx, name)
+}
+
+func (u *Unjoiner) deleteAgent(ctx context.Context, st *unjoinState) error {
+	if st.memberErr != nil {
+		u.res.LeftBehind = append(u.res.LeftBehind,
 			fmt.Sprintf("on the member (unreachable): Deployment %s/%s, Secret %s/%s (ks-mc agent only) and the member settings in its ClusterConfiguration; "+
 				"if it comes back, delete them: kubectl -n %s delete deployment %s; kubectl -n %s delete secret %s --ignore-not-found",
 				manifests.AgentNamespace, manifests.AgentName, manifests.AgentNamespace, manifests.AgentTokenSecretName,
 				manifests.AgentNamespace, manifests.AgentName, manifests.AgentNamespace, manifests.AgentTokenSecretName))
+		return nil
 	}
-	res.Changed = len(res.Changes) > 0
-	return res, nil
+	member := u.member
+	for _, name := range st.agents {
+		tun := st.agent.Tunnel
+		if name == manifests.MigratedAgentName {
+			tun = manifests.TunnelKSMC
+		}
+		u.log.Record(Change{Object: fmt.Sprintf("member deployment %s/%s", manifests.AgentNamespace, name), Action: "delete", Summary: fmt.Sprintf("the %s agent", tun)})
+		if err := u.w.Delete(ctx, Deployments(member, manifests.AgentNamespace), name, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, name, err)
+		}
+	}
+	sec, err := member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
+	if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue && (st.agentPresent || st.agent.ClusterName == "") {
+		u.log.Record(Change{Object: fmt.Sprintf("member secret %s/%s", manifests.AgentNamespace, manifests.AgentTokenSecretName), Action: "delete", Summary: "the agent token"})
+		if err := u.w.Delete(ctx, Secrets(member, manifests.AgentNamespace), manifests.AgentTokenSecretName, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete secret %s/%s: %w", manifests.AgentNamespace, manifests.AgentTokenSecretName, err)
+		}
+	}
+	u.res.LeftBehind = append(u.res.LeftBehind,
+		"the member's ClusterConfiguration keeps clusterRole: member and the host's jwtSecret (KubeSphere does not support switching roles back; "+
+			"to re-join, run join again; to use it alone, set multicluster.clusterRole: none and a new authentication.jwtSecret in its ClusterConfiguration)")
+	return nil
 }
 
 // waitClusterGone waits for KubeSphere to finish deleting the Cluster (finalizer). With Force, a
 // finalizer that is still there after the wait is removed and what it would have cleaned is reported.
-func waitClusterGone(ctx context.Context, host *Clients, name string, opts UnjoinOptions, rep Reporter,
-	change func(obj, action, summary string), res *UnjoinResult) error {
+func (u *Unjoiner) waitClusterGone(ctx context.Context, name string) error {
+	host, opts, rep := u.host, u.opts, u.rep
 	wait := opts.Timeout
 	if opts.Force && wait > 30*time.Second {
 		wait = 30 * time.Second
@@ -217,30 +277,9 @@ func waitClusterGone(ctx context.Context, host *Clients, name string, opts Unjoi
 		rep.Progress(fmt.Sprintf("waiting for KubeSphere to finish deleting Cluster %s (finalizers %v)", name, c.GetFinalizers()))
 		if time.Now().After(deadline) {
 			if !opts.Force {
-				// Is it KubeSphere 3.4's webhook? A server-side dry run of the finalizer removal
-				// goes through it and changes nothing.
-				if err := removeFinalizersDryRun(ctx, host, name); err != nil && IsClusterWebhookRefusal(err) {
-					return fmt.Errorf("timed out after %s waiting for Cluster %s to be deleted (finalizers %v): KubeSphere 3.4's validating webhook %s refuses every update "+
-						"of the Cluster, ks-controller-manager's finalizer removal included, while it cannot reach the member through the Cluster's kubeconfig (%v); "+
-						"make the member reachable (its agent connected), or, if the member is gone for good, re-run with --force",
-						wait, name, c.GetFinalizers(), ClusterWebhookName, webhookReason(err))
-				}
-				return fmt.Errorf("timed out after %s waiting for Cluster %s to be deleted (finalizers %v): ks-controller-manager on the host could not finish; "+
-					"see kubectl -n kubesphere-system logs deployment/ks-controller-manager%s, or re-run with --force to remove the finalizer",
-					wait, name, c.GetFinalizers(), host.contextFlag())
+				return u.stuckError(ctx, name, wait, c.GetFinalizers())
 			}
-			change("host Cluster "+name, "remove finalizers", fmt.Sprintf("%v (--force)", c.GetFinalizers()))
-			if err := removeFinalizers(ctx, host, name); err != nil {
-				if !IsClusterWebhookRefusal(err) {
-					return fmt.Errorf("host: remove finalizers of Cluster %s: %w", name, err)
-				}
-				if err := removeFinalizersPastWebhook(ctx, host, name, err, rep, change, res); err != nil {
-					return err
-				}
-			}
-			res.LeftBehind = append(res.LeftBehind, "on the host: what KubeSphere's finalizer would have cleaned for Cluster "+name+
-				" (kubefed registration, Service kubesphere-system/mc-"+name+" when the proxy does not remove it)")
-			return nil
+			return u.forceFinalizers(ctx, name, c.GetFinalizers())
 		}
 		select {
 		case <-ctx.Done():
@@ -248,6 +287,38 @@ func waitClusterGone(ctx context.Context, host *Clients, name string, opts Unjoi
 		case <-time.After(opts.PollInterval):
 		}
 	}
+}
+
+// stuckError explains a Cluster that KubeSphere did not finish deleting.
+func (u *Unjoiner) stuckError(ctx context.Context, name string, wait time.Duration, finalizers []string) error {
+	// Is it KubeSphere 3.4's webhook? A server-side dry run of the finalizer removal goes through
+	// it and changes nothing.
+	if err := removeFinalizers(ctx, u.host, name, DryRunServer); err != nil && IsClusterWebhookRefusal(err) {
+		return fmt.Errorf("timed out after %s waiting for Cluster %s to be deleted (finalizers %v): KubeSphere 3.4's validating webhook %s refuses every update "+
+			"of the Cluster, ks-controller-manager's finalizer removal included, while it cannot reach the member through the Cluster's kubeconfig (%v); "+
+			"make the member reachable (its agent connected), or, if the member is gone for good, re-run with --force",
+			wait, name, finalizers, ClusterWebhookName, webhookReason(err))
+	}
+	return fmt.Errorf("timed out after %s waiting for Cluster %s to be deleted (finalizers %v): ks-controller-manager on the host could not finish; "+
+		"see kubectl -n kubesphere-system logs deployment/ks-controller-manager%s, or re-run with --force to remove the finalizer",
+		wait, name, finalizers, u.host.contextFlag())
+}
+
+// forceFinalizers is --force after the wait: the finalizer is removed (past KubeSphere's webhook
+// when it refuses) and what it would have cleaned is reported.
+func (u *Unjoiner) forceFinalizers(ctx context.Context, name string, finalizers []string) error {
+	u.log.Record(Change{Object: "host Cluster " + name, Action: "remove finalizers", Summary: fmt.Sprintf("%v (--force)", finalizers)})
+	if err := removeFinalizers(ctx, u.host, name, DryRunNone); err != nil {
+		if !IsClusterWebhookRefusal(err) {
+			return fmt.Errorf("host: remove finalizers of Cluster %s: %w", name, err)
+		}
+		if err := u.removeFinalizersPastWebhook(ctx, name, err); err != nil {
+			return err
+		}
+	}
+	u.res.LeftBehind = append(u.res.LeftBehind, "on the host: what KubeSphere's finalizer would have cleaned for Cluster "+name+
+		" (kubefed registration, Service kubesphere-system/mc-"+name+" when the proxy does not remove it)")
+	return nil
 }
 
 // KubeSphere 3.4's validating webhook on Cluster UPDATE (ks-installer v3.4.1
@@ -280,19 +351,12 @@ func webhookReason(err error) string {
 	return msg
 }
 
-var finalizersNull = []byte(`{"metadata":{"finalizers":null}}`)
-
-func removeFinalizers(ctx context.Context, host *Clients, name string) error {
-	_, err := host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull, metav1.PatchOptions{FieldManager: FieldManager})
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	return err
-}
-
-func removeFinalizersDryRun(ctx context.Context, host *Clients, name string) error {
-	_, err := host.Dynamic.Resource(manifests.ClusterGVR).Patch(ctx, name, types.MergePatchType, finalizersNull,
-		metav1.PatchOptions{FieldManager: FieldManager, DryRun: []string{metav1.DryRunAll}})
+// removeFinalizers sends {"metadata":{"finalizers":null}} to the Cluster; dry says whether it is
+// a real removal (DryRunNone) or KubeSphere's webhook is only asked (DryRunServer).
+func removeFinalizers(ctx context.Context, host *Clients, name string, dry DryRun) error {
+	p := MergePatch{}
+	p.Set(nil, "metadata", "finalizers")
+	_, err := Writer{DryRun: dry}.MergePatch(ctx, DynamicResource(host, manifests.ClusterGVR, ""), name, p)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -304,8 +368,8 @@ func removeFinalizersDryRun(ctx context.Context, host *Clients, name string) err
 // ValidatingWebhookConfiguration cluster.kubesphere.io, is deleted for the finalizer removal and
 // re-created from its copy right after. Both steps are reported; if the re-creation fails, the
 // error says how to restore it from the copy written to a file.
-func removeFinalizersPastWebhook(ctx context.Context, host *Clients, name string, refusal error, rep Reporter,
-	change func(obj, action, summary string), res *UnjoinResult) error {
+func (u *Unjoiner) removeFinalizersPastWebhook(ctx context.Context, name string, refusal error) error {
+	host, rep := u.host, u.rep
 	api := host.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations()
 	vwc, err := api.Get(ctx, ClusterWebhookConfigName, metav1.GetOptions{})
 	if err != nil {
@@ -321,17 +385,21 @@ func removeFinalizersPastWebhook(ctx context.Context, host *Clients, name string
 	rep.Warn(fmt.Sprintf("KubeSphere 3.4's webhook %s refuses every update of Cluster %s while it cannot reach the member (%s): "+
 		"--force suspends ValidatingWebhookConfiguration %s for this one finalizer removal and re-creates it at once (copy: %s)",
 		ClusterWebhookName, name, webhookReason(refusal), ClusterWebhookConfigName, backup))
-	change("host ValidatingWebhookConfiguration "+ClusterWebhookConfigName, "delete",
-		"KubeSphere's Cluster webhook, suspended for the finalizer removal of Cluster "+name+" (--force; re-created next)")
+	u.log.Record(Change{Object: "host ValidatingWebhookConfiguration " + ClusterWebhookConfigName, Action: "delete",
+		Summary: "KubeSphere's Cluster webhook, suspended for the finalizer removal of Cluster " + name + " (--force; re-created next)"})
 	uid := vwc.UID
-	if err := api.Delete(ctx, vwc.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+	if err := u.w.Delete(ctx, TypedResource(api), vwc.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil {
 		return fmt.Errorf("host: delete ValidatingWebhookConfiguration %s: %w", ClusterWebhookConfigName, err)
 	}
-	patchErr := removeFinalizers(ctx, host, name)
+	patchErr := removeFinalizers(ctx, host, name, DryRunNone)
 	restore := func() error {
 		var err error
 		for i := 0; i < 5; i++ {
-			if _, err = api.Create(ctx, saved, metav1.CreateOptions{FieldManager: FieldManager}); err == nil || apierrors.IsAlreadyExists(err) {
+			err = u.w.Send(func(dryRun []string) error {
+				_, err := api.Create(ctx, saved, metav1.CreateOptions{FieldManager: FieldManager, DryRun: dryRun})
+				return err
+			})
+			if err == nil || apierrors.IsAlreadyExists(err) {
 				return nil
 			}
 			select {
@@ -346,7 +414,7 @@ func removeFinalizersPastWebhook(ctx context.Context, host *Clients, name string
 		return fmt.Errorf("host: re-create ValidatingWebhookConfiguration %s: %w\nKubeSphere's Cluster webhook is OFF: restore it with kubectl%s apply -f %s",
 			ClusterWebhookConfigName, err, host.contextFlag(), backup)
 	}
-	change("host ValidatingWebhookConfiguration "+ClusterWebhookConfigName, "create", "KubeSphere's Cluster webhook, restored as it was")
+	u.log.Record(Change{Object: "host ValidatingWebhookConfiguration " + ClusterWebhookConfigName, Action: "create", Summary: "KubeSphere's Cluster webhook, restored as it was"})
 	_ = os.Remove(backup)
 	if patchErr != nil {
 		return fmt.Errorf("host: remove finalizers of Cluster %s: %w", name, patchErr)
