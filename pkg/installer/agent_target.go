@@ -105,7 +105,12 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 	if image == "" && tun == manifests.TunnelTower {
 		image = cfg.Multicluster.AgentImage
 	}
-	objs, err := manifests.RenderAgent(tun, manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: addr, Image: image, CACertHash: pin})
+	v := manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: addr, Image: image, CACertHash: pin}
+	if name := c.GetAnnotations()[manifests.AgentDeploymentAnnotation]; tun == manifests.TunnelKSMC && name == manifests.MigratedAgentName {
+		// A member moved by migrate keeps its ks-mc agent in the Deployment it was migrated to.
+		v.DeploymentName = name
+	}
+	objs, err := manifests.RenderAgent(tun, v)
 	return objs, tun, err
 }
 

@@ -6,7 +6,11 @@ import (
 	"sort"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 // ClusterRow is one Cluster of a host, as "kubectl ks-mc status" shows it.
@@ -29,10 +33,15 @@ type ClusterRow struct {
 	// not a proxy connection.
 	Live string `json:"live,omitempty"`
 	// LiveEvidence is what the probe saw; LatencyMS its measured round trip.
-	LiveEvidence []string           `json:"liveEvidence,omitempty"`
-	LatencyMS    *float64           `json:"latencyMs,omitempty"`
-	UID          string             `json:"uid,omitempty"`
-	Conditions   []ClusterCondition `json:"conditions,omitempty"`
+	LiveEvidence []string `json:"liveEvidence,omitempty"`
+	LatencyMS    *float64 `json:"latencyMs,omitempty"`
+	// Protocol is the agent protocol the member connects with (tower or ks-mc), from the ks-mc
+	// proxy's heartbeat Lease (else: tower when the host runs KubeSphere's Tower); "" unknown.
+	Protocol string `json:"protocol,omitempty"`
+	// Weaker explains why a member on a Tower agent is less protected, with the migrate command.
+	Weaker     string             `json:"weaker,omitempty"`
+	UID        string             `json:"uid,omitempty"`
+	Conditions []ClusterCondition `json:"conditions,omitempty"`
 }
 
 // ContextRole is the KubeSphere role of one kubeconfig context.
@@ -99,8 +108,16 @@ func Status(ctx context.Context, host *Clients, contexts []*Clients) (*StatusRep
 		if err != nil {
 			return nil, err
 		}
+		protocols := AgentProtocols(ctx, host, clusters)
+		hostTunnel, _ := HostTunnel(ctx, host)
 		for i := range clusters {
 			row := ClusterRowOf(&clusters[i])
+			if row.Connection == "proxy" && row.Role != RoleHost {
+				row.Protocol = protocols[row.Name]
+				if row.Protocol == manifests.AgentProtocolTower {
+					row.Weaker = TowerAgentWeakness(host, row.Name, hostTunnel == TunnelTower)
+				}
+			}
 			rep.Clusters = append(rep.Clusters, row)
 			if row.UID != "" {
 				byUID[row.UID] = row.Name
@@ -178,4 +195,52 @@ func ProbeTunnels(ctx context.Context, host *Clients, members []*Clients, rep *S
 		row.LatencyMS = f.LatencyMS
 	}
 	return nil
+}
+
+// AgentProtocols tells, per Cluster name, which agent protocol its member connects with: what the
+// ks-mc proxy's heartbeat Lease says (annotation ks-mc.io/agent-protocol); without one, tower when
+// the host runs KubeSphere's Tower (every agent is a Tower agent then), ks-mc for a Cluster
+// annotated ks-mc (the proxy refuses Tower agents for it); else nothing is known.
+func AgentProtocols(ctx context.Context, host *Clients, clusters []unstructured.Unstructured) map[string]string {
+	out := map[string]string{}
+	tunnelKind, _ := HostTunnel(ctx, host)
+	leases := map[string]string{}
+	if tunnelKind == TunnelKsMc {
+		if l, err := host.Kube.CoordinationV1().Leases(KubeSphereNamespace).List(ctx, metav1.ListOptions{LabelSelector: tunnel.HeartbeatClusterLabel}); err == nil {
+			for i := range l.Items {
+				if p := LeaseProtocol(&l.Items[i]); p != "" {
+					leases[l.Items[i].Labels[tunnel.HeartbeatClusterLabel]] = p
+				}
+			}
+		}
+	}
+	for i := range clusters {
+		c := &clusters[i]
+		name := c.GetName()
+		switch {
+		case tunnelKind == TunnelTower:
+			out[name] = manifests.AgentProtocolTower
+		case leases[name] != "":
+			out[name] = leases[name]
+		case c.GetAnnotations()[manifests.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc:
+			out[name] = manifests.AgentProtocolKsMc
+		}
+	}
+	return out
+}
+
+// TowerAgentWeakness says what a member on a Tower agent cannot be protected from, and how to
+// move it to the ks-mc agent.
+// hostTower: the host still runs KubeSphere's Tower (switch it first).
+func TowerAgentWeakness(host *Clients, cluster string, hostTower bool) string {
+	h := "HOST"
+	if host != nil && host.Context != "" {
+		h = host.Context
+	}
+	first := ""
+	if hostTower {
+		first = "kubectl ks-mc init-host --context " + h + " --tunnel=ks-mc (Tower members stay connected), then "
+	}
+	return "on a Tower agent: weaker than the ks-mc agent (its token is in the agent's command line, and over ws:// the proxy is not authenticated, so anyone on the path can take the token); " +
+		"move it: " + first + "kubectl ks-mc migrate --host-context " + h + " --context <context of " + cluster + ">"
 }
