@@ -9,9 +9,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // Shell completion. Cobra provides `kubectl ks-mc completion bash|zsh|fish|powershell` and the
@@ -24,9 +25,6 @@ import (
 
 // completionTimeout bounds the API calls made while the user waits on <TAB>.
 const completionTimeout = 5 * time.Second
-
-// clusterGVR is KubeSphere's Cluster resource (cluster-scoped) on the host cluster.
-var clusterGVR = schema.GroupVersionResource{Group: "cluster.kubesphere.io", Version: "v1alpha1", Resource: "clusters"}
 
 // RegisterContextCompletion makes flagName of cmd complete with the context names of the
 // kubeconfig in use: --host-kubeconfig for the host-* flags when that flag is set, otherwise
@@ -143,7 +141,7 @@ func completeClusterNames(c *cobra.Command, toComplete string) []string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), completionTimeout)
 	defer cancel()
-	list, err := client.Resource(clusterGVR).List(ctx, metav1.ListOptions{})
+	list, err := client.Resource(kubesphere.ClusterGVR).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil
 	}

@@ -40,8 +40,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 var updateDiagnose = flag.Bool("update", false, "rewrite testdata/diagnose.golden.*")
@@ -63,8 +63,8 @@ func ksConfigMap(jwt, maxAge, role, addr string) *corev1.ConfigMap {
 		cfg["multicluster"].(map[string]any)["proxyPublishAddress"] = addr
 	}
 	b, _ := yaml.Marshal(cfg)
-	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: installer.KubeSphereConfigName, Namespace: installer.KubeSphereNamespace},
-		Data: map[string]string{installer.KubeSphereConfigKey: string(b)}}
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kubesphere.ConfigName, Namespace: kubesphere.Namespace},
+		Data: map[string]string{kubesphere.ConfigKey: string(b)}}
 }
 
 func diagCC(role, jwt, addr string) *unstructured.Unstructured {
@@ -114,15 +114,15 @@ func diagCluster(t *testing.T, name, uid, token string, port int64, kubeconfig s
 
 func heartbeat(cluster string, agents int, renewed time.Time) *coordinationv1.Lease {
 	id, dur, rt := "tower-0", int32(30), metav1.NewMicroTime(renewed)
-	return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: tunnel.HeartbeatLeaseName(cluster), Namespace: "kubesphere-system",
-		Labels:      map[string]string{tunnel.HeartbeatClusterLabel: cluster},
-		Annotations: map[string]string{tunnel.HeartbeatAgentsAnnotation: strconv.Itoa(agents), tunnel.HeartbeatRTTAnnotation: "2.5ms"}},
+	return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: kubesphere.HeartbeatLeaseName(cluster), Namespace: "kubesphere-system",
+		Labels:      map[string]string{kubesphere.HeartbeatClusterLabel: cluster},
+		Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: strconv.Itoa(agents), kubesphere.HeartbeatRTTAnnotation: "2.5ms"}},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &dur, RenewTime: &rt}}
 }
 
 func memberFake(t *testing.T, ctxName, uid, jwt, maxAge, name, token string, readyReplicas int32) *installer.Clients {
 	t.Helper()
-	objs, err := manifests.RenderAgent(manifests.TunnelKSMC, manifests.AgentValues{ClusterName: name, Token: token, ProxyServer: testAddr})
+	objs, err := manifests.RenderAgent(kubesphere.TunnelKsMc, manifests.AgentValues{ClusterName: name, Token: token, ProxyServer: testAddr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func memberFake(t *testing.T, ctxName, uid, jwt, maxAge, name, token string, rea
 	}
 	cc := diagCC("member", jwt, "")
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		installer.ClusterConfigurationGVR: "ClusterConfigurationList", manifests.ClusterGVR: "ClusterList"}, cc)
+		kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList", kubesphere.ClusterGVR: "ClusterList"}, cc)
 	return &installer.Clients{Kube: fake.NewClientset(kubeObjs...), Dynamic: dyn, Context: ctxName}
 }
 
@@ -175,7 +175,7 @@ func diagFleet(t *testing.T) (*installer.Clients, []*installer.Clients) {
 	m3.SetFinalizers([]string{"finalizer.cluster.kubesphere.io"})
 	hostCluster := testClusterObj("host", "uid-h", true, map[string]any{"type": "Ready", "status": "True"})
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		installer.ClusterConfigurationGVR: "ClusterConfigurationList", manifests.ClusterGVR: "ClusterList"},
+		kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList", kubesphere.ClusterGVR: "ClusterList"},
 		diagCC("host", testHostJWT, testAddr), hostCluster,
 		diagCluster(t, "member1", "uid-1", testToken1, 6000, kubeconfigWithCert(t, diagNow.Add(300*24*time.Hour))),
 		diagCluster(t, "member2", "uid-2", testToken2, 6001, kubeconfigWithCert(t, diagNow.Add(300*24*time.Hour))), m3)

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 	"github.com/ks-mc/ks-mc/pkg/version"
 )
@@ -108,7 +109,7 @@ completed by running it again.`,
 	fl.StringVar(&o.ProxyImage, "proxy-image", "", "Image of the ks-mc proxy with --tunnel=ks-mc (default "+version.Image()+")")
 	fl.BoolVar(&o.AllowPlaintextAgents, "allow-plaintext-agents", false, "With --tunnel=ks-mc: let agents reach the proxy over an http:// address (their token travels in clear text). Unset keeps what the running proxy does; without it an http:// address is refused")
 	o.addFileFlags(cmd)
-	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions([]string{installer.TunnelTower, installer.TunnelKsMc}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions([]string{string(kubesphere.TunnelTower), string(kubesphere.TunnelKsMc)}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("dry-run", cobra.FixedCompletions([]string{"none", "client", "server"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
@@ -162,15 +163,15 @@ func (o *InitHostOptions) Validate() error {
 	if err := validateOutputFormat(o.Output, true); err != nil {
 		return err
 	}
-	switch o.Tunnel {
-	case "", installer.TunnelTower, installer.TunnelKsMc:
+	switch kubesphere.Tunnel(o.Tunnel) {
+	case "", kubesphere.TunnelTower, kubesphere.TunnelKsMc:
 	default:
-		return usageErrorf("--tunnel must be %q or %q, not %q", installer.TunnelTower, installer.TunnelKsMc, o.Tunnel)
+		return usageErrorf("--tunnel must be %q or %q, not %q", kubesphere.TunnelTower, kubesphere.TunnelKsMc, o.Tunnel)
 	}
-	if o.ProxyImage != "" && o.Tunnel != installer.TunnelKsMc {
+	if o.ProxyImage != "" && kubesphere.Tunnel(o.Tunnel) != kubesphere.TunnelKsMc {
 		return usageErrorf("--proxy-image is only used with --tunnel=ks-mc")
 	}
-	if o.allowPlaintextSet && o.Tunnel != installer.TunnelKsMc {
+	if o.allowPlaintextSet && kubesphere.Tunnel(o.Tunnel) != kubesphere.TunnelKsMc {
 		return usageErrorf("--allow-plaintext-agents is only used with --tunnel=ks-mc")
 	}
 	if o.Timeout <= 0 {
@@ -184,7 +185,7 @@ func (o *InitHostOptions) Validate() error {
 			return usageErrorf("--proxy-publish-address: %v", err)
 		}
 	}
-	if o.Tunnel == installer.TunnelKsMc {
+	if kubesphere.Tunnel(o.Tunnel) == kubesphere.TunnelKsMc {
 		if err := o.proxy.Validate(); err != nil {
 			return usageErrorf("--proxy-image: %v", err)
 		}
@@ -213,7 +214,7 @@ func (o *InitHostOptions) Run(parent context.Context) error {
 		NoRestart:            o.NoRestart,
 		Force:                o.Force,
 		DryRun:               o.dryRun,
-		Tunnel:               o.Tunnel,
+		Tunnel:               kubesphere.Tunnel(o.Tunnel),
 		Proxy:                o.proxy,
 		AllowPlaintextAgents: o.allowPlaintext(),
 		LoadBalancerWait:     max(o.LoadBalancerWait, time.Millisecond),
@@ -252,7 +253,7 @@ func (o *InitHostOptions) allowPlaintext() *bool {
 func (o *InitHostOptions) askAddress(rep *progressReporter) installer.AddressFunc {
 	// The ks-mc proxy serves TLS and refuses plaintext agents: suggest https there.
 	example := installer.ProxyAddressExample
-	if o.Tunnel == installer.TunnelKsMc && !o.AllowPlaintextAgents {
+	if kubesphere.Tunnel(o.Tunnel) == kubesphere.TunnelKsMc && !o.AllowPlaintextAgents {
 		example = "https://HOST:PORT"
 	}
 	return func(_ context.Context, req installer.AddressRequest) (string, error) {
@@ -296,7 +297,7 @@ func (o *InitHostOptions) explain(ctx, parent context.Context, err error) error 
 	case errors.As(err, &timeout), errors.As(err, &failed), errors.As(err, &rollout):
 		return fmt.Errorf("%w\nafter fixing the cause, re-run init-host: it continues from the current state", err)
 	case apierrors.IsForbidden(err):
-		return fmt.Errorf("%w\nyour user lacks a permission init-host needs: ask a cluster administrator (see: kubectl auth can-i --list -n %s)", err, installer.KubeSphereNamespace)
+		return fmt.Errorf("%w\nyour user lacks a permission init-host needs: ask a cluster administrator (see: kubectl auth can-i --list -n %s)", err, kubesphere.Namespace)
 	case apierrors.IsConflict(err):
 		return fmt.Errorf("%w\nsomeone else changed the object at the same time: re-run init-host", err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
 	"github.com/ks-mc/ks-mc/pkg/installer/cfgfile"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // fileTarget is the -f flag of init-host and join.
@@ -259,7 +260,7 @@ func (o *InitHostOptions) runFile(_ context.Context) error {
 	r := &fileRun{
 		streams: ioStreams{out: o.Out, errOut: o.ErrOut, stdoutTTY: isTerminal(o.Out)},
 		lf:      lf, edits: installer.HostFileEdits(lf.parsed, addr), dry: o.dryRun, output: o.Output,
-		res: &installer.FileResult{Role: installer.RoleHost}, doneReason: reason,
+		res: &installer.FileResult{Role: kubesphere.RoleHost}, doneReason: reason,
 	}
 	return r.finish()
 }

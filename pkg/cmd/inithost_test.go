@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 const cmdTestCC = `apiVersion: installer.kubesphere.io/v1alpha1
@@ -81,7 +82,7 @@ func newCmdCluster(t *testing.T, role string, finished bool, extra ...runtime.Ob
 	objs = append(objs, extra...)
 	c := &cmdCluster{kube: fake.NewClientset(objs...)}
 	c.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{installer.ClusterConfigurationGVR: "ClusterConfigurationList"}, cc)
+		map[schema.GroupVersionResource]string{kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList"}, cc)
 	c.kube.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		r := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview).DeepCopy()
 		r.Status.Allowed = true
@@ -111,7 +112,7 @@ func (c *cmdCluster) mutations() []string {
 }
 
 func (c *cmdCluster) role(t *testing.T) string {
-	u, err := c.dyn.Resource(installer.ClusterConfigurationGVR).Namespace("kubesphere-system").Get(t.Context(), "ks-installer", metav1.GetOptions{})
+	u, err := c.dyn.Resource(kubesphere.ClusterConfigurationGVR).Namespace("kubesphere-system").Get(t.Context(), "ks-installer", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -45,7 +46,7 @@ type JoinOptions struct {
 	NewHostClients   func() (*installer.Clients, error)
 
 	dryRun      installer.DryRun
-	tunnel      manifests.Tunnel
+	tunnel      kubesphere.Tunnel
 	labels      map[string]string
 	memberCtx   string
 	nameFromCtx bool
@@ -53,7 +54,7 @@ type JoinOptions struct {
 
 // NewJoinOptions returns JoinOptions with defaults.
 func NewJoinOptions(streams genericiooptions.IOStreams) *JoinOptions {
-	return &JoinOptions{IOStreams: streams, Timeout: 10 * time.Minute, DryRunFlag: "none", Tunnel: string(manifests.TunnelAuto)}
+	return &JoinOptions{IOStreams: streams, Timeout: 10 * time.Minute, DryRunFlag: "none", Tunnel: string(kubesphere.TunnelAuto)}
 }
 
 const joinExample = `  # Join the cluster of context "member1" to the host of context "host" (same kubeconfig)
@@ -107,7 +108,7 @@ waits until the host reports the member Ready. Re-running it on a joined member 
 	fl.StringVar(&o.AgentImage, "agent-image", "", "Agent image (default: the host's multicluster.agentImage for tower, this build's image for ks-mc)")
 	fl.StringVar(&o.CACertHash, "ca-cert-hash", "", "Pin of the host proxy's CA, sha256:<hex> (needed for an https proxy address with --tunnel=ks-mc)")
 	o.addFileFlags(cmd)
-	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions([]string{"auto", "tower", "ks-mc"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("tunnel", cobra.FixedCompletions([]string{string(kubesphere.TunnelAuto), string(kubesphere.TunnelTower), string(kubesphere.TunnelKsMc)}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
@@ -121,7 +122,7 @@ func (o *JoinOptions) Complete(f *Factory, c *cobra.Command) error {
 	if o.dryRun, err = parseDryRunFlag(o.DryRunFlag); err != nil {
 		return err
 	}
-	if o.tunnel, err = manifests.ParseTunnel(o.Tunnel); err != nil {
+	if o.tunnel, err = kubesphere.ParseTunnel(o.Tunnel); err != nil {
 		return usageErrorf("--tunnel: %v", err)
 	}
 	if o.labels, err = parseLabels(o.Labels); err != nil {
@@ -279,7 +280,7 @@ func (o *JoinOptions) print(res *installer.JoinResult) error {
 			fmt.Fprintf(w, "%s%s %s: %s\n", label, c.Action, c.Object, c.Summary)
 		}
 	}
-	if r := installer.FindCondition(res.Conditions, installer.ConditionReady); r != nil {
+	if r := installer.FindCondition(res.Conditions, kubesphere.ConditionReady); r != nil {
 		fmt.Fprintf(w, "  ready:      %s\n", r.Status)
 	}
 	fmt.Fprintf(w, "\nSee the fleet with:\n  %s status --host-context %s\n", CommandName, orUnknown(res.HostContext))

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -53,7 +54,7 @@ func (o *JoinOptions) completeFile(f *Factory, c *cobra.Command) error {
 	if o.dryRun, err = parseDryRunFlag(o.DryRunFlag); err != nil {
 		return err
 	}
-	if o.tunnel, err = manifests.ParseTunnel(o.Tunnel); err != nil {
+	if o.tunnel, err = kubesphere.ParseTunnel(o.Tunnel); err != nil {
 		return usageErrorf("--tunnel: %v", err)
 	}
 	if err := resolveHostContext(f, &o.Host, &o.Interaction, ""); err != nil {
@@ -118,7 +119,7 @@ func (o *JoinOptions) runFile(parent context.Context) error {
 	r := &fileRun{
 		streams: ioStreams{out: o.Out, errOut: o.ErrOut, stdoutTTY: isTerminal(o.Out)},
 		lf:      lf, edits: installer.MemberFileEdits(lf.parsed, jwt), dry: o.dryRun, output: o.Output, holdsJWT: true,
-		res:        &installer.FileResult{Role: installer.RoleMember, HostContext: host.Context},
+		res:        &installer.FileResult{Role: kubesphere.RoleMember, HostContext: host.Context},
 		doneReason: "the host's jwtSecret, clusterRole member and accessTokenMaxAge 0 are set already",
 	}
 	if err := r.finish(); err != nil {

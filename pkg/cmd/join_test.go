@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -157,11 +158,11 @@ func TestJoinValidateFlags(t *testing.T) {
 func TestJoinPrintRedacts(t *testing.T) {
 	const token = "tok3n-tok3n-tok3n-tok3n-tok3n-0123456789"
 	const jwt = "JwtS3cretJwtS3cretJwtS3cret01234"
-	agent, err := manifests.RenderAgent(manifests.TunnelKSMC, manifests.AgentValues{ClusterName: "m1", Token: token, ProxyServer: "http://1.2.3.4:8080"})
+	agent, err := manifests.RenderAgent(kubesphere.TunnelKsMc, manifests.AgentValues{ClusterName: "m1", Token: token, ProxyServer: "http://1.2.3.4:8080"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tower, _ := manifests.RenderAgent(manifests.TunnelTower, manifests.AgentValues{ClusterName: "m1", Token: token, ProxyServer: "http://1.2.3.4:8080"})
+	tower, _ := manifests.RenderAgent(kubesphere.TunnelTower, manifests.AgentValues{ClusterName: "m1", Token: token, ProxyServer: "http://1.2.3.4:8080"})
 	cc := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "installer.kubesphere.io/v1alpha1", "kind": "ClusterConfiguration",
 		"metadata": map[string]any{"name": "ks-installer", "namespace": "kubesphere-system"},
 		"spec":     map[string]any{"authentication": map[string]any{"jwtSecret": jwt}}}}

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/tunnel"
 	"github.com/ks-mc/ks-mc/pkg/version"
 )
@@ -56,10 +57,10 @@ func NewProxyOptions(streams genericiooptions.IOStreams) *ProxyOptions {
 	d := tunnel.DefaultConfig()
 	ns := os.Getenv("POD_NAMESPACE")
 	if ns == "" {
-		ns = "kubesphere-system"
+		ns = kubesphere.Namespace
 	}
 	return &ProxyOptions{IOStreams: streams, BindAddress: "0.0.0.0", Port: 8080, Namespace: ns,
-		CASecret: tunnel.DefaultCASecretName, TLS: true, AllowPlaintextAgents: false,
+		CASecret: kubesphere.CASecretName, TLS: true, AllowPlaintextAgents: false,
 		KeepAlive: d.KeepAliveInterval, KeepAliveTimeout: d.KeepAliveTimeout, DrainTimeout: d.DrainTimeout,
 		LeaseName:            "ks-mc-proxy",
 		MaxStreamsPerSession: d.MaxStreamsPerSession, MaxStreamsPerCluster: tunnel.DefaultMaxStreamsPerCluster,

@@ -8,6 +8,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -43,7 +44,7 @@ type RenderAgentOptions struct {
 
 // NewCmdRenderAgent renders the agent of a member from the host's data.
 func NewCmdRenderAgent(f *Factory) *cobra.Command {
-	o := &RenderAgentOptions{IOStreams: f.Streams, Tunnel: string(manifests.TunnelAuto), Output: "yaml"}
+	o := &RenderAgentOptions{IOStreams: f.Streams, Tunnel: string(kubesphere.TunnelAuto), Output: "yaml"}
 	cmd := &cobra.Command{
 		Use:   "agent --host-context HOST --name NAME",
 		Short: "Render the agent a member runs (secrets redacted)",
@@ -82,7 +83,7 @@ func (o *RenderAgentOptions) Complete(f *Factory) error {
 	if err := manifests.ValidateClusterName(o.Name); err != nil {
 		return usageErrorf("--name: %v", err)
 	}
-	if _, err := manifests.ParseTunnel(o.Tunnel); err != nil {
+	if _, err := kubesphere.ParseTunnel(o.Tunnel); err != nil {
 		return usageErrorf("--tunnel: %v", err)
 	}
 	if err := resolveHostContext(f, &o.Host, &o.Interaction, ""); err != nil {
@@ -103,7 +104,7 @@ func (o *RenderAgentOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tun, _ := manifests.ParseTunnel(o.Tunnel)
+	tun, _ := kubesphere.ParseTunnel(o.Tunnel)
 	objs, used, err := installer.RenderAgentFor(ctx, host, installer.RenderAgentOptions{
 		Name: o.Name, Tunnel: tun, AgentImage: o.AgentImage, CACertHash: o.CACertHash, ProxyAddress: o.ProxyAddress,
 	})
@@ -112,10 +113,10 @@ func (o *RenderAgentOptions) Run(ctx context.Context) error {
 	}
 	red := manifests.Redact(objs)
 	switch used {
-	case manifests.TunnelKSMC:
+	case kubesphere.TunnelKsMc:
 		fmt.Fprintf(o.ErrOut, "the token is redacted; create the Secret on the member from the host's Cluster:\n"+
 			"  kubectl -n %s create secret generic %s --from-literal=%s=\"$(kubectl%s get cluster %s -o jsonpath='{.spec.connection.token}')\"\n",
-			manifests.AgentNamespace, manifests.AgentTokenSecretName, manifests.AgentTokenSecretKey, hostCtxFlag(host), o.Name)
+			kubesphere.Namespace, kubesphere.AgentTokenSecretName, kubesphere.AgentTokenSecretKey, hostCtxFlag(host), o.Name)
 	default:
 		fmt.Fprintf(o.ErrOut, "the --token argument is redacted; put the value of: kubectl%s get cluster %s -o jsonpath='{.spec.connection.token}' in its place\n", hostCtxFlag(host), o.Name)
 	}

@@ -6,12 +6,14 @@ import (
 	"strconv"
 	"time"
 
+	"text/tabwriter"
+
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"text/tabwriter"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 func init() { registerCommand(NewCmdStatus) }
@@ -82,7 +84,7 @@ func (o *StatusOptions) complete(f *Factory) {
 				return nil, err
 			}
 			cc, err := installer.GetClusterConfiguration(context.Background(), c)
-			if err != nil || cc.ClusterRole() != installer.RoleHost {
+			if err != nil || cc.ClusterRole() != kubesphere.RoleHost {
 				return nil, nil
 			}
 			return c, nil

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -31,7 +32,7 @@ func fakeKS(t *testing.T, ctxName, role, uid string, objs ...runtime.Object) *in
 		"status":   map[string]any{"core": map[string]any{"version": "v3.4.1"}},
 	}}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		installer.ClusterConfigurationGVR: "ClusterConfigurationList", manifests.ClusterGVR: "ClusterList"}, append([]runtime.Object{cc}, objs...)...)
+		kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList", kubesphere.ClusterGVR: "ClusterList"}, append([]runtime.Object{cc}, objs...)...)
 	kube := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-system", UID: types.UID(uid)}})
 	return &installer.Clients{Kube: kube, Dynamic: dyn, Context: ctxName}
 }
@@ -39,7 +40,7 @@ func fakeKS(t *testing.T, ctxName, role, uid string, objs ...runtime.Object) *in
 func testClusterObj(name, uid string, host bool, conds ...map[string]any) *unstructured.Unstructured {
 	c, _ := manifests.RenderCluster(manifests.ClusterValues{Name: name})
 	if host {
-		c.SetLabels(map[string]string{manifests.ClusterHostRoleLabel: ""})
+		c.SetLabels(map[string]string{kubesphere.ClusterHostRoleLabel: ""})
 		_ = unstructured.SetNestedField(c.Object, "direct", "spec", "connection", "type")
 	}
 	_ = unstructured.SetNestedField(c.Object, uid, "status", "uid")

@@ -14,46 +14,30 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
 // Helpers around KubeSphere's Cluster objects, the agent Deployment and cluster identity, shared by
 // join, unjoin and status.
 
-// Condition types of a KubeSphere Cluster.
-const (
-	ConditionInitialized    = "Initialized"
-	ConditionAgentAvailable = "AgentAvailable"
-	ConditionFederated      = "Federated"
-	ConditionReady          = "Ready"
-)
-
-// ClusterCondition is one entry of a Cluster's status.conditions.
-type ClusterCondition struct {
-	Type               string `json:"type"`
-	Status             string `json:"status"`
-	Reason             string `json:"reason,omitempty"`
-	Message            string `json:"message,omitempty"`
-	LastTransitionTime string `json:"lastTransitionTime,omitempty"`
-}
-
 // ClusterConditions reads status.conditions.
-func ClusterConditions(c *unstructured.Unstructured) []ClusterCondition {
+func ClusterConditions(c *unstructured.Unstructured) []kubesphere.ClusterCondition {
 	raw, _, _ := unstructured.NestedSlice(c.Object, "status", "conditions")
-	out := make([]ClusterCondition, 0, len(raw))
+	out := make([]kubesphere.ClusterCondition, 0, len(raw))
 	for _, r := range raw {
 		m, ok := r.(map[string]any)
 		if !ok {
 			continue
 		}
 		s := func(k string) string { v, _ := m[k].(string); return v }
-		out = append(out, ClusterCondition{Type: s("type"), Status: s("status"), Reason: s("reason"), Message: s("message"), LastTransitionTime: s("lastTransitionTime")})
+		out = append(out, kubesphere.ClusterCondition{Type: s("type"), Status: s("status"), Reason: s("reason"), Message: s("message"), LastTransitionTime: s("lastTransitionTime")})
 	}
 	return out
 }
 
 // FindCondition returns the condition of the given type (nil when absent).
-func FindCondition(conds []ClusterCondition, typ string) *ClusterCondition {
+func FindCondition(conds []kubesphere.ClusterCondition, typ string) *kubesphere.ClusterCondition {
 	for i := range conds {
 		if conds[i].Type == typ {
 			return &conds[i]
@@ -62,13 +46,13 @@ func FindCondition(conds []ClusterCondition, typ string) *ClusterCondition {
 	return nil
 }
 
-func conditionTrue(conds []ClusterCondition, typ string) bool {
+func conditionTrue(conds []kubesphere.ClusterCondition, typ string) bool {
 	c := FindCondition(conds, typ)
 	return c != nil && c.Status == "True"
 }
 
 // DescribeConditions renders "Initialized=True, AgentAvailable=False (Agent has not connected…)".
-func DescribeConditions(conds []ClusterCondition) string {
+func DescribeConditions(conds []kubesphere.ClusterCondition) string {
 	if len(conds) == 0 {
 		return "no conditions yet"
 	}
@@ -89,18 +73,18 @@ func ClusterMemberUID(c *unstructured.Unstructured) string {
 	if uid, _, _ := unstructured.NestedString(c.Object, "status", "uid"); uid != "" {
 		return uid
 	}
-	return c.GetAnnotations()[manifests.MemberUIDAnnotation]
+	return c.GetAnnotations()[kubesphere.MemberUIDAnnotation]
 }
 
 // IsHostCluster reports whether a Cluster is the host's own (label cluster-role.kubesphere.io/host).
 func IsHostCluster(c *unstructured.Unstructured) bool {
-	_, ok := c.GetLabels()[manifests.ClusterHostRoleLabel]
+	_, ok := c.GetLabels()[kubesphere.ClusterHostRoleLabel]
 	return ok
 }
 
 // GetCluster reads a Cluster on the host; (nil, nil) when it does not exist.
 func GetCluster(ctx context.Context, host *Clients, name string) (*unstructured.Unstructured, error) {
-	c, err := host.Dynamic.Resource(manifests.ClusterGVR).Get(ctx, name, metav1.GetOptions{})
+	c, err := host.Dynamic.Resource(kubesphere.ClusterGVR).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
@@ -112,7 +96,7 @@ func GetCluster(ctx context.Context, host *Clients, name string) (*unstructured.
 
 // ListClusters lists the host's Cluster objects.
 func ListClusters(ctx context.Context, host *Clients) ([]unstructured.Unstructured, error) {
-	list, err := host.Dynamic.Resource(manifests.ClusterGVR).List(ctx, metav1.ListOptions{})
+	list, err := host.Dynamic.Resource(kubesphere.ClusterGVR).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list Clusters: %w", err)
 	}
@@ -143,12 +127,12 @@ func GetAgentDeployment(ctx context.Context, member *Clients) (*appsv1.Deploymen
 func GetAgentDeployments(ctx context.Context, member *Clients) ([]*appsv1.Deployment, error) {
 	var out []*appsv1.Deployment
 	for _, name := range manifests.AgentNames() {
-		d, err := member.Kube.AppsV1().Deployments(manifests.AgentNamespace).Get(ctx, name, metav1.GetOptions{})
+		d, err := member.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("get deployment %s/%s: %w", manifests.AgentNamespace, name, err)
+			return nil, fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, name, err)
 		}
 		out = append(out, d)
 	}
@@ -157,7 +141,7 @@ func GetAgentDeployments(ctx context.Context, member *Clients) ([]*appsv1.Deploy
 
 // AgentInfo is what an agent Deployment says about its connection (never the token).
 type AgentInfo struct {
-	Tunnel      manifests.Tunnel
+	Tunnel      kubesphere.Tunnel
 	ClusterName string
 	ProxyServer string
 }
@@ -169,9 +153,9 @@ func InspectAgent(d *appsv1.Deployment) AgentInfo {
 		return info
 	}
 	c := d.Spec.Template.Spec.Containers[0]
-	info.Tunnel = manifests.TunnelTower
+	info.Tunnel = kubesphere.TunnelTower
 	if len(c.Command) == 0 && len(c.Args) > 0 && c.Args[0] == "agent" {
-		info.Tunnel = manifests.TunnelKSMC
+		info.Tunnel = kubesphere.TunnelKsMc
 	}
 	for _, a := range append(append([]string{}, c.Command...), c.Args...) {
 		if v, ok := strings.CutPrefix(a, "--name="); ok {

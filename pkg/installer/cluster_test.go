@@ -9,7 +9,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 func TestAPIServerClock(t *testing.T) {
@@ -36,9 +36,9 @@ func TestAPIServerClock(t *testing.T) {
 }
 
 func TestInspectAgentAndVersions(t *testing.T) {
-	for _, tun := range []manifests.Tunnel{manifests.TunnelTower, manifests.TunnelKSMC} {
+	for _, tun := range []kubesphere.Tunnel{kubesphere.TunnelTower, kubesphere.TunnelKsMc} {
 		d := agentDeployment(t, "http://203.0.113.10:30881", "m1")
-		if tun == manifests.TunnelKSMC {
+		if tun == kubesphere.TunnelKsMc {
 			c := &d.Spec.Template.Spec.Containers[0]
 			c.Command, c.Args = nil, []string{"agent", "--name=m1", "--proxy-server=http://203.0.113.10:30881", "--token-file=/t"}
 		}

@@ -8,7 +8,7 @@
 // kubesphere*.go):
 //
 //   - Clients / NewClients, Reporter (Step, Progress, Warn) / NopReporter, DryRun / ParseDryRun,
-//     FieldManager ("ks-mc").
+//     (the field manager and every KubeSphere name are in pkg/kubesphere).
 //   - Preflight (OK, Warn, Error, Merge, Err → *PreflightError) and Check ("[ok] …" lines).
 //   - CheckAccess / CheckAccessInto with Access: RBAC through SelfSubjectAccessReview.
 //   - GetClusterConfiguration (wraps ErrKubeSphereNotInstalled) → *ClusterConfiguration with
@@ -36,9 +36,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
-
-// FieldManager is the field manager of every write ks-mc makes.
-const FieldManager = "ks-mc"
 
 // Clients are the API clients of one cluster.
 type Clients struct {

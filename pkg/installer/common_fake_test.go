@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // A ClusterConfiguration like a fresh KubeSphere 3.4 one, plus fields ks-mc does not know about.
@@ -85,7 +87,7 @@ func one() *int32 { v := int32(1); return &v }
 
 func readyDeployment(name string, labels map[string]string) *appsv1.Deployment {
 	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: KubeSphereNamespace, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: kubesphere.Namespace, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: one(), Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
@@ -101,9 +103,9 @@ func readyDeployment(name string, labels map[string]string) *appsv1.Deployment {
 func newFakeCluster(t *testing.T, ccDoc string, extra ...runtime.Object) *fakeCluster {
 	t.Helper()
 	objs := []runtime.Object{
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: KubeSphereConfigName, Namespace: KubeSphereNamespace},
-			Data: map[string]string{KubeSphereConfigKey: testKSConfig}},
-		readyDeployment(APIServerName, map[string]string{"app": "ks-apiserver"}),
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: kubesphere.ConfigName, Namespace: kubesphere.Namespace},
+			Data: map[string]string{kubesphere.ConfigKey: testKSConfig}},
+		readyDeployment(kubesphere.APIServerName, map[string]string{"app": "ks-apiserver"}),
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
 			{Type: corev1.NodeInternalIP, Address: "10.0.0.2"}, {Type: corev1.NodeExternalIP, Address: "203.0.113.2"}}}},
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
@@ -113,7 +115,7 @@ func newFakeCluster(t *testing.T, ccDoc string, extra ...runtime.Object) *fakeCl
 	fc := &fakeCluster{t: t, kube: fake.NewClientset(objs...), denied: map[string]bool{}}
 	scheme := runtime.NewScheme()
 	fc.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
-		map[schema.GroupVersionResource]string{ClusterConfigurationGVR: "ClusterConfigurationList", {Group: "cluster.kubesphere.io", Version: "v1alpha1", Resource: "clusters"}: "ClusterList"}, loadCC(t, ccDoc))
+		map[schema.GroupVersionResource]string{kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList", {Group: "cluster.kubesphere.io", Version: "v1alpha1", Resource: "clusters"}: "ClusterList"}, loadCC(t, ccDoc))
 	fc.kube.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		r := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview)
 		attr := r.Spec.ResourceAttributes
@@ -163,7 +165,7 @@ func (fc *fakeCluster) clearActions() {
 // towerService is the Service ks-installer creates, with a NodePort and optionally an LB ingress.
 func towerService(ingressIP string) *corev1.Service {
 	s := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: TowerName, Namespace: KubeSphereNamespace},
+		ObjectMeta: metav1.ObjectMeta{Name: kubesphere.TowerName, Namespace: kubesphere.Namespace},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "tower"},
 			Ports: []corev1.ServicePort{{Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080), NodePort: 31234}}},
 	}
@@ -174,7 +176,7 @@ func towerService(ingressIP string) *corev1.Service {
 }
 
 func towerDeployment() *appsv1.Deployment {
-	d := readyDeployment(TowerName, map[string]string{"app": "tower", "app.kubernetes.io/name": "tower"})
+	d := readyDeployment(kubesphere.TowerName, map[string]string{"app": "tower", "app.kubernetes.io/name": "tower"})
 	c := &d.Spec.Template.Spec.Containers[0]
 	c.Image = "kubesphere/tower:v0.2.1"
 	c.Command = []string{"/proxy", "--ca-cert=/ca/ca.crt", "--ca-key=/ca/ca.key", "--v=3"}
@@ -206,26 +208,26 @@ func (fc *fakeCluster) fakeInstaller(lbIP string, fail bool) (stop func()) {
 			if fail {
 				continue
 			}
-			cm, err := fc.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Get(ctx, KubeSphereConfigName, metav1.GetOptions{})
+			cm, err := fc.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Get(ctx, kubesphere.ConfigName, metav1.GetOptions{})
 			if err != nil {
 				continue
 			}
 			raw := map[string]any{}
-			_ = yaml.Unmarshal([]byte(cm.Data[KubeSphereConfigKey]), &raw)
+			_ = yaml.Unmarshal([]byte(cm.Data[kubesphere.ConfigKey]), &raw)
 			_ = unstructured.SetNestedField(raw, cc.ClusterRole(), "multicluster", "clusterRole")
-			_ = unstructured.SetNestedField(raw, cc.ClusterRole() == RoleHost, "multicluster", "enable")
+			_ = unstructured.SetNestedField(raw, cc.ClusterRole() == kubesphere.RoleHost, "multicluster", "enable")
 			if a := cc.ProxyPublishAddress(); a != "" {
 				_ = unstructured.SetNestedField(raw, a, "multicluster", "proxyPublishAddress")
 			}
 			b, _ := yaml.Marshal(raw)
-			cm.Data[KubeSphereConfigKey] = string(b)
-			_, _ = fc.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Update(ctx, cm, metav1.UpdateOptions{})
-			if cc.ClusterRole() == RoleHost && cc.ComponentStatus("multicluster") != "enabled" {
-				_, _ = fc.kube.AppsV1().Deployments(KubeSphereNamespace).Create(ctx, towerDeployment(), metav1.CreateOptions{})
-				_, _ = fc.kube.CoreV1().Services(KubeSphereNamespace).Create(ctx, towerService(lbIP), metav1.CreateOptions{})
+			cm.Data[kubesphere.ConfigKey] = string(b)
+			_, _ = fc.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Update(ctx, cm, metav1.UpdateOptions{})
+			if cc.ClusterRole() == kubesphere.RoleHost && cc.ComponentStatus("multicluster") != "enabled" {
+				_, _ = fc.kube.AppsV1().Deployments(kubesphere.Namespace).Create(ctx, towerDeployment(), metav1.CreateOptions{})
+				_, _ = fc.kube.CoreV1().Services(kubesphere.Namespace).Create(ctx, towerService(lbIP), metav1.CreateOptions{})
 				obj := cc.Object.DeepCopy()
 				_ = unstructured.SetNestedField(obj.Object, "enabled", "status", "multicluster", "status")
-				_, _ = fc.dyn.Resource(ClusterConfigurationGVR).Namespace(KubeSphereNamespace).Update(ctx, obj, metav1.UpdateOptions{})
+				_, _ = fc.dyn.Resource(kubesphere.ClusterConfigurationGVR).Namespace(kubesphere.Namespace).Update(ctx, obj, metav1.UpdateOptions{})
 			}
 		}
 	}()

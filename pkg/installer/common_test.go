@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 func asErr[T error](err error, target *T) bool { return errors.As(err, target) }
@@ -53,7 +55,7 @@ func TestParseDryRun(t *testing.T) {
 
 func TestCheckAccess(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML)
-	wants := HostAccess(HostOptions{Tunnel: TunnelKsMc})
+	wants := HostAccess(HostOptions{Tunnel: kubesphere.TunnelKsMc})
 	denied, err := CheckAccess(context.Background(), fc.c, wants)
 	if err != nil || len(denied) != 0 {
 		t.Fatalf("denied %v, %v", denied, err)

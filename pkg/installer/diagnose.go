@@ -18,8 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 // "kubectl ks-mc diagnose": read-only checks of a fleet (host, Clusters, members) that say why a
@@ -360,7 +360,7 @@ func gatherHost(ctx context.Context, p *pool, h *hostData, o DiagnoseOptions, b 
 		h.installer, h.installerErr = GetInstallerState(ctx, c, time.Time{})
 	})
 	p.go_(ctx, func(ctx context.Context) {
-		d, err := c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+		d, err := c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return
 		}
@@ -370,7 +370,7 @@ func gatherHost(ctx context.Context, p *pool, h *hostData, o DiagnoseOptions, b 
 		}
 	})
 	p.go_(ctx, func(ctx context.Context) {
-		s, err := c.Kube.CoreV1().Services(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+		s, err := c.Kube.CoreV1().Services(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return
 		}
@@ -394,13 +394,13 @@ func gatherHost(ctx context.Context, p *pool, h *hostData, o DiagnoseOptions, b 
 	})
 	p.go_(ctx, func(ctx context.Context) {
 		h.leases = map[string]*coordinationv1.Lease{}
-		l, err := c.Kube.CoordinationV1().Leases(KubeSphereNamespace).List(ctx, metav1.ListOptions{LabelSelector: tunnel.HeartbeatClusterLabel})
+		l, err := c.Kube.CoordinationV1().Leases(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: kubesphere.HeartbeatClusterLabel})
 		h.leasesErr = err
 		if err != nil {
 			return
 		}
 		for i := range l.Items {
-			h.leases[l.Items[i].Labels[tunnel.HeartbeatClusterLabel]] = &l.Items[i]
+			h.leases[l.Items[i].Labels[kubesphere.HeartbeatClusterLabel]] = &l.Items[i]
 		}
 		b.addTyped("host/heartbeat-leases.yaml", "coordination.k8s.io/v1", "LeaseList", l)
 	})
@@ -418,13 +418,13 @@ func gatherHost(ctx context.Context, p *pool, h *hostData, o DiagnoseOptions, b 
 // gatherNamespace adds kubesphere-system's pods and events and the last log lines of the pods
 // matching logSelector to the bundle.
 func gatherNamespace(ctx context.Context, c *Clients, dir, logSelector string, lines int64, b *Bundle) {
-	if pods, err := c.Kube.CoreV1().Pods(KubeSphereNamespace).List(ctx, metav1.ListOptions{}); err == nil {
+	if pods, err := c.Kube.CoreV1().Pods(kubesphere.Namespace).List(ctx, metav1.ListOptions{}); err == nil {
 		b.addTyped(dir+"/pods.yaml", "v1", "PodList", pods)
 	}
-	if ev, err := c.Kube.CoreV1().Events(KubeSphereNamespace).List(ctx, metav1.ListOptions{}); err == nil {
+	if ev, err := c.Kube.CoreV1().Events(kubesphere.Namespace).List(ctx, metav1.ListOptions{}); err == nil {
 		b.addTyped(dir+"/events.yaml", "v1", "EventList", ev)
 	}
-	pods, err := c.Kube.CoreV1().Pods(KubeSphereNamespace).List(ctx, metav1.ListOptions{LabelSelector: logSelector})
+	pods, err := c.Kube.CoreV1().Pods(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: logSelector})
 	if err != nil {
 		return
 	}
@@ -462,18 +462,18 @@ func gatherMember(ctx context.Context, p *pool, m *memberData, o DiagnoseOptions
 			return
 		}
 		b.addTyped(dir+"/deployment-cluster-agent.yaml", "apps/v1", "Deployment", m.agent)
-		if InspectAgent(m.agent).Tunnel == manifests.TunnelKSMC {
-			s, err := c.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
+		if InspectAgent(m.agent).Tunnel == kubesphere.TunnelKsMc {
+			s, err := c.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{})
 			if err != nil {
 				m.tokenErr = err
 			} else {
-				m.agentToken = Secret(s.Data[manifests.AgentTokenSecretKey])
+				m.agentToken = Secret(s.Data[kubesphere.AgentTokenSecretKey])
 			}
 		} else {
 			m.agentToken = Secret(towerAgentToken(m.agent))
 		}
 		sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: manifests.AgentSelector()})
-		pods, err := c.Kube.CoreV1().Pods(manifests.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		pods, err := c.Kube.CoreV1().Pods(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 		m.podsErr = err
 		if err != nil {
 			return
@@ -511,7 +511,7 @@ func serviceProxyVersion(ctx context.Context, host *Clients, cluster string) err
 	if host.Config == nil {
 		return errors.New("no REST config")
 	}
-	_, err := host.Kube.CoreV1().Services(KubeSphereNamespace).ProxyGet("https", tunnel.ServicePrefix+cluster, "6443", "/version", nil).DoRaw(ctx)
+	_, err := host.Kube.CoreV1().Services(kubesphere.Namespace).ProxyGet("https", kubesphere.ServicePrefix+cluster, "6443", "/version", nil).DoRaw(ctx)
 	if err == nil {
 		return nil
 	}

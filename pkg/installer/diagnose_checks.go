@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -118,8 +119,8 @@ func (k *checker) hostChecks() {
 	switch {
 	case h.ccErr != nil:
 		k.add(Finding{ID: CheckHostRole, Status: DiagFail, Subject: subj, Summary: "cannot read the host's ClusterConfiguration",
-			Evidence: []string{errText(h.ccErr)}, Fix: &Fix{Action: "check that KubeSphere is installed and the context has access", Kubectl: append([]string{"-n", KubeSphereNamespace, "get", "clusterconfiguration", ClusterConfigurationName}, hostCtxArgs(h.c)...)}})
-	case h.cc.ClusterRole() != RoleHost:
+			Evidence: []string{errText(h.ccErr)}, Fix: &Fix{Action: "check that KubeSphere is installed and the context has access", Kubectl: append([]string{"-n", kubesphere.Namespace, "get", "clusterconfiguration", kubesphere.ClusterConfigurationName}, hostCtxArgs(h.c)...)}})
+	case h.cc.ClusterRole() != kubesphere.RoleHost:
 		k.add(Finding{ID: CheckHostRole, Status: DiagFail, Subject: subj, Summary: "the cluster is not a host",
 			Evidence: []string{"spec.multicluster.clusterRole is " + strconv.Quote(h.cc.ClusterRole())},
 			Fix:      &Fix{Action: "make it the host", Setting: ccObject + " spec.multicluster.clusterRole: host", KsMc: initHost}})
@@ -172,8 +173,8 @@ func (k *checker) hostChecks() {
 			if why == "" {
 				why = fmt.Sprintf("%d/%d ready", h.tower.Status.ReadyReplicas, replicas(h.tower))
 			}
-			k.add(Finding{ID: CheckHostTower, Status: DiagFail, Subject: subj, Summary: "tower Deployment not ready (" + tunnelKind + ")", Evidence: []string{why},
-				Fix: &Fix{Action: "look at the proxy's pods and logs", Kubectl: append([]string{"-n", KubeSphereNamespace, "logs", "deployment/tower"}, hostCtxArgs(h.c)...)}})
+			k.add(Finding{ID: CheckHostTower, Status: DiagFail, Subject: subj, Summary: "tower Deployment not ready (" + string(tunnelKind) + ")", Evidence: []string{why},
+				Fix: &Fix{Action: "look at the proxy's pods and logs", Kubectl: append([]string{"-n", kubesphere.Namespace, "logs", "deployment/tower"}, hostCtxArgs(h.c)...)}})
 		}
 	}
 	addr := h.healthAddr
@@ -243,7 +244,7 @@ func (k *checker) hostChecks() {
 		k.add(Finding{ID: CheckHostRestart, Status: DiagWarn, Subject: subj, Summary: "cannot tell whether ks-apiserver picked up the settings", Evidence: []string{errText(h.restartErr)}})
 	case h.restart:
 		k.add(Finding{ID: CheckHostRestart, Status: DiagWarn, Subject: subj, Summary: "ks-apiserver has not restarted since the multicluster settings last changed", Evidence: []string{h.restartWhy},
-			Fix: &Fix{Action: "restart ks-apiserver", Kubectl: append([]string{"-n", KubeSphereNamespace, "rollout", "restart", "deployment/ks-apiserver"}, hostCtxArgs(h.c)...)}})
+			Fix: &Fix{Action: "restart ks-apiserver", Kubectl: append([]string{"-n", kubesphere.Namespace, "rollout", "restart", "deployment/ks-apiserver"}, hostCtxArgs(h.c)...)}})
 	case h.cc != nil:
 		k.add(Finding{ID: CheckHostRestart, Status: DiagOK, Subject: subj, Summary: "ks-apiserver restarted after the settings changed"})
 	}
@@ -273,7 +274,7 @@ func (k *checker) clusterChecks(c *unstructured.Unstructured) {
 	conds := ClusterConditions(c)
 	host := IsHostCluster(c)
 	m := k.byCluster[name]
-	ready := conditionTrue(conds, ConditionReady)
+	ready := conditionTrue(conds, kubesphere.ConditionReady)
 	if ready {
 		k.add(Finding{ID: CheckClusterConditions, Status: DiagOK, Subject: subj, Summary: DescribeConditions(conds)})
 	} else {
@@ -391,7 +392,7 @@ func (k *checker) certCheck(c *unstructured.Unstructured, subj string) {
 	left := cert.NotAfter.Sub(k.now)
 	ev := []string{"subject " + cert.Subject.CommonName + ", not after " + cert.NotAfter.UTC().Format(time.RFC3339)}
 	fix := &Fix{Action: "have the proxy write a fresh kubeconfig: it renews a kubeconfig whose certificate is expired or near its end when the agent reconnects (ks-mc proxy); for Tower, re-create the kubeconfig from the member",
-		Kubectl: append([]string{"-n", KubeSphereNamespace, "rollout", "restart", "deployment/tower"}, hostCtxArgs(k.h.c)...)}
+		Kubectl: append([]string{"-n", kubesphere.Namespace, "rollout", "restart", "deployment/tower"}, hostCtxArgs(k.h.c)...)}
 	switch {
 	case left <= 0:
 		k.add(Finding{ID: CheckClusterCertificate, Status: DiagFail, Subject: subj, Summary: "the kubeconfig's client certificate expired " + fmtAge(-left) + " ago", Evidence: ev, Fix: fix})
@@ -412,7 +413,7 @@ func (k *checker) protocolCheck(c *unstructured.Unstructured, subj string, m *me
 	name := c.GetName()
 	f := Finding{ID: CheckClusterProtocol, Subject: subj}
 	proto := ""
-	hostTower := TunnelOf(k.h.tower) == TunnelTower
+	hostTower := TunnelOf(k.h.tower) == kubesphere.TunnelTower
 	switch {
 	case hostTower:
 		proto = manifests.AgentProtocolTower
@@ -423,9 +424,9 @@ func (k *checker) protocolCheck(c *unstructured.Unstructured, subj string, m *me
 	case m != nil && m.agent != nil:
 		proto = string(InspectAgent(m.agent).Tunnel)
 		f.Sources = append(f.Sources, SourceMemberAgent)
-	case c.GetAnnotations()[manifests.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc:
+	case c.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc:
 		proto = manifests.AgentProtocolKsMc
-		f.Sources = append(f.Sources, "Cluster annotation "+manifests.AgentProtocolAnnotation)
+		f.Sources = append(f.Sources, "Cluster annotation "+kubesphere.AgentProtocolAnnotation)
 	}
 	ctxName := "CONTEXT_OF_" + name
 	if m != nil && m.c.Context != "" {

@@ -10,8 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // maxHeartbeatSkew: a renewTime up to this far in the future is the clock estimate's error.
@@ -104,14 +103,14 @@ func (k *checker) clusterByName(name string) *unstructured.Unstructured {
 }
 
 // tunnelCheck combines the evidence that a tunnel is live right now (not what the conditions say).
-func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds []ClusterCondition, m *memberData) {
+func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds []kubesphere.ClusterCondition, m *memberData) {
 	name := c.GetName()
 	f := Finding{ID: CheckClusterTunnel, Subject: subj}
 	var live, dead bool
 	var cause, see string
-	agentAvail := conditionTrue(conds, ConditionAgentAvailable)
+	agentAvail := conditionTrue(conds, kubesphere.ConditionAgentAvailable)
 	kind := TunnelOf(k.h.tower)
-	if kind == TunnelKsMc {
+	if kind == kubesphere.TunnelKsMc {
 		f.Sources = append(f.Sources, SourceHeartbeat)
 		lease := k.h.leases[name]
 		switch {
@@ -121,9 +120,9 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 			f.Evidence = append(f.Evidence, "heartbeat: the proxy writes no heartbeat Leases (an older ks-mc proxy?)")
 		case lease == nil:
 			dead = true
-			f.Evidence = append(f.Evidence, "heartbeat: no Lease "+tunnel.HeartbeatLeaseName(name)+": the proxy has held no session of this cluster")
+			f.Evidence = append(f.Evidence, "heartbeat: no Lease "+kubesphere.HeartbeatLeaseName(name)+": the proxy has held no session of this cluster")
 		default:
-			agents, _ := strconv.Atoi(lease.Annotations[tunnel.HeartbeatAgentsAnnotation])
+			agents, _ := strconv.Atoi(lease.Annotations[kubesphere.HeartbeatAgentsAnnotation])
 			var age time.Duration = -1
 			if lease.Spec.RenewTime != nil {
 				// The proxy's clock is the host's: compare in the host apiserver's time.
@@ -143,14 +142,14 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 			case agents == 0:
 				dead = true
 				msg := fmt.Sprintf("heartbeat %s ago: 0 agent sessions", fmtAge(age))
-				if e := lease.Annotations[tunnel.HeartbeatErrorAnnotation]; e != "" {
+				if e := lease.Annotations[kubesphere.HeartbeatErrorAnnotation]; e != "" {
 					msg += " (" + e + ")"
 				}
 				f.Evidence = append(f.Evidence, msg)
 			default:
 				live = true
 				f.Evidence = append(f.Evidence, fmt.Sprintf("heartbeat %s ago: %d agent session(s) answered a ping through the tunnel", fmtAge(age), agents))
-				if d, err := time.ParseDuration(lease.Annotations[tunnel.HeartbeatRTTAnnotation]); err == nil && d > 0 {
+				if d, err := time.ParseDuration(lease.Annotations[kubesphere.HeartbeatRTTAnnotation]); err == nil && d > 0 {
 					f.LatencyMS = ms(d)
 				}
 			}
@@ -167,7 +166,7 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 		case replicas(m.agent) == 0:
 			dead, cause = true, "the agent Deployment is scaled to 0"
 			f.Evidence = append(f.Evidence, "member: cluster-agent has replicas 0")
-			f.Fix = &Fix{Action: "scale the agent back up", Kubectl: append([]string{"-n", manifests.AgentNamespace, "scale", "deployment/" + manifests.AgentName, "--replicas=1"}, hostCtxArgs(m.c)...)}
+			f.Fix = &Fix{Action: "scale the agent back up", Kubectl: append([]string{"-n", kubesphere.Namespace, "scale", "deployment/" + kubesphere.AgentName, "--replicas=1"}, hostCtxArgs(m.c)...)}
 		case m.agent.Status.ReadyReplicas == 0:
 			dead = true
 			f.Evidence = append(f.Evidence, fmt.Sprintf("member: cluster-agent 0/%d ready", replicas(m.agent)))
@@ -207,7 +206,7 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 			f.Evidence = append(f.Evidence, "service proxy: no answer through mc-"+name+" (inconclusive: "+firstLine(errText(r.err))+")")
 		}
 	}
-	if kind == TunnelTower && !live && !dead && agentAvail {
+	if kind == kubesphere.TunnelTower && !live && !dead && agentAvail {
 		// Tower writes no heartbeat: a ready agent that does not crash, with AgentAvailable=True,
 		// is the best evidence there is.
 		f.Sources = append(f.Sources, SourceConditions)
@@ -287,7 +286,7 @@ func (k *checker) memberChecks(m *memberData) {
 		subj = "cluster/" + m.cluster
 	}
 	ctxArgs := hostCtxArgs(m.c)
-	cc := "ClusterConfiguration " + KubeSphereNamespace + "/" + ClusterConfigurationName + " (context " + m.c.Context + ")"
+	cc := "ClusterConfiguration " + kubesphere.Namespace + "/" + kubesphere.ClusterConfigurationName + " (context " + m.c.Context + ")"
 	if m.ccErr != nil && m.cfgErr != nil && m.uidErr != nil {
 		k.add(Finding{ID: CheckMemberMatch, Status: DiagFail, Subject: subj, Summary: "cannot reach the member through context " + m.c.Context, Evidence: []string{firstLine(errText(m.uidErr))}})
 		return
@@ -303,7 +302,7 @@ func (k *checker) memberChecks(m *memberData) {
 	switch {
 	case m.ccErr != nil:
 		k.add(Finding{ID: CheckMemberRole, Status: DiagFail, Subject: subj, Summary: "cannot read the member's ClusterConfiguration", Evidence: []string{errText(m.ccErr)}})
-	case m.cc.ClusterRole() != RoleMember:
+	case m.cc.ClusterRole() != kubesphere.RoleMember:
 		k.add(Finding{ID: CheckMemberRole, Status: DiagFail, Subject: subj, Summary: "clusterRole is " + strconv.Quote(m.cc.ClusterRole()) + ", not member",
 			Fix: withSetting(join("re-run join, which sets it"), cc+" spec.multicluster.clusterRole: member")})
 	default:
@@ -422,7 +421,7 @@ func (k *checker) memberChecks(m *memberData) {
 				f.Summary += ": " + cause
 				f.Fix = &Fix{Action: "fix " + see + " first", See: see}
 			} else {
-				f.Fix = &Fix{Action: "read the agent's logs", Kubectl: append([]string{"-n", manifests.AgentNamespace, "logs", "deployment/" + manifests.AgentName}, ctxArgs...)}
+				f.Fix = &Fix{Action: "read the agent's logs", Kubectl: append([]string{"-n", kubesphere.Namespace, "logs", "deployment/" + kubesphere.AgentName}, ctxArgs...)}
 			}
 			k.add(f)
 		case restarts > 3:

@@ -10,8 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 func TestAgentLogCause(t *testing.T) {
@@ -47,14 +47,14 @@ func TestDiagnoseHostileInputs(t *testing.T) {
 	proxy, _ := manifests.ProxyDeployment(manifests.DefaultProxyValues())
 	neg := int32(-5)
 	future := metav1.NewMicroTime(now.Add(time.Hour))
-	bad := []unstructured.Unstructured{proxyCluster("a", ConditionAgentAvailable), proxyCluster("b", ConditionAgentAvailable), proxyCluster("c")}
+	bad := []unstructured.Unstructured{proxyCluster("a", kubesphere.ConditionAgentAvailable), proxyCluster("b", kubesphere.ConditionAgentAvailable), proxyCluster("c")}
 	_ = unstructured.SetNestedField(bad[0].Object, "%%%not base64", "spec", "connection", "kubeconfig")
 	_ = unstructured.SetNestedField(bad[1].Object, "bm90IGEga3ViZWNvbmZpZw==", "spec", "connection", "kubeconfig")
 	h := &hostData{c: &Clients{Context: "h"}, tower: proxy, clusters: bad, svcProxy: map[string]probeResult{},
 		leases: map[string]*coordinationv1.Lease{
-			"a": {ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{tunnel.HeartbeatAgentsAnnotation: "lots", tunnel.HeartbeatRTTAnnotation: strings.Repeat("9", 5000)}},
+			"a": {ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: "lots", kubesphere.HeartbeatRTTAnnotation: strings.Repeat("9", 5000)}},
 				Spec: coordinationv1.LeaseSpec{RenewTime: &future, LeaseDurationSeconds: &neg}},
-			"b": {ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{tunnel.HeartbeatAgentsAnnotation: "-3"}}},
+			"b": {ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: "-3"}}},
 		}}
 	m := &memberData{c: &Clients{Context: "c"}, cluster: "c", matchedBy: "agent --name", logs: map[string]string{"p": strings.Repeat("x", 1<<20) + " token rejected"},
 		agent: &appsv1.Deployment{}}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/ks-mc/ks-mc/pkg/installer/cfgfile"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // FileSecretPaths are the ClusterConfiguration values of a file that are never shown.
@@ -48,9 +49,9 @@ func fileCC(f *cfgfile.File) *ClusterConfiguration {
 // with force (as init-host on a live member); anything else is an error. It returns warnings.
 func CheckHostFile(f *cfgfile.File, force bool) ([]string, error) {
 	switch role := fileCC(f).ClusterRole(); role {
-	case RoleHost, RoleNone:
+	case kubesphere.RoleHost, kubesphere.RoleNone:
 		return nil, nil
-	case RoleMember:
+	case kubesphere.RoleMember:
 		msg := "the file sets clusterRole member: a cluster installed from it would join another host"
 		if force {
 			return []string{msg + "; making it a host file because of --force"}, nil
@@ -65,9 +66,9 @@ func CheckHostFile(f *cfgfile.File, force bool) ([]string, error) {
 // with force (join refuses a live host; a file is not installed yet, so --force may switch it).
 func CheckMemberFile(f *cfgfile.File, force bool) ([]string, error) {
 	switch role := fileCC(f).ClusterRole(); role {
-	case RoleMember, RoleNone:
+	case kubesphere.RoleMember, kubesphere.RoleNone:
 		return nil, nil
-	case RoleHost:
+	case kubesphere.RoleHost:
 		msg := "the file sets clusterRole host: a host cannot join another host"
 		if force {
 			return []string{msg + "; making it a member file because of --force"}, nil

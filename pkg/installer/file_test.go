@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/ks-mc/ks-mc/pkg/installer/cfgfile"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // A file edited by join -f / init-host -f, read as the API server stores it, needs no
@@ -22,8 +23,8 @@ func TestFileEditsLeaveNothingForTheLiveCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 		for role, edits := range map[string][]cfgfile.Edit{
-			RoleMember: MemberFileEdits(f, jwt),
-			RoleHost:   HostFileEdits(f, "http://203.0.113.10:30881"),
+			kubesphere.RoleMember: MemberFileEdits(f, jwt),
+			kubesphere.RoleHost:   HostFileEdits(f, "http://203.0.113.10:30881"),
 		} {
 			out, err := f.Apply(edits)
 			if err != nil {
@@ -34,7 +35,7 @@ func TestFileEditsLeaveNothingForTheLiveCommands(t *testing.T) {
 				t.Fatal(err)
 			}
 			var p MergePatch
-			if role == RoleMember {
+			if role == kubesphere.RoleMember {
 				p = MemberPatch(fileCC(g), jwt)
 			} else {
 				p = HostPatch(fileCC(g), "http://203.0.113.10:30881")
@@ -42,7 +43,7 @@ func TestFileEditsLeaveNothingForTheLiveCommands(t *testing.T) {
 			if !p.Empty() {
 				t.Errorf("%s %s: a live run would still patch %v", in, role, p.Redacted(jwtPath))
 			}
-			if len(MemberFileEdits(g, jwt)) != 0 && role == RoleMember || len(HostFileEdits(g, "http://203.0.113.10:30881")) != 0 && role == RoleHost {
+			if len(MemberFileEdits(g, jwt)) != 0 && role == kubesphere.RoleMember || len(HostFileEdits(g, "http://203.0.113.10:30881")) != 0 && role == kubesphere.RoleHost {
 				t.Errorf("%s %s: a second run would edit again", in, role)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"strings"
 	"time"
 
@@ -16,14 +17,8 @@ import (
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
-// Tunnel implementations a host can run in Deployment kubesphere-system/tower.
-const (
-	TunnelTower = "tower" // KubeSphere's own Tower
-	TunnelKsMc  = "ks-mc" // the bundled ks-mc proxy
-)
-
 // ccObject names the ClusterConfiguration in results and messages.
-var ccObject = "ClusterConfiguration " + KubeSphereNamespace + "/" + ClusterConfigurationName
+var ccObject = "ClusterConfiguration " + kubesphere.Namespace + "/" + kubesphere.ClusterConfigurationName
 
 // HostOptions configure InitHost.
 type HostOptions struct {
@@ -37,11 +32,11 @@ type HostOptions struct {
 	// Force allows a member cluster to become host and patching while ks-installer runs.
 	Force  bool
 	DryRun DryRun
-	// Tunnel is TunnelTower, TunnelKsMc or "" (keep what runs; Tower on a fresh host).
-	Tunnel string
-	// Proxy renders the ks-mc proxy Deployment (Tunnel == TunnelKsMc).
+	// Tunnel is kubesphere.TunnelTower, kubesphere.TunnelKsMc or "" (keep what runs; Tower on a fresh host).
+	Tunnel kubesphere.Tunnel
+	// Proxy renders the ks-mc proxy Deployment (Tunnel == kubesphere.TunnelKsMc).
 	Proxy manifests.ProxyValues
-	// AllowPlaintextAgents (Tunnel == TunnelKsMc) renders the proxy with --allow-plaintext-agents,
+	// AllowPlaintextAgents (Tunnel == kubesphere.TunnelKsMc) renders the proxy with --allow-plaintext-agents,
 	// so that agents may reach it over an http:// address (their token then travels in clear text).
 	// nil keeps what the running proxy does, so a re-run never cuts members off; without it an
 	// http:// address is refused in preflight.
@@ -81,7 +76,7 @@ type HostState struct {
 	Tower       *corev1.Service
 	TowerDeploy *appsv1.Deployment
 	// CurrentTunnel is what Deployment tower runs now ("" when absent).
-	CurrentTunnel string
+	CurrentTunnel kubesphere.Tunnel
 	Installer     InstallerState
 	Drift         []string
 	// Address is the validated --proxy-publish-address ("" when not given).
@@ -93,16 +88,16 @@ type HostState struct {
 
 // HostResult is the machine-readable outcome of init-host.
 type HostResult struct {
-	Context             string   `json:"context,omitempty"`
-	ClusterRole         string   `json:"clusterRole"`
-	KubeSphereVersion   string   `json:"kubesphereVersion,omitempty"`
-	ProxyPublishAddress string   `json:"proxyPublishAddress,omitempty"`
-	AddressSource       string   `json:"addressSource,omitempty"`
-	Tunnel              string   `json:"tunnel"`
-	DryRun              DryRun   `json:"dryRun,omitempty"`
-	Changed             bool     `json:"changed"`
-	Changes             []Change `json:"changes"`
-	Verify              []Check  `json:"verify,omitempty"`
+	Context             string            `json:"context,omitempty"`
+	ClusterRole         string            `json:"clusterRole"`
+	KubeSphereVersion   string            `json:"kubesphereVersion,omitempty"`
+	ProxyPublishAddress string            `json:"proxyPublishAddress,omitempty"`
+	AddressSource       string            `json:"addressSource,omitempty"`
+	Tunnel              kubesphere.Tunnel `json:"tunnel"`
+	DryRun              DryRun            `json:"dryRun,omitempty"`
+	Changed             bool              `json:"changed"`
+	Changes             []Change          `json:"changes"`
+	Verify              []Check           `json:"verify,omitempty"`
 	// Pending lists what a dry run could not determine without applying.
 	Pending []string `json:"pending,omitempty"`
 }
@@ -154,21 +149,21 @@ func NewHost(c *Clients, opts HostOptions, rep Reporter, ask AddressFunc) *Host 
 
 // HostAccess is what init-host needs to be allowed to do.
 func HostAccess(opts HostOptions) []Access {
-	ns := KubeSphereNamespace
+	ns := kubesphere.Namespace
 	wants := []Access{
-		{Verb: "get", Group: ClusterConfigurationGVR.Group, Resource: ClusterConfigurationGVR.Resource, Namespace: ns, Name: ClusterConfigurationName},
-		{Verb: "patch", Group: ClusterConfigurationGVR.Group, Resource: ClusterConfigurationGVR.Resource, Namespace: ns, Name: ClusterConfigurationName},
-		{Verb: "get", Resource: "configmaps", Namespace: ns, Name: KubeSphereConfigName},
-		{Verb: "get", Resource: "services", Namespace: ns, Name: TowerName},
+		{Verb: "get", Group: kubesphere.ClusterConfigurationGVR.Group, Resource: kubesphere.ClusterConfigurationGVR.Resource, Namespace: ns, Name: kubesphere.ClusterConfigurationName},
+		{Verb: "patch", Group: kubesphere.ClusterConfigurationGVR.Group, Resource: kubesphere.ClusterConfigurationGVR.Resource, Namespace: ns, Name: kubesphere.ClusterConfigurationName},
+		{Verb: "get", Resource: "configmaps", Namespace: ns, Name: kubesphere.ConfigName},
+		{Verb: "get", Resource: "services", Namespace: ns, Name: kubesphere.TowerName},
 		{Verb: "get", Group: "apps", Resource: "deployments", Namespace: ns},
 	}
 	if !opts.NoRestart {
-		wants = append(wants, Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: APIServerName})
+		wants = append(wants, Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: kubesphere.APIServerName})
 	}
-	if opts.Tunnel == TunnelKsMc {
+	if opts.Tunnel == kubesphere.TunnelKsMc {
 		wants = append(wants,
-			Access{Verb: "update", Group: "apps", Resource: "deployments", Namespace: ns, Name: TowerName},
-			Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: TowerName})
+			Access{Verb: "update", Group: "apps", Resource: "deployments", Namespace: ns, Name: kubesphere.TowerName},
+			Access{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: ns, Name: kubesphere.TowerName})
 	}
 	return wants
 }
@@ -205,33 +200,7 @@ func (h *Host) preflight(ctx context.Context, p *Preflight) *HostState {
 	}
 	st := &HostState{CC: cc}
 
-	switch v := cc.Version(); {
-	case v == "":
-		p.Warn("wait until the KubeSphere installation finished", "KubeSphere version unknown (%s has no status.core.version)", ccObject)
-	case strings.HasPrefix(v, "v3.") || strings.HasPrefix(v, "3."):
-		p.OK("KubeSphere %s installed", v)
-	default:
-		p.Warn("ks-mc supports KubeSphere 3.x", "KubeSphere %s installed", v)
-	}
-	if s := cc.ComponentStatus("core"); s != "" && s != "enabled" {
-		p.Warn("wait for the KubeSphere installation to finish", "KubeSphere core status is %q", s)
-	}
-
-	switch role := cc.ClusterRole(); role {
-	case RoleHost:
-		p.OK("cluster role: host already")
-	case RoleNone:
-		p.OK("cluster role: none, will become host")
-	case RoleMember:
-		msg := "cluster role is member: KubeSphere does not support switching a member to host (it uninstalls nothing and may leave the host's Cluster object pointing here)"
-		if h.opts.Force {
-			p.Warn("", "%s; continuing because of --force", msg)
-		} else {
-			p.Error("remove it from its host first (kubectl ks-mc unjoin), or pass --force to switch anyway", "%s", msg)
-		}
-	default:
-		p.Error("fix spec.multicluster.clusterRole (host, member or none)", "unknown cluster role %q in %s", role, ccObject)
-	}
+	h.kubeSphereChecks(p, cc)
 
 	if cfg, err := GetKubeSphereConfig(ctx, h.c); err != nil {
 		p.Warn("", "cannot read kubesphere-config: %v", err)
@@ -245,12 +214,12 @@ func (h *Host) preflight(ctx context.Context, p *Preflight) *HostState {
 
 	CheckAccessInto(ctx, p, h.c, HostAccess(h.opts))
 
-	if svc, err := h.c.Kube.CoreV1().Services(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+	if svc, err := h.c.Kube.CoreV1().Services(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{}); err == nil {
 		st.Tower = svc
 	} else if !apierrors.IsNotFound(err) {
-		p.Warn("", "cannot read Service %s/%s: %v", KubeSphereNamespace, TowerName, err)
+		p.Warn("", "cannot read Service %s/%s: %v", kubesphere.Namespace, kubesphere.TowerName, err)
 	}
-	if d, err := h.c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{}); err == nil {
+	if d, err := h.c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{}); err == nil {
 		st.TowerDeploy = d
 		st.CurrentTunnel = TunnelOf(d)
 	}
@@ -259,16 +228,48 @@ func (h *Host) preflight(ctx context.Context, p *Preflight) *HostState {
 	h.towerMembersCheck(ctx, p, st)
 
 	if !h.opts.NoRestart {
-		if _, err := h.c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, APIServerName, metav1.GetOptions{}); err != nil {
-			p.Error("pass --no-restart to skip the restart", "cannot read deployment %s/%s to restart it: %v", KubeSphereNamespace, APIServerName, err)
+		if _, err := h.c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.APIServerName, metav1.GetOptions{}); err != nil {
+			p.Error("pass --no-restart to skip the restart", "cannot read deployment %s/%s to restart it: %v", kubesphere.Namespace, kubesphere.APIServerName, err)
 		}
 	}
 	return st
 }
 
+// kubeSphereChecks: the KubeSphere version and state, and the cluster role (a member becomes host
+// only with --force).
+func (h *Host) kubeSphereChecks(p *Preflight, cc *ClusterConfiguration) {
+	switch v := cc.Version(); {
+	case v == "":
+		p.Warn("wait until the KubeSphere installation finished", "KubeSphere version unknown (%s has no status.core.version)", ccObject)
+	case strings.HasPrefix(v, "v3.") || strings.HasPrefix(v, "3."):
+		p.OK("KubeSphere %s installed", v)
+	default:
+		p.Warn("ks-mc supports KubeSphere 3.x", "KubeSphere %s installed", v)
+	}
+	if s := cc.ComponentStatus("core"); s != "" && s != "enabled" {
+		p.Warn("wait for the KubeSphere installation to finish", "KubeSphere core status is %q", s)
+	}
+
+	switch role := cc.ClusterRole(); role {
+	case kubesphere.RoleHost:
+		p.OK("cluster role: host already")
+	case kubesphere.RoleNone:
+		p.OK("cluster role: none, will become host")
+	case kubesphere.RoleMember:
+		msg := "cluster role is member: KubeSphere does not support switching a member to host (it uninstalls nothing and may leave the host's Cluster object pointing here)"
+		if h.opts.Force {
+			p.Warn("", "%s; continuing because of --force", msg)
+		} else {
+			p.Error("remove it from its host first (kubectl ks-mc unjoin), or pass --force to switch anyway", "%s", msg)
+		}
+	default:
+		p.Error("fix spec.multicluster.clusterRole (host, member or none)", "unknown cluster role %q in %s", role, ccObject)
+	}
+}
+
 // wantsHostSettings reports whether the CC already carries what init-host would set.
 func (h *Host) wantsHostSettings(st *HostState) bool {
-	if st.CC.ClusterRole() != RoleHost {
+	if st.CC.ClusterRole() != kubesphere.RoleHost {
 		return false
 	}
 	return st.Address == "" || st.Address == st.CC.ProxyPublishAddress()
@@ -318,37 +319,37 @@ func (h *Host) addressCheck(p *Preflight, st *HostState) {
 	}
 	switch {
 	case st.Tower == nil:
-		p.OK("Service %s/%s does not exist yet: ks-installer creates it, then its load balancer address is used or one is asked for (--proxy-publish-address)", KubeSphereNamespace, TowerName)
-	case LoadBalancerAddress(st.Tower) != "" && h.opts.Tunnel == TunnelKsMc:
-		p.OK("proxy address %s (load balancer of Service %s; https: the ks-mc proxy serves TLS on that port, so init-host publishes it)", httpsAddress(LoadBalancerAddress(st.Tower)), TowerName)
+		p.OK("Service %s/%s does not exist yet: ks-installer creates it, then its load balancer address is used or one is asked for (--proxy-publish-address)", kubesphere.Namespace, kubesphere.TowerName)
+	case LoadBalancerAddress(st.Tower) != "" && h.opts.Tunnel == kubesphere.TunnelKsMc:
+		p.OK("proxy address %s (load balancer of Service %s; https: the ks-mc proxy serves TLS on that port, so init-host publishes it)", httpsAddress(LoadBalancerAddress(st.Tower)), kubesphere.TowerName)
 	case LoadBalancerAddress(st.Tower) != "":
-		p.OK("proxy address %s (load balancer of Service %s)", LoadBalancerAddress(st.Tower), TowerName)
+		p.OK("proxy address %s (load balancer of Service %s)", LoadBalancerAddress(st.Tower), kubesphere.TowerName)
 	default:
 		example := ProxyAddressExample
-		if h.opts.Tunnel == TunnelKsMc {
+		if h.opts.Tunnel == kubesphere.TunnelKsMc {
 			example = httpsAddress(example)
 		}
-		p.Warn("pass --proxy-publish-address="+example+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName)
+		p.Warn("pass --proxy-publish-address="+example+" or answer the prompt", "Service %s/%s has no external address (LoadBalancer <pending>)", kubesphere.Namespace, kubesphere.TowerName)
 	}
 }
 
 func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
 	defer h.plaintextCheck(p, st)
 	switch {
-	case h.opts.Tunnel == TunnelKsMc:
+	case h.opts.Tunnel == kubesphere.TunnelKsMc:
 		if err := h.opts.Proxy.Validate(); err != nil {
 			p.Error("check --proxy-image", "%v", err)
 			return
 		}
-		if st.CurrentTunnel == TunnelKsMc {
+		if st.CurrentTunnel == kubesphere.TunnelKsMc {
 			p.OK("tunnel: Deployment tower runs the ks-mc proxy")
 		} else {
 			p.OK("tunnel: Deployment tower will run the ks-mc proxy (%s)", h.opts.Proxy.Image)
 		}
-	case h.opts.Tunnel == TunnelTower && st.CurrentTunnel == TunnelKsMc:
+	case h.opts.Tunnel == kubesphere.TunnelTower && st.CurrentTunnel == kubesphere.TunnelKsMc:
 		p.Error("keep --tunnel=ks-mc (members joined through it would lose their connection)",
 			"tunnel: Deployment tower runs the ks-mc proxy; switching back to KubeSphere's Tower is not supported by init-host")
-	case st.CurrentTunnel == TunnelKsMc:
+	case st.CurrentTunnel == kubesphere.TunnelKsMc:
 		p.OK("tunnel: Deployment tower runs the ks-mc proxy (kept)")
 	default:
 		p.OK("tunnel: KubeSphere's Tower")
@@ -362,7 +363,7 @@ func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
 // security a Tower agent keeps, and migrate moves them to the ks-mc agent one by one.
 func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostState) {
 	// Only a host has members.
-	if h.opts.Tunnel != TunnelKsMc || st.CurrentTunnel != TunnelTower || st.CC.ClusterRole() != RoleHost {
+	if h.opts.Tunnel != kubesphere.TunnelKsMc || st.CurrentTunnel != kubesphere.TunnelTower || st.CC.ClusterRole() != kubesphere.RoleHost {
 		return
 	}
 	clusters, err := ListClusters(ctx, h.c)
@@ -381,7 +382,7 @@ func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostStat
 			continue
 		}
 		state := "agent disconnected"
-		if conditionTrue(ClusterConditions(c), ConditionAgentAvailable) {
+		if conditionTrue(ClusterConditions(c), kubesphere.ConditionAgentAvailable) {
 			state = "agent connected"
 		}
 		names = append(names, fmt.Sprintf("%s (%s)", c.GetName(), state))
@@ -410,7 +411,7 @@ func hostContextName(c *Clients) string {
 // when the flag is not given (a re-run never cuts members off). Without --tunnel the proxy is not
 // re-rendered: an http:// address is only warned about.
 func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
-	if h.opts.Tunnel != TunnelKsMc && st.CurrentTunnel != TunnelKsMc {
+	if h.opts.Tunnel != kubesphere.TunnelKsMc && st.CurrentTunnel != kubesphere.TunnelKsMc {
 		return
 	}
 	addr := st.Address
@@ -419,14 +420,14 @@ func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
 	}
 	if addr == "" && st.Tower != nil {
 		addr = LoadBalancerAddress(st.Tower)
-		if h.opts.Tunnel == TunnelKsMc {
+		if h.opts.Tunnel == kubesphere.TunnelKsMc {
 			addr = httpsAddress(addr)
 		}
 	}
 	plain := strings.HasPrefix(addr, "http://")
-	live := st.CurrentTunnel == TunnelKsMc && manifests.ProxyAllowsPlaintextAgents(st.TowerDeploy)
+	live := st.CurrentTunnel == kubesphere.TunnelKsMc && manifests.ProxyAllowsPlaintextAgents(st.TowerDeploy)
 	httpsFix := "publish --proxy-publish-address=" + httpsAddress(addr) + ": the ks-mc proxy serves TLS on the same port and join pins its CA"
-	if h.opts.Tunnel != TunnelKsMc {
+	if h.opts.Tunnel != kubesphere.TunnelKsMc {
 		st.PlaintextAgents = live
 		if plain {
 			p.Warn(httpsFix, "agents will reach the ks-mc proxy at %s without TLS", addr)
@@ -461,58 +462,26 @@ func (h *Host) plaintextCheck(p *Preflight, st *HostState) {
 	}
 }
 
-// httpsAddress returns addr with an http:// scheme replaced by https:// (the ks-mc proxy serves TLS
-// on the same port); other addresses unchanged.
-func httpsAddress(addr string) string {
-	if rest, ok := strings.CutPrefix(addr, "http://"); ok {
-		return "https://" + rest
-	}
-	return addr
-}
-
 // TunnelOf tells which tunnel a tower Deployment runs.
-func TunnelOf(d *appsv1.Deployment) string {
+func TunnelOf(d *appsv1.Deployment) kubesphere.Tunnel {
 	if d == nil {
 		return ""
 	}
 	if manifests.IsProxyDeployment(d) {
-		return TunnelKsMc
+		return kubesphere.TunnelKsMc
 	}
-	return TunnelTower
+	return kubesphere.TunnelTower
 }
 
 // HostTunnel reads Deployment kubesphere-system/tower and tells which tunnel the host runs
-// (TunnelTower or TunnelKsMc); "" when there is no tower Deployment. For join's --tunnel=auto.
-func HostTunnel(ctx context.Context, c *Clients) (string, error) {
-	d, err := c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+// (kubesphere.TunnelTower or kubesphere.TunnelKsMc); "" when there is no tower Deployment. For join's --tunnel=auto.
+func HostTunnel(ctx context.Context, c *Clients) (kubesphere.Tunnel, error) {
+	d, err := c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return "", nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, TowerName, err)
+		return "", fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, kubesphere.TowerName, err)
 	}
 	return TunnelOf(d), nil
-}
-
-// HostPatch builds the ClusterConfiguration merge patch for a host: clusterRole host and, when
-// address is not empty, proxyPublishAddress. Fields that already hold the wanted value are left out,
-// so an empty patch means nothing to change. Nothing else of the object is touched.
-func HostPatch(cc *ClusterConfiguration, address string) MergePatch {
-	p := MergePatch{}
-	p.SetIfDifferent(cc.Object.Object, RoleHost, "spec", "multicluster", "clusterRole")
-	if address != "" {
-		p.SetIfDifferent(cc.Object.Object, address, "spec", "multicluster", "proxyPublishAddress")
-	}
-	return p
-}
-
-func describeHostPatch(p MergePatch) string {
-	var parts []string
-	if v, ok := p.Get("spec", "multicluster", "clusterRole"); ok {
-		parts = append(parts, fmt.Sprintf("clusterRole: %v", v))
-	}
-	if v, ok := p.Get("spec", "multicluster", "proxyPublishAddress"); ok {
-		parts = append(parts, fmt.Sprintf("proxyPublishAddress: %v", v))
-	}
-	return "set " + strings.Join(parts, ", ")
 }

@@ -177,3 +177,12 @@ func CheckProxyHealth(ctx context.Context, address string, timeout time.Duration
 	}
 	return nil
 }
+
+// httpsAddress returns addr with an http:// scheme replaced by https:// (the ks-mc proxy serves TLS
+// on the same port); other addresses unchanged.
+func httpsAddress(addr string) string {
+	if rest, ok := strings.CutPrefix(addr, "http://"); ok {
+		return "https://" + rest
+	}
+	return addr
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"net/url"
 	"slices"
 	"strings"
@@ -33,22 +34,7 @@ func (h *Host) Apply(ctx context.Context, plan *Plan[*HostState]) (*HostResult, 
 		return nil, errors.New("init-host: run preflight first")
 	}
 	h.deadline = time.Now().Add(h.opts.Timeout)
-	res := &HostResult{
-		Context: h.c.Context, ClusterRole: RoleHost, KubeSphereVersion: st.CC.Version(),
-		Tunnel: st.CurrentTunnel, Changes: []Change{},
-	}
-	if h.opts.Tunnel != "" {
-		res.Tunnel = h.opts.Tunnel
-	}
-	if res.Tunnel == "" {
-		res.Tunnel = TunnelTower
-	}
-	if h.opts.DryRun.Enabled() {
-		res.DryRun = h.opts.DryRun
-	}
-	h.result = res
-	h.log = NewChangeLog(&res.Changes, h.opts.DryRun, nil)
-	h.plaintext = st.PlaintextAgents
+	res := h.start(st)
 
 	// (1) The address, when it can be known now.
 	addr, source, err := h.initialAddress(ctx, st)
@@ -76,27 +62,13 @@ func (h *Host) Apply(ctx context.Context, plan *Plan[*HostState]) (*HostResult, 
 
 	// (4) Address from the Service the installer created.
 	if res.ProxyPublishAddress == "" {
-		addr, source, err := h.deferredAddress(ctx)
-		if err != nil {
+		if err := h.addressFromService(ctx, res); err != nil {
 			return res, err
-		}
-		res.ProxyPublishAddress, res.AddressSource = addr, source
-		if source == AddressFromAnswer || h.explicitLB(source) {
-			cc, err := GetClusterConfiguration(ctx, h.c)
-			if err != nil {
-				return res, err
-			}
-			if err := h.patchCC(ctx, cc, addr); err != nil {
-				return res, err
-			}
-			if err := h.waitHost(ctx); err != nil {
-				return res, err
-			}
 		}
 	}
 
 	// (5) Tunnel.
-	if h.opts.Tunnel == TunnelKsMc {
+	if h.opts.Tunnel == kubesphere.TunnelKsMc {
 		if err := h.switchTunnel(ctx); err != nil {
 			return res, err
 		}
@@ -111,6 +83,50 @@ func (h *Host) Apply(ctx context.Context, plan *Plan[*HostState]) (*HostResult, 
 	h.verify(ctx, res)
 	res.Changed = len(res.Changes) > 0
 	return res, nil
+}
+
+// start makes the result and the change log of this run.
+func (h *Host) start(st *HostState) *HostResult {
+	res := &HostResult{
+		Context: h.c.Context, ClusterRole: kubesphere.RoleHost, KubeSphereVersion: st.CC.Version(),
+		Tunnel: st.CurrentTunnel, Changes: []Change{},
+	}
+	if h.opts.Tunnel != "" {
+		res.Tunnel = h.opts.Tunnel
+	}
+	if res.Tunnel == "" {
+		res.Tunnel = kubesphere.TunnelTower
+	}
+	if h.opts.DryRun.Enabled() {
+		res.DryRun = h.opts.DryRun
+	}
+	h.result = res
+	h.log = NewChangeLog(&res.Changes, h.opts.DryRun, nil)
+	h.plaintext = st.PlaintextAgents
+	return res
+}
+
+// addressFromService is step (4): the address once ks-installer created Service tower, published
+// with a second patch when it has to be explicit.
+func (h *Host) addressFromService(ctx context.Context, res *HostResult) error {
+	addr, source, err := h.deferredAddress(ctx)
+	if err != nil {
+		return err
+	}
+	res.ProxyPublishAddress, res.AddressSource = addr, source
+	if source == AddressFromAnswer || h.explicitLB(source) {
+		cc, err := GetClusterConfiguration(ctx, h.c)
+		if err != nil {
+			return err
+		}
+		if err := h.patchCC(ctx, cc, addr); err != nil {
+			return err
+		}
+		if err := h.waitHost(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (h *Host) remaining() time.Duration {
@@ -146,13 +162,13 @@ func (h *Host) askAddress(ctx context.Context, svc *corev1.Service, changed bool
 	if err != nil {
 		h.rep.Warn(fmt.Sprintf("cannot list nodes for address suggestions: %v", err))
 	}
-	if h.opts.Tunnel == TunnelKsMc {
+	if h.opts.Tunnel == kubesphere.TunnelKsMc {
 		for i := range cands {
 			cands[i].Address = httpsAddress(cands[i].Address)
 		}
 	}
 	req := AddressRequest{
-		Reason:     fmt.Sprintf("Service %s/%s has no external address (LoadBalancer <pending>)", KubeSphereNamespace, TowerName),
+		Reason:     fmt.Sprintf("Service %s/%s has no external address (LoadBalancer <pending>)", kubesphere.Namespace, kubesphere.TowerName),
 		Candidates: cands,
 		Changed:    changed,
 	}
@@ -170,7 +186,7 @@ func (h *Host) askAddress(ctx context.Context, svc *corev1.Service, changed bool
 	if err != nil {
 		return "", fmt.Errorf("--proxy-publish-address: %w", err)
 	}
-	if h.opts.Tunnel == TunnelKsMc && strings.HasPrefix(addr, "http://") && !h.plaintext {
+	if h.opts.Tunnel == kubesphere.TunnelKsMc && strings.HasPrefix(addr, "http://") && !h.plaintext {
 		return "", fmt.Errorf("proxy address %s: the ks-mc proxy refuses agents over plain http: use %s (it serves TLS on the same port), or pass --allow-plaintext-agents", addr, httpsAddress(addr))
 	}
 	return addr, nil
@@ -198,6 +214,29 @@ func (h *Host) patchCC(ctx context.Context, cc *ClusterConfiguration, addr strin
 	return nil
 }
 
+// HostPatch builds the ClusterConfiguration merge patch for a host: clusterRole host and, when
+// address is not empty, proxyPublishAddress. Fields that already hold the wanted value are left out,
+// so an empty patch means nothing to change. Nothing else of the object is touched.
+func HostPatch(cc *ClusterConfiguration, address string) MergePatch {
+	p := MergePatch{}
+	p.SetIfDifferent(cc.Object.Object, kubesphere.RoleHost, "spec", "multicluster", "clusterRole")
+	if address != "" {
+		p.SetIfDifferent(cc.Object.Object, address, "spec", "multicluster", "proxyPublishAddress")
+	}
+	return p
+}
+
+func describeHostPatch(p MergePatch) string {
+	var parts []string
+	if v, ok := p.Get("spec", "multicluster", "clusterRole"); ok {
+		parts = append(parts, fmt.Sprintf("clusterRole: %v", v))
+	}
+	if v, ok := p.Get("spec", "multicluster", "proxyPublishAddress"); ok {
+		parts = append(parts, fmt.Sprintf("proxyPublishAddress: %v", v))
+	}
+	return "set " + strings.Join(parts, ", ")
+}
+
 // HostReady is the wait condition of a host: status.multicluster.status enabled, kubesphere-config
 // re-rendered from the current spec with multicluster.enable, and Deployment tower rolled out.
 func HostReady(ctx context.Context, c *Clients) (bool, string, error) {
@@ -221,7 +260,7 @@ func HostReady(ctx context.Context, c *Clients) (bool, string, error) {
 	if !cfg.Multicluster.Enable {
 		return false, "kubesphere-config has multicluster.enable false", nil
 	}
-	d, err := c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, err := c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return false, "deployment tower not created yet", nil
 	}
@@ -252,13 +291,13 @@ func (h *Host) waitHost(ctx context.Context) error {
 }
 
 func (h *Host) deferredAddress(ctx context.Context) (string, string, error) {
-	svcs := h.c.Kube.CoreV1().Services(KubeSphereNamespace)
+	svcs := h.c.Kube.CoreV1().Services(kubesphere.Namespace)
 	wait := min(h.opts.LoadBalancerWait, h.remaining())
 	end := time.Now().Add(wait)
 	for {
-		svc, err := svcs.Get(ctx, TowerName, metav1.GetOptions{})
+		svc, err := svcs.Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 		if err != nil {
-			return "", "", fmt.Errorf("get service %s/%s: %w", KubeSphereNamespace, TowerName, err)
+			return "", "", fmt.Errorf("get service %s/%s: %w", kubesphere.Namespace, kubesphere.TowerName, err)
 		}
 		if lb := LoadBalancerAddress(svc); lb != "" {
 			lb = h.lbAddress(lb)
@@ -297,7 +336,7 @@ func (h *Host) proxyValues() manifests.ProxyValues {
 // the ks-mc proxy serves TLS on that port and refuses plaintext agents, so with --tunnel=ks-mc it
 // is https:// and published explicitly.
 func (h *Host) lbAddress(lb string) string {
-	if h.opts.Tunnel == TunnelKsMc {
+	if h.opts.Tunnel == kubesphere.TunnelKsMc {
 		return httpsAddress(lb)
 	}
 	return lb
@@ -306,7 +345,7 @@ func (h *Host) lbAddress(lb string) string {
 // explicitLB: a load balancer address that must be published explicitly (KubeSphere's own
 // derivation would give http://, which the ks-mc proxy refuses).
 func (h *Host) explicitLB(source string) bool {
-	return source == AddressFromLoadBalancer && h.opts.Tunnel == TunnelKsMc
+	return source == AddressFromLoadBalancer && h.opts.Tunnel == kubesphere.TunnelKsMc
 }
 
 func (h *Host) switchTunnel(ctx context.Context) error {
@@ -314,7 +353,7 @@ func (h *Host) switchTunnel(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	obj := "Deployment " + KubeSphereNamespace + "/" + TowerName
+	obj := "Deployment " + kubesphere.Namespace + "/" + kubesphere.TowerName
 	if !changed {
 		h.rep.Step("tower already runs the ks-mc proxy")
 	} else {
@@ -327,7 +366,7 @@ func (h *Host) switchTunnel(ctx context.Context) error {
 	if h.opts.DryRun.Enabled() {
 		return nil
 	}
-	return WaitForRolloutUntil(ctx, h.c, KubeSphereNamespace, TowerName, h.deadline, h.opts.Timeout, h.rep)
+	return WaitForRolloutUntil(ctx, h.c, kubesphere.Namespace, kubesphere.TowerName, h.deadline, h.opts.Timeout, h.rep)
 }
 
 func (h *Host) restartIfNeeded(ctx context.Context) error {
@@ -347,16 +386,16 @@ func (h *Host) restartIfNeeded(ctx context.Context) error {
 	}
 	if h.opts.NoRestart {
 		h.rep.Warn(fmt.Sprintf("ks-apiserver was not restarted (--no-restart; %s): it keeps the old proxy address until you run: kubectl -n %s rollout restart deployment %s%s",
-			why, KubeSphereNamespace, APIServerName, h.c.contextFlag()))
+			why, kubesphere.Namespace, kubesphere.APIServerName, h.c.contextFlag()))
 		return nil
 	}
-	p, err := RestartDeployment(ctx, h.c, KubeSphereNamespace, APIServerName, h.opts.DryRun)
+	p, err := RestartDeployment(ctx, h.c, kubesphere.Namespace, kubesphere.APIServerName, h.opts.DryRun)
 	if err != nil {
 		return err
 	}
-	h.log.Record(Change{Object: "Deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
+	h.log.Record(Change{Object: "Deployment " + kubesphere.Namespace + "/" + kubesphere.APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
 	h.rep.Step("restarted ks-apiserver")
-	return WaitForRolloutUntil(ctx, h.c, KubeSphereNamespace, APIServerName, h.deadline, h.opts.Timeout, h.rep)
+	return WaitForRolloutUntil(ctx, h.c, kubesphere.Namespace, kubesphere.APIServerName, h.deadline, h.opts.Timeout, h.rep)
 }
 
 // dryRunRest previews the steps after the role patch without waiting for anything.
@@ -364,13 +403,13 @@ func (h *Host) dryRunRest(ctx context.Context, st *HostState, res *HostResult) (
 	if res.ProxyPublishAddress == "" {
 		res.Pending = append(res.Pending, "the proxy address: Service tower does not exist until ks-installer runs with clusterRole host; then its load balancer address is used, or --proxy-publish-address is needed")
 	}
-	if h.opts.Tunnel == TunnelKsMc {
+	if h.opts.Tunnel == kubesphere.TunnelKsMc {
 		if st.TowerDeploy == nil && h.opts.DryRun == DryRunServer {
 			// Nothing to send yet: the installer creates tower first. Show the rendering.
 			if err := h.opts.Proxy.Validate(); err != nil {
 				return res, err
 			}
-			h.log.Record(Change{Object: "Deployment " + KubeSphereNamespace + "/" + TowerName, Action: "update",
+			h.log.Record(Change{Object: "Deployment " + kubesphere.Namespace + "/" + kubesphere.TowerName, Action: "update",
 				Summary: "run the ks-mc proxy (" + h.opts.Proxy.Image + ") once ks-installer created tower"})
 		} else if err := h.switchTunnel(ctx); err != nil {
 			return res, err
@@ -385,11 +424,11 @@ func (h *Host) dryRunRest(ctx context.Context, st *HostState, res *HostResult) (
 		willRestart = need
 	}
 	if willRestart && !h.opts.NoRestart {
-		p, err := RestartDeployment(ctx, h.c, KubeSphereNamespace, APIServerName, h.opts.DryRun)
+		p, err := RestartDeployment(ctx, h.c, kubesphere.Namespace, kubesphere.APIServerName, h.opts.DryRun)
 		if err != nil {
 			return res, err
 		}
-		h.log.Record(Change{Object: "Deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
+		h.log.Record(Change{Object: "Deployment " + kubesphere.Namespace + "/" + kubesphere.APIServerName, Action: "restart", Summary: "rollout restart", Patch: p})
 	}
 	res.Changed = len(res.Changes) > 0
 	return res, nil
@@ -416,7 +455,7 @@ func (h *Host) verify(ctx context.Context, res *HostResult) {
 	switch {
 	case err != nil:
 		p.Warn("", "cannot read kubesphere-config: %v", err)
-	case cfg.Multicluster.ClusterRole != RoleHost || !cfg.Multicluster.Enable:
+	case cfg.Multicluster.ClusterRole != kubesphere.RoleHost || !cfg.Multicluster.Enable:
 		p.Error("see: "+InstallerLogsCommand(h.c.Context), "kubesphere-config has clusterRole %q, enable %t", cfg.Multicluster.ClusterRole, cfg.Multicluster.Enable)
 	case res.AddressSource != AddressFromLoadBalancer && cfg.Multicluster.ProxyPublishAddress != res.ProxyPublishAddress:
 		p.Error("see: "+InstallerLogsCommand(h.c.Context), "kubesphere-config has proxyPublishAddress %q, want %q", cfg.Multicluster.ProxyPublishAddress, res.ProxyPublishAddress)

@@ -18,6 +18,7 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -72,7 +73,7 @@ func TestHostPreflightFresh(t *testing.T) {
 func TestHostPreflightNotInstalled(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML)
 	fc.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{ClusterConfigurationGVR: "ClusterConfigurationList"})
+		map[schema.GroupVersionResource]string{kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList"})
 	fc.c.Dynamic = fc.dyn
 	p, st := split(NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background()))
 	if st != nil || !p.HasErrors() {
@@ -85,9 +86,9 @@ func TestHostPreflightMember(t *testing.T) {
 	member := strings.Replace(testCCYAML, "clusterRole: none", "clusterRole: member", 1)
 	fc := newFakeCluster(t, member)
 	// kubesphere-config agrees with the CC (a finished member).
-	cm, _ := fc.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Get(context.Background(), KubeSphereConfigName, metav1.GetOptions{})
-	cm.Data[KubeSphereConfigKey] = strings.Replace(testKSConfig, "clusterRole: none", "clusterRole: member", 1)
-	_, _ = fc.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Update(context.Background(), cm, metav1.UpdateOptions{})
+	cm, _ := fc.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Get(context.Background(), kubesphere.ConfigName, metav1.GetOptions{})
+	cm.Data[kubesphere.ConfigKey] = strings.Replace(testKSConfig, "clusterRole: none", "clusterRole: member", 1)
+	_, _ = fc.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Update(context.Background(), cm, metav1.UpdateOptions{})
 
 	p, _ := split(NewHost(fc.c, fastOpts(), nil, nil).Preflight(context.Background()))
 	if !p.HasErrors() {
@@ -184,15 +185,15 @@ func TestHostRunFreshWithLoadBalancer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("run: %v", err)
 	}
-	if res.ProxyPublishAddress != "http://198.51.100.7:8080" || res.AddressSource != AddressFromLoadBalancer || res.ClusterRole != "host" || res.Tunnel != TunnelTower {
+	if res.ProxyPublishAddress != "http://198.51.100.7:8080" || res.AddressSource != AddressFromLoadBalancer || res.ClusterRole != "host" || res.Tunnel != kubesphere.TunnelTower {
 		t.Errorf("result %+v", res)
 	}
 	mustContain(t, changeSummaries(res), "ClusterConfiguration kubesphere-system/ks-installer: set clusterRole: host", "Deployment kubesphere-system/ks-apiserver: rollout restart")
 	cc := fc.cc()
-	if cc.ClusterRole() != RoleHost || cc.ProxyPublishAddress() != "" {
+	if cc.ClusterRole() != kubesphere.RoleHost || cc.ProxyPublishAddress() != "" {
 		t.Errorf("CC role %q address %q (the load balancer address is not written)", cc.ClusterRole(), cc.ProxyPublishAddress())
 	}
-	d, _ := fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(context.Background(), APIServerName, metav1.GetOptions{})
+	d, _ := fc.kube.AppsV1().Deployments(kubesphere.Namespace).Get(context.Background(), kubesphere.APIServerName, metav1.GetOptions{})
 	if d.Spec.Template.Annotations[RestartedAtAnnotation] == "" {
 		t.Error("ks-apiserver not restarted")
 	}
@@ -216,7 +217,7 @@ func TestHostRunFreshWithLoadBalancer(t *testing.T) {
 	// http://, which the ks-mc proxy refuses, so https:// is published explicitly (the proxy serves
 	// TLS on that port), and ks-apiserver restarts for it.
 	opts := fastOpts()
-	opts.Tunnel, opts.DryRun = TunnelKsMc, DryRunClient
+	opts.Tunnel, opts.DryRun = kubesphere.TunnelKsMc, DryRunClient
 	res, _, err = runHost(t, fc, opts, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +291,7 @@ func TestHostRunPendingWithoutAnswerChangesNothing(t *testing.T) {
 	if m := fc.mutations(); len(m) != 0 {
 		t.Errorf("changed the cluster without an answer: %v", m)
 	}
-	if fc.cc().ClusterRole() != RoleNone {
+	if fc.cc().ClusterRole() != kubesphere.RoleNone {
 		t.Error("role changed")
 	}
 }
@@ -325,7 +326,7 @@ func TestHostRunDryRunChangesNothing(t *testing.T) {
 			fc := newFakeCluster(t, testCCYAML, towerService(""), towerDeployment())
 			opts := fastOpts()
 			opts.DryRun = mode
-			opts.Tunnel = TunnelKsMc
+			opts.Tunnel = kubesphere.TunnelKsMc
 			opts.ProxyPublishAddress = "https://10.0.0.1:31234"
 			fc.clearActions()
 			res, _, err := runHost(t, fc, opts, nil)
@@ -335,7 +336,7 @@ func TestHostRunDryRunChangesNothing(t *testing.T) {
 			if m := fc.mutations(); len(m) != 0 {
 				t.Errorf("dry run sent %v", m)
 			}
-			if fc.cc().ClusterRole() != RoleNone {
+			if fc.cc().ClusterRole() != kubesphere.RoleNone {
 				t.Error("role changed")
 			}
 			s := changeSummaries(res)
@@ -395,7 +396,7 @@ func TestHostRunInterruptedThenResumed(t *testing.T) {
 	if _, err := h.Apply(ctx, plan); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("interrupted run: %v", err)
 	}
-	if fc.cc().ClusterRole() != RoleHost {
+	if fc.cc().ClusterRole() != kubesphere.RoleHost {
 		t.Fatal("role not patched before the interruption")
 	}
 	stop := fc.fakeInstaller("", false)
@@ -404,7 +405,7 @@ func TestHostRunInterruptedThenResumed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("resumed run: %v", err)
 	}
-	if fc.cc().ProxyPublishAddress() != "http://10.0.0.1:31234" || res.ClusterRole != RoleHost {
+	if fc.cc().ProxyPublishAddress() != "http://10.0.0.1:31234" || res.ClusterRole != kubesphere.RoleHost {
 		t.Errorf("resumed result %+v", res)
 	}
 }
@@ -414,16 +415,16 @@ func TestHostRunTunnelKsMc(t *testing.T) {
 	stop := fc.fakeInstaller("198.51.100.7", false)
 	defer stop()
 	opts := fastOpts()
-	opts.Tunnel = TunnelKsMc
+	opts.Tunnel = kubesphere.TunnelKsMc
 	res, _, err := runHost(t, fc, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Tunnel != TunnelKsMc {
+	if res.Tunnel != kubesphere.TunnelKsMc {
 		t.Errorf("tunnel %q", res.Tunnel)
 	}
-	d, _ := fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(context.Background(), TowerName, metav1.GetOptions{})
-	if TunnelOf(d) != TunnelKsMc {
+	d, _ := fc.kube.AppsV1().Deployments(kubesphere.Namespace).Get(context.Background(), kubesphere.TowerName, metav1.GetOptions{})
+	if TunnelOf(d) != kubesphere.TunnelKsMc {
 		t.Fatalf("tower not switched: %+v", d.Spec.Template.Spec.Containers)
 	}
 	if args := d.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--tls-san=198.51.100.7") {
@@ -440,12 +441,12 @@ func TestHostRunTunnelKsMc(t *testing.T) {
 	// Re-run without --tunnel keeps the proxy and changes nothing.
 	fc.clearActions()
 	res, _, err = runHost(t, fc, fastOpts(), nil)
-	if err != nil || res.Changed || res.Tunnel != TunnelKsMc {
+	if err != nil || res.Changed || res.Tunnel != kubesphere.TunnelKsMc {
 		t.Errorf("re-run: %v %s", err, changeSummaries(res))
 	}
 	// Asking for Tower back is refused in preflight.
 	back := fastOpts()
-	back.Tunnel = TunnelTower
+	back.Tunnel = kubesphere.TunnelTower
 	p, _ := split(NewHost(fc.c, back, nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p), "[error] tunnel: Deployment tower runs the ks-mc proxy")
 }
@@ -457,7 +458,7 @@ func TestEnsureProxyDeploymentConvertsTower(t *testing.T) {
 	if err != nil || !changed {
 		t.Fatalf("changed %v, %v", changed, err)
 	}
-	d, _ := fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ := fc.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	spec := d.Spec.Template.Spec
 	c := spec.Containers[0]
 	if len(spec.Containers) != 1 || len(c.Command) != 0 || len(spec.Volumes) != 1 || spec.Volumes[0].Name != "tmp" ||
@@ -475,7 +476,7 @@ func TestEnsureProxyDeploymentConvertsTower(t *testing.T) {
 	}
 	// What the API server defaults (seen on kube-apiserver 1.34) must not read as a difference.
 	serverDefaults(d)
-	if _, err := fc.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+	if _, err := fc.kube.AppsV1().Deployments(kubesphere.Namespace).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	changed, _, err = EnsureProxyDeployment(ctx, fc.c, testProxy(), DryRunNone)
@@ -505,8 +506,8 @@ func TestEnsureProxyDeploymentCreatesWithApply(t *testing.T) {
 	if !applied {
 		t.Error("no server-side apply sent")
 	}
-	d, err := fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(context.Background(), TowerName, metav1.GetOptions{})
-	if err != nil || TunnelOf(d) != TunnelKsMc {
+	d, err := fc.kube.AppsV1().Deployments(kubesphere.Namespace).Get(context.Background(), kubesphere.TowerName, metav1.GetOptions{})
+	if err != nil || TunnelOf(d) != kubesphere.TunnelKsMc {
 		t.Errorf("created %v, %v", d, err)
 	}
 }
@@ -522,7 +523,7 @@ func TestNeedsAPIServerRestart(t *testing.T) {
 	setManaged := func(obj metav1.Object, at time.Time) {
 		obj.SetManagedFields([]metav1.ManagedFieldsEntry{
 			{Manager: "kubectl-edit", Operation: metav1.ManagedFieldsOperationUpdate, Time: &metav1.Time{Time: at.Add(time.Hour)}},
-			{Manager: FieldManager, Operation: metav1.ManagedFieldsOperationUpdate, Time: &metav1.Time{Time: at}},
+			{Manager: kubesphere.FieldManager, Operation: metav1.ManagedFieldsOperationUpdate, Time: &metav1.Time{Time: at}},
 		})
 	}
 	setManaged(cc.Object, t0)
@@ -532,7 +533,7 @@ func TestNeedsAPIServerRestart(t *testing.T) {
 	// The fake clientset rewrites managedFields on writes, so serve the Deployment from a reactor.
 	var restartedAt time.Time
 	fc.kube.PrependReactor("get", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		d := readyDeployment(APIServerName, map[string]string{"app": "ks-apiserver"})
+		d := readyDeployment(kubesphere.APIServerName, map[string]string{"app": "ks-apiserver"})
 		setManaged(d, restartedAt)
 		return true, d, nil
 	})
@@ -637,7 +638,7 @@ func TestHostRunFreshPendingWithoutAnswerSaysHowToFinish(t *testing.T) {
 	}
 	// Service tower only exists once the role is set: the error says what happened and how to finish.
 	mustContain(t, err.Error(), "pass --proxy-publish-address", "clusterRole is host now; re-running init-host with --proxy-publish-address completes the set-up")
-	if fc.cc().ClusterRole() != RoleHost || fc.cc().ProxyPublishAddress() != "" {
+	if fc.cc().ClusterRole() != kubesphere.RoleHost || fc.cc().ProxyPublishAddress() != "" {
 		t.Errorf("role %q address %q", fc.cc().ClusterRole(), fc.cc().ProxyPublishAddress())
 	}
 	// Re-running with the flag completes it.
@@ -655,7 +656,7 @@ func TestHostRunFreshPendingWithoutAnswerSaysHowToFinish(t *testing.T) {
 func TestHostPreflightRefusesPlaintextKsMcTunnel(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML)
 	opts := fastOpts()
-	opts.Tunnel = TunnelKsMc
+	opts.Tunnel = kubesphere.TunnelKsMc
 	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
 	p, _ := split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p),
@@ -681,7 +682,7 @@ func TestHostPreflightRefusesPlaintextKsMcTunnel(t *testing.T) {
 		t.Fatalf("https address warned:\n%s", checkLines(p))
 	}
 	// KubeSphere's own Tower: no such check (Tower speaks ws:// or wss:// itself).
-	opts.Tunnel = TunnelTower
+	opts.Tunnel = kubesphere.TunnelTower
 	opts.ProxyPublishAddress = "http://198.51.100.7:8080"
 	p, _ = split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	if strings.Contains(checkLines(p), "without TLS") || p.HasErrors() {
@@ -694,7 +695,7 @@ func TestHostPreflightRefusesPublishedPlaintextForKsMc(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML, towerService(""), towerDeployment())
 	fc.setCCAddress(t, "http://10.0.0.1:31234")
 	opts := fastOpts()
-	opts.Tunnel = TunnelKsMc
+	opts.Tunnel = kubesphere.TunnelKsMc
 	p, _ := split(NewHost(fc.c, opts, nil, nil).Preflight(context.Background()))
 	mustContain(t, checkLines(p), "[error] the proxy address is http://10.0.0.1:31234", "--proxy-publish-address=https://10.0.0.1:31234")
 }
@@ -709,17 +710,17 @@ func TestHostRunPlaintextAgentsOptIn(t *testing.T) {
 	ctx := context.Background()
 	yes, no := true, false
 	opts := fastOpts()
-	opts.Tunnel, opts.AllowPlaintextAgents, opts.ProxyPublishAddress = TunnelKsMc, &yes, "http://198.51.100.7:8080"
+	opts.Tunnel, opts.AllowPlaintextAgents, opts.ProxyPublishAddress = kubesphere.TunnelKsMc, &yes, "http://198.51.100.7:8080"
 	if _, _, err := runHost(t, fc, opts, nil); err != nil {
 		t.Fatal(err)
 	}
-	d, _ := fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ := fc.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	if !manifests.ProxyAllowsPlaintextAgents(d) {
 		t.Fatalf("proxy args %q lack %s", d.Spec.Template.Spec.Containers[0].Args, manifests.ProxyAllowPlaintextArg)
 	}
 	// Re-run without the flag: kept, with a warning; nothing changes.
 	rerun := fastOpts()
-	rerun.Tunnel = TunnelKsMc
+	rerun.Tunnel = kubesphere.TunnelKsMc
 	p, _ := split(NewHost(fc.c, rerun, nil, nil).Preflight(ctx))
 	if p.HasErrors() {
 		t.Fatalf("re-run without the flag refused:\n%s", checkLines(p))
@@ -730,7 +731,7 @@ func TestHostRunPlaintextAgentsOptIn(t *testing.T) {
 	if err != nil || res.Changed {
 		t.Fatalf("re-run: %v %s", err, changeSummaries(res))
 	}
-	d, _ = fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ = fc.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	if !manifests.ProxyAllowsPlaintextAgents(d) {
 		t.Fatal("a re-run without the flag dropped --allow-plaintext-agents")
 	}
@@ -750,7 +751,7 @@ func TestHostRunPlaintextAgentsOptIn(t *testing.T) {
 	if _, _, err := runHost(t, fc, off, nil); err != nil {
 		t.Fatal(err)
 	}
-	d, _ = fc.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ = fc.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	if manifests.ProxyAllowsPlaintextAgents(d) || fc.cc().ProxyPublishAddress() != "https://198.51.100.7:8080" {
 		t.Errorf("args %q, address %q", d.Spec.Template.Spec.Containers[0].Args, fc.cc().ProxyPublishAddress())
 	}
@@ -761,7 +762,7 @@ func TestHostRunPlaintextAgentsOptIn(t *testing.T) {
 func TestHostAskKsMcSuggestsHTTPS(t *testing.T) {
 	fc := newFakeCluster(t, testCCYAML, towerService(""), towerDeployment())
 	opts := fastOpts()
-	opts.Tunnel, opts.DryRun = TunnelKsMc, DryRunClient
+	opts.Tunnel, opts.DryRun = kubesphere.TunnelKsMc, DryRunClient
 	var got AddressRequest
 	answer := ""
 	ask := func(_ context.Context, req AddressRequest) (string, error) { got = req; return answer, nil }

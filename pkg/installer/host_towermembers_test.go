@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // Switching a Tower host to --tunnel=ks-mc keeps its Tower-connected members: the ks-mc proxy
@@ -12,7 +14,7 @@ import (
 func TestHostPreflightTowerMembers(t *testing.T) {
 	f := newJoinFixture(t, memberCluster("member1", "uid-member", false), memberCluster("m2", "uid-2", false))
 	opts := fastOpts()
-	opts.Tunnel = TunnelKsMc
+	opts.Tunnel = kubesphere.TunnelKsMc
 	p, st := split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
 	if st == nil {
 		t.Fatalf("no state:\n%s", checkLines(p))

@@ -3,6 +3,7 @@ package installer
 import (
 	"context"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"maps"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -100,7 +101,7 @@ func EnsureProxyDeployment(ctx context.Context, c *Clients, v manifests.ProxyVal
 		return false, want, nil
 	}
 	err = w.Send(func(dryRun []string) error {
-		_, err := deps.Update(ctx, proxyReplacement(live, want), metav1.UpdateOptions{FieldManager: FieldManager, DryRun: dryRun})
+		_, err := deps.Update(ctx, proxyReplacement(live, want), metav1.UpdateOptions{FieldManager: kubesphere.FieldManager, DryRun: dryRun})
 		return err
 	})
 	if err != nil {

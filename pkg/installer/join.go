@@ -3,6 +3,7 @@ package installer
 import (
 	"context"
 	"errors"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -16,7 +17,7 @@ type JoinOptions struct {
 	// Name of the Cluster on the host (a DNS label of at most 60 characters).
 	Name string
 	// Tunnel is tower, ks-mc or auto (ks-mc when the host's tower Deployment runs the ks-mc proxy).
-	Tunnel manifests.Tunnel
+	Tunnel kubesphere.Tunnel
 	// Cluster metadata.
 	Provider, Description, Group, Region string
 	Labels                               map[string]string
@@ -38,19 +39,19 @@ type JoinOptions struct {
 
 // JoinResult is the machine-readable outcome of a join.
 type JoinResult struct {
-	Name         string           `json:"name"`
-	HostContext  string           `json:"hostContext,omitempty"`
-	Context      string           `json:"context,omitempty"`
-	Tunnel       manifests.Tunnel `json:"tunnel"`
-	ProxyAddress string           `json:"proxyAddress"`
-	MemberUID    string           `json:"memberUID"`
+	Name         string            `json:"name"`
+	HostContext  string            `json:"hostContext,omitempty"`
+	Context      string            `json:"context,omitempty"`
+	Tunnel       kubesphere.Tunnel `json:"tunnel"`
+	ProxyAddress string            `json:"proxyAddress"`
+	MemberUID    string            `json:"memberUID"`
 	// Adopted is true when the Cluster already existed for this member (a re-run).
 	Adopted bool     `json:"adopted"`
 	DryRun  DryRun   `json:"dryRun,omitempty"`
 	Changed bool     `json:"changed"`
 	Changes []Change `json:"changes"`
 	// Conditions of the Cluster at the end.
-	Conditions []ClusterCondition `json:"conditions,omitempty"`
+	Conditions []kubesphere.ClusterCondition `json:"conditions,omitempty"`
 	// HostObjects and MemberObjects are what was (or, in a dry run, would be) applied to each
 	// cluster, secrets redacted. The member's ClusterConfiguration appears as its merge patch.
 	HostObjects   []*unstructured.Unstructured `json:"-"`
@@ -65,13 +66,13 @@ type joinState struct {
 	hostCfg, memberCfg *KubeSphereConfig
 	hostUID, memberUID string
 	proxyAddress       string
-	tunnel             manifests.Tunnel
+	tunnel             kubesphere.Tunnel
 	agentImage         string
 	existing           *unstructured.Unstructured
 	agent              *appsv1.Deployment
 	// caHash pins the bundled proxy's CA (https proxy addresses).
 	caHash string
-	// agentName is the agent Deployment to render: manifests.AgentName, or MigratedAgentName on a
+	// agentName is the agent Deployment to render: kubesphere.AgentName, or MigratedAgentName on a
 	// member moved by migrate (the ks-mc agent keeps the Deployment it was migrated to).
 	agentName string
 }
@@ -104,7 +105,7 @@ func NewJoin(host, member *Clients, opts JoinOptions, rep Reporter) *Join {
 		opts.Clock = APIServerClock
 	}
 	if opts.Tunnel == "" {
-		opts.Tunnel = manifests.TunnelAuto
+		opts.Tunnel = kubesphere.TunnelAuto
 	}
 	if opts.DryRun == "" {
 		opts.DryRun = DryRunNone
@@ -119,14 +120,14 @@ func JoinAccess() (host, member []Access) {
 		{Verb: "list", Group: "cluster.kubesphere.io", Resource: "clusters"},
 		{Verb: "create", Group: "cluster.kubesphere.io", Resource: "clusters"},
 		{Verb: "patch", Group: "cluster.kubesphere.io", Resource: "clusters"},
-		{Verb: "get", Resource: "configmaps", Namespace: KubeSphereNamespace, Name: KubeSphereConfigName},
+		{Verb: "get", Resource: "configmaps", Namespace: kubesphere.Namespace, Name: kubesphere.ConfigName},
 	}
 	member = []Access{
-		{Verb: "patch", Group: "installer.kubesphere.io", Resource: "clusterconfigurations", Namespace: KubeSphereNamespace, Name: ClusterConfigurationName},
-		{Verb: "create", Group: "apps", Resource: "deployments", Namespace: KubeSphereNamespace},
-		{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: KubeSphereNamespace},
-		{Verb: "create", Resource: "secrets", Namespace: KubeSphereNamespace},
-		{Verb: "patch", Resource: "secrets", Namespace: KubeSphereNamespace},
+		{Verb: "patch", Group: "installer.kubesphere.io", Resource: "clusterconfigurations", Namespace: kubesphere.Namespace, Name: kubesphere.ClusterConfigurationName},
+		{Verb: "create", Group: "apps", Resource: "deployments", Namespace: kubesphere.Namespace},
+		{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: kubesphere.Namespace},
+		{Verb: "create", Resource: "secrets", Namespace: kubesphere.Namespace},
+		{Verb: "patch", Resource: "secrets", Namespace: kubesphere.Namespace},
 	}
 	return host, member
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,15 +15,20 @@ import (
 )
 
 func (j *Join) renderCluster(st *joinState) (*unstructured.Unstructured, error) {
-	v := manifests.ClusterValues{
+	return manifests.RenderCluster(manifests.ClusterValues{
 		Name: j.opts.Name, Provider: j.opts.Provider, Description: j.opts.Description, Group: j.opts.Group,
 		Region: j.opts.Region, MemberUID: st.memberUID, Labels: j.opts.Labels,
+		Annotations: clusterAnnotations(st),
+	})
+}
+
+// clusterAnnotations: a member on the ks-mc agent gets ks-mc.io/agent-protocol: ks-mc, so the
+// proxy never serves a Tower agent for its Cluster (downgrade protection).
+func clusterAnnotations(st *joinState) map[string]string {
+	if st.tunnel != kubesphere.TunnelKsMc {
+		return nil
 	}
-	if st.tunnel == manifests.TunnelKSMC {
-		// The proxy then never serves a Tower agent for this Cluster (downgrade protection).
-		v.Annotations = map[string]string{manifests.AgentProtocolAnnotation: manifests.AgentProtocolKsMc}
-	}
-	return manifests.RenderCluster(v)
+	return map[string]string{kubesphere.AgentProtocolAnnotation: string(kubesphere.TunnelKsMc)}
 }
 
 // subsetOf reports whether every field of want is present with the same value in have.
@@ -59,7 +65,7 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 		// The member UID annotation is only written on create; the rest must match.
 		ann := map[string]any{}
 		for k, v := range want.GetAnnotations() {
-			if k != manifests.MemberUIDAnnotation && k != manifests.CreatorAnnotation {
+			if k != kubesphere.MemberUIDAnnotation && k != kubesphere.CreatorAnnotation {
 				ann[k] = v
 			}
 		}
@@ -80,7 +86,7 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 		action, summary = "update", "labels/annotations/spec from the flags"
 	}
 	j.log.Record(Change{Object: obj, Action: action, Summary: summary})
-	got, _, err := j.w.ServerSideApply(ctx, DynamicResource(j.host, manifests.ClusterGVR, ""), want)
+	got, _, err := j.w.ServerSideApply(ctx, DynamicResource(j.host, kubesphere.ClusterGVR, ""), want)
 	if err != nil {
 		return nil, fmt.Errorf("apply Cluster %s on the host: %w", j.opts.Name, err)
 	}
@@ -105,13 +111,13 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	m := side(j.member, "member")
 	// Switching tunnels: the old Deployment's command/args belong to another manager; replace it.
 	if st.agent != nil && InspectAgent(st.agent).Tunnel != st.tunnel {
-		j.log.Record(Change{Object: fmt.Sprintf("%s deployment %s/%s", m, manifests.AgentNamespace, st.agent.Name), Action: "delete",
+		j.log.Record(Change{Object: fmt.Sprintf("%s deployment %s/%s", m, kubesphere.Namespace, st.agent.Name), Action: "delete",
 			Summary: fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel)})
-		if err := j.w.Delete(ctx, Deployments(j.member, manifests.AgentNamespace), st.agent.Name, metav1.DeleteOptions{}); err != nil {
-			return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, st.agent.Name, err)
+		if err := j.w.Delete(ctx, Deployments(j.member, kubesphere.Namespace), st.agent.Name, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, st.agent.Name, err)
 		}
 		st.agent = nil
-		st.agentName = manifests.AgentName
+		st.agentName = kubesphere.AgentName
 	}
 	for _, o := range objs {
 		obj := fmt.Sprintf("%s %s %s/%s", m, strings.ToLower(o.GetKind()), o.GetNamespace(), o.GetName())
@@ -126,30 +132,30 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 		}
 		j.log.Record(Change{Object: obj, Action: action, Summary: "server-side apply (field manager ks-mc)"})
 	}
-	if st.tunnel == manifests.TunnelTower {
+	if st.tunnel == kubesphere.TunnelTower {
 		// A token Secret left by an earlier bundled agent is no longer used.
-		sec, err := j.member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
-		if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue {
-			j.log.Record(Change{Object: fmt.Sprintf("%s secret %s/%s", m, manifests.AgentNamespace, manifests.AgentTokenSecretName), Action: "delete", Summary: "no longer used by the Tower agent"})
-			_ = j.w.Delete(ctx, Secrets(j.member, manifests.AgentNamespace), manifests.AgentTokenSecretName, metav1.DeleteOptions{})
+		sec, err := j.member.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{})
+		if err == nil && sec.Labels[kubesphere.ManagedByLabel] == kubesphere.ManagedByValue {
+			j.log.Record(Change{Object: fmt.Sprintf("%s secret %s/%s", m, kubesphere.Namespace, kubesphere.AgentTokenSecretName), Action: "delete", Summary: "no longer used by the Tower agent"})
+			_ = j.w.Delete(ctx, Secrets(j.member, kubesphere.Namespace), kubesphere.AgentTokenSecretName, metav1.DeleteOptions{})
 		}
 	}
 	if j.opts.DryRun.Enabled() {
 		return nil
 	}
-	if err := WaitForRollout(ctx, j.member, manifests.AgentNamespace, agentNameFor(st), j.remaining(), j.rep); err != nil {
+	if err := WaitForRollout(ctx, j.member, kubesphere.Namespace, agentNameFor(st), j.remaining(), j.rep); err != nil {
 		return fmt.Errorf("member: %w", err)
 	}
 	j.rep.Step(fmt.Sprintf("%s: agent rolled out", m))
 	return nil
 }
 
-// agentNameFor is the agent Deployment join renders (manifests.AgentName unless migrated).
+// agentNameFor is the agent Deployment join renders (kubesphere.AgentName unless migrated).
 func agentNameFor(st *joinState) string {
-	if st.tunnel == manifests.TunnelKSMC && st.agentName != "" {
+	if st.tunnel == kubesphere.TunnelKsMc && st.agentName != "" {
 		return st.agentName
 	}
-	return manifests.AgentName
+	return kubesphere.AgentName
 }
 
 // agentResource is where a rendered agent object goes on the member (a Secret or a Deployment).

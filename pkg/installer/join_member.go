@@ -3,6 +3,7 @@ package installer
 import (
 	"context"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"strings"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 func MemberPatch(cc *ClusterConfiguration, jwt Secret) MergePatch {
 	p := MergePatch{}
 	p.SetIfDifferent(cc.Object.Object, jwt.Reveal(), "spec", "authentication", "jwtSecret")
-	p.SetIfDifferent(cc.Object.Object, RoleMember, "spec", "multicluster", "clusterRole")
+	p.SetIfDifferent(cc.Object.Object, kubesphere.RoleMember, "spec", "multicluster", "clusterRole")
 	p.SetIfDifferent(cc.Object.Object, int64(0), "spec", "authentication", "oauthOptions", "accessTokenMaxAge")
 	return p
 }
@@ -41,7 +42,7 @@ func (j *Join) memberConfigDone(cfg *KubeSphereConfig) (bool, string) {
 	if cfg.Authentication.JWTSecret != j.jwt {
 		missing = append(missing, "jwtSecret differs from the host's")
 	}
-	if cfg.Multicluster.ClusterRole != RoleMember {
+	if cfg.Multicluster.ClusterRole != kubesphere.RoleMember {
 		missing = append(missing, fmt.Sprintf("clusterRole is %q", cfg.Multicluster.ClusterRole))
 	}
 	if d, err := cfg.AccessTokenMaxAgeDuration(); err != nil || d != 0 {
@@ -64,8 +65,8 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 		redacted := patch.Redacted(jwtPath)
 		j.log.Record(Change{Object: side(j.member, "member") + " " + ccObject, Action: "patch", Summary: describeMemberPatch(patch), Patch: redacted})
 		j.result.MemberObjects = append(j.result.MemberObjects, &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": ClusterConfigurationGVR.GroupVersion().String(), "kind": "ClusterConfiguration",
-			"metadata": map[string]any{"name": ClusterConfigurationName, "namespace": KubeSphereNamespace},
+			"apiVersion": kubesphere.ClusterConfigurationAPIVersion, "kind": "ClusterConfiguration",
+			"metadata": map[string]any{"name": kubesphere.ClusterConfigurationName, "namespace": kubesphere.Namespace},
 			"spec":     redacted["spec"],
 		}})
 		if _, err := PatchClusterConfiguration(ctx, j.member, patch, j.opts.DryRun); err != nil {
@@ -76,7 +77,7 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 			return nil
 		}
 	} else if !done {
-		since = LastUpdateBy(st.memberCC.Object, FieldManager)
+		since = LastUpdateBy(st.memberCC.Object, kubesphere.FieldManager)
 	}
 	if j.opts.DryRun.Enabled() {
 		return nil
@@ -107,11 +108,11 @@ func (j *Join) memberSettings(ctx context.Context, st *joinState) error {
 		return fmt.Errorf("member: %w", err)
 	}
 	if need {
-		if _, err := RestartDeployment(ctx, j.member, KubeSphereNamespace, APIServerName, j.opts.DryRun); err != nil {
+		if _, err := RestartDeployment(ctx, j.member, kubesphere.Namespace, kubesphere.APIServerName, j.opts.DryRun); err != nil {
 			return fmt.Errorf("member: %w", err)
 		}
-		j.log.Record(Change{Object: side(j.member, "member") + " deployment " + KubeSphereNamespace + "/" + APIServerName, Action: "restart", Summary: why})
-		if err := WaitForRollout(ctx, j.member, KubeSphereNamespace, APIServerName, j.remaining(), j.rep); err != nil {
+		j.log.Record(Change{Object: side(j.member, "member") + " deployment " + kubesphere.Namespace + "/" + kubesphere.APIServerName, Action: "restart", Summary: why})
+		if err := WaitForRollout(ctx, j.member, kubesphere.Namespace, kubesphere.APIServerName, j.remaining(), j.rep); err != nil {
 			return fmt.Errorf("member: %w", err)
 		}
 	}

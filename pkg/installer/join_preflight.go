@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
@@ -52,7 +51,7 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 	st.hostCC = cc
 	hint := initHostHint(j.host)
 	ok := true
-	if role := cc.ClusterRole(); role != RoleHost {
+	if role := cc.ClusterRole(); role != kubesphere.RoleHost {
 		p.Error(hint, "%s: multicluster.clusterRole is %q, not host", h, role)
 		ok = false
 	}
@@ -78,64 +77,8 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 	if !ok {
 		return false
 	}
-	// Proxy address: KubeSphere's own rule (proxyPublishAddress, else the tower Service's LB).
-	addr := HostProxyAddress(ctx, j.host, cc, cfg)
-	if addr == "" {
-		p.Error(hint+" (with --proxy-publish-address when the tower Service has no external address)",
-			"%s: no proxy address: multicluster.proxyPublishAddress is unset and Service %s/%s has no load balancer address", h, KubeSphereNamespace, TowerName)
+	if !j.agentTargetCheck(ctx, p, st, h, hint) {
 		return false
-	}
-	if norm, err := ValidateProxyAddress(addr); err != nil {
-		p.Error(hint, "%s: %v", h, err)
-		return false
-	} else {
-		addr = norm
-	}
-	st.proxyAddress = addr
-	p.OK("%s: KubeSphere %s host, multicluster enabled, proxy address %s", h, cc.Version(), addr)
-	// Tunnel.
-	tower, err := j.host.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		p.Error(hint, "%s: Deployment %s/%s (the proxy) does not exist", h, KubeSphereNamespace, TowerName)
-		return false
-	case err != nil:
-		p.Error("", "%s: get deployment %s/%s: %v", h, KubeSphereNamespace, TowerName, err)
-		return false
-	}
-	hostTunnel := manifests.TunnelTower
-	if TunnelOf(tower) == TunnelKsMc {
-		hostTunnel = manifests.TunnelKSMC
-	}
-	st.tunnel = j.opts.Tunnel
-	if st.tunnel == manifests.TunnelAuto {
-		st.tunnel = hostTunnel
-	}
-	if st.tunnel != hostTunnel {
-		p.Error(fmt.Sprintf("use --tunnel=%s (or --tunnel=auto)", hostTunnel),
-			"%s: the host runs the %s proxy, but --tunnel=%s was asked for: that agent cannot talk to it", h, hostTunnel, st.tunnel)
-		return false
-	}
-	if ready, why := DeploymentRolledOut(tower); !ready {
-		p.Warn("check: kubectl -n kubesphere-system get pods -l app=tower"+j.host.contextFlag(), "%s: the proxy (deployment tower) is not available yet: %s", h, why)
-	}
-	st.agentImage = j.opts.AgentImage
-	if st.agentImage == "" && st.tunnel == manifests.TunnelTower {
-		st.agentImage = cfg.Multicluster.AgentImage
-	}
-	if err := PlaintextAgentRefused(st.tunnel, addr, tower); err != nil {
-		p.Error(PlaintextAgentAdvice(j.host, addr), "%s: %v", h, err)
-		return false
-	}
-	st.caHash = j.opts.CACertHash
-	if st.tunnel == manifests.TunnelKSMC && strings.HasPrefix(addr, "https://") && st.caHash == "" {
-		pin, err := ProxyCACertHash(ctx, j.host)
-		if err != nil {
-			p.Error("pass --ca-cert-hash=sha256:… (the annotation ks-mc.io/ca-cert-hash of that Secret)", "%s: the proxy address is https but its CA cannot be pinned: %v", h, err)
-			return false
-		}
-		st.caHash = pin
-		p.OK("%s: proxy CA pinned (%s)", h, pin)
 	}
 	p.OK("%s: tunnel %s", h, st.tunnel)
 	hostAccess, _ := JoinAccess()
@@ -174,10 +117,10 @@ func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState)
 	}
 	st.memberCC = cc
 	switch role := cc.ClusterRole(); role {
-	case RoleHost:
+	case kubesphere.RoleHost:
 		p.Error("join another cluster, or pick the right --context", "%s: it is a KubeSphere host (clusterRole host): a host cannot join another host", m)
 		return false
-	case RoleMember:
+	case kubesphere.RoleMember:
 		p.OK("%s: KubeSphere %s, already clusterRole member", m, cc.Version())
 	default:
 		p.OK("%s: KubeSphere %s, clusterRole %s (will become member)", m, cc.Version(), role)
@@ -208,9 +151,57 @@ func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState)
 		return false
 	}
 	st.agent = agent
-	st.agentName = manifests.AgentName
+	st.agentName = kubesphere.AgentName
 	if agent != nil && agent.Name == manifests.MigratedAgentName {
 		st.agentName = manifests.MigratedAgentName
+	}
+	return true
+}
+
+// agentTargetCheck resolves where the agent connects (resolveAgentTarget) and words each failed
+// step as a check. False when one failed.
+func (j *Join) agentTargetCheck(ctx context.Context, p *Preflight, st *joinState, h, hint string) bool {
+	cc, cfg := st.hostCC, st.hostCfg
+	t, terr := resolveAgentTarget(ctx, j.host, cc, cfg, agentWants{
+		Tunnel: j.opts.Tunnel, AgentImage: j.opts.AgentImage, CACertHash: j.opts.CACertHash, Strict: true,
+	})
+	st.proxyAddress, st.tunnel, st.agentImage, st.caHash = t.Address, t.Tunnel, t.Image, t.CACertHash
+	if terr != nil && terr.Step == targetAddress {
+		if terr.Err == nil {
+			p.Error(hint+" (with --proxy-publish-address when the tower Service has no external address)",
+				"%s: no proxy address: multicluster.proxyPublishAddress is unset and Service %s/%s has no load balancer address", h, kubesphere.Namespace, kubesphere.TowerName)
+		} else {
+			p.Error(hint, "%s: %v", h, terr.Err)
+		}
+		return false
+	}
+	p.OK("%s: KubeSphere %s host, multicluster enabled, proxy address %s", h, cc.Version(), t.Address)
+	if terr != nil && terr.Step == targetTower {
+		if apierrors.IsNotFound(terr.Err) {
+			p.Error(hint, "%s: Deployment %s/%s (the proxy) does not exist", h, kubesphere.Namespace, kubesphere.TowerName)
+		} else {
+			p.Error("", "%s: %v", h, terr.Err)
+		}
+		return false
+	}
+	if terr != nil && terr.Step == targetTunnel {
+		p.Error(fmt.Sprintf("use --tunnel=%s (or --tunnel=auto)", t.HostTunnel),
+			"%s: the host runs the %s proxy, but --tunnel=%s was asked for: that agent cannot talk to it", h, t.HostTunnel, t.Tunnel)
+		return false
+	}
+	if ready, why := DeploymentRolledOut(t.Tower); !ready {
+		p.Warn("check: kubectl -n kubesphere-system get pods -l app=tower"+j.host.contextFlag(), "%s: the proxy (deployment tower) is not available yet: %s", h, why)
+	}
+	if terr != nil && terr.Step == targetPlaintext {
+		p.Error(PlaintextAgentAdvice(j.host, t.Address), "%s: %v", h, terr.Err)
+		return false
+	}
+	if terr != nil {
+		p.Error("pass --ca-cert-hash=sha256:… (the annotation ks-mc.io/ca-cert-hash of that Secret)", "%s: the proxy address is https but its CA cannot be pinned: %v", h, terr.Err)
+		return false
+	}
+	if t.PinnedFromHost {
+		p.OK("%s: proxy CA pinned (%s)", h, t.CACertHash)
 	}
 	return true
 }
@@ -225,10 +216,17 @@ func checkAccessSide(ctx context.Context, p *Preflight, c *Clients, side string,
 	}
 }
 
+// crossPreflight compares the two sides: versions, clocks, identity (is the member joined
+// already, is the Cluster name free) and a leftover agent.
 func (j *Join) crossPreflight(ctx context.Context, p *Preflight, st *joinState) {
-	h, m := side(j.host, "host"), side(j.member, "member")
-	name := j.opts.Name
-	// Versions.
+	j.versionsCheck(p, st)
+	j.clockCheck(ctx, p, st)
+	if j.identityCheck(ctx, p, st) {
+		j.leftoverAgentCheck(p, st)
+	}
+}
+
+func (j *Join) versionsCheck(p *Preflight, st *joinState) {
 	hv, mv := st.hostCC.Version(), st.memberCC.Version()
 	hM, hm, hp, ok1 := kubeSphereVersion(hv)
 	mM, mm, mp, ok2 := kubeSphereVersion(mv)
@@ -242,7 +240,9 @@ func (j *Join) crossPreflight(ctx context.Context, p *Preflight, st *joinState) 
 	default:
 		p.OK("KubeSphere versions: host %s, member %s", hv, mv)
 	}
-	// Clock skew.
+}
+
+func (j *Join) clockCheck(ctx context.Context, p *Preflight, st *joinState) {
 	maxSkew, err := st.hostCfg.MaximumClockSkewDuration()
 	if err != nil {
 		maxSkew = 10 * time.Second
@@ -261,15 +261,21 @@ func (j *Join) crossPreflight(ctx context.Context, p *Preflight, st *joinState) 
 			p.OK("clock skew: %s (maximum %s)", skew.Abs(), maxSkew)
 		}
 	}
-	// Identity.
+}
+
+// identityCheck: the member is not the host, not joined under another name, and the Cluster name
+// is free or this member's. False when a check failed.
+func (j *Join) identityCheck(ctx context.Context, p *Preflight, st *joinState) bool {
+	h, m := side(j.host, "host"), side(j.member, "member")
+	name := j.opts.Name
 	if st.memberUID == st.hostUID {
 		p.Error("pass the member's context with --context", "%s and %s are the same cluster (kube-system UID %s)", m, h, st.memberUID)
-		return
+		return false
 	}
 	clusters, err := ListClusters(ctx, j.host)
 	if err != nil {
 		p.Error("", "%s: %v", h, err)
-		return
+		return false
 	}
 	for i := range clusters {
 		c := &clusters[i]
@@ -281,7 +287,7 @@ func (j *Join) crossPreflight(ctx context.Context, p *Preflight, st *joinState) 
 		if uid == st.memberUID {
 			p.Error(fmt.Sprintf("it is joined already: re-run with --name %s, or unjoin it first (kubectl ks-mc unjoin%s --host-context %s --name %s)", c.GetName(), j.member.contextFlag(), j.host.Context, c.GetName()),
 				"%s is already Cluster %q on the host (kube-system UID %s)", m, c.GetName(), uid)
-			return
+			return false
 		}
 	}
 	if c := st.existing; c != nil {
@@ -289,31 +295,36 @@ func (j *Join) crossPreflight(ctx context.Context, p *Preflight, st *joinState) 
 		switch {
 		case IsHostCluster(c):
 			p.Error("choose another --name", "Cluster %q on the host is the host itself", name)
-			return
+			return false
 		case uid == st.memberUID:
 			p.OK("Cluster %q exists for this member: re-run, it is adopted", name)
 		case uid == "":
 			p.Error("choose another --name, or delete that Cluster on the host if it is a leftover (kubectl delete cluster "+name+j.host.contextFlag()+")",
 				"Cluster %q exists on the host but is not linked to any member yet (no status.uid); it may be waiting for another cluster's agent", name)
-			return
+			return false
 		default:
 			p.Error("choose another --name", "Cluster %q on the host belongs to another cluster (kube-system UID %s, this member's is %s)", name, uid, st.memberUID)
-			return
+			return false
 		}
 	} else {
 		p.OK("Cluster %q: will be created on the host", name)
 	}
-	// A leftover agent.
+	return true
+}
+
+func (j *Join) leftoverAgentCheck(p *Preflight, st *joinState) {
+	m := side(j.member, "member")
+	name := j.opts.Name
 	if st.agent != nil {
 		info := InspectAgent(st.agent)
 		switch {
 		case info.ProxyServer != "" && !sameProxy(info.ProxyServer, st.proxyAddress):
-			p.Error(fmt.Sprintf("unjoin it from that host first, or delete it: kubectl -n %s delete deployment %s%s", manifests.AgentNamespace, manifests.AgentName, j.member.contextFlag()),
-				"%s: Deployment %s/%s connects to another proxy (%s): is the member joined to another host?", m, manifests.AgentNamespace, manifests.AgentName, info.ProxyServer)
+			p.Error(fmt.Sprintf("unjoin it from that host first, or delete it: kubectl -n %s delete deployment %s%s", kubesphere.Namespace, kubesphere.AgentName, j.member.contextFlag()),
+				"%s: Deployment %s/%s connects to another proxy (%s): is the member joined to another host?", m, kubesphere.Namespace, kubesphere.AgentName, info.ProxyServer)
 		case st.existing == nil:
-			p.Warn("", "%s: a leftover Deployment %s/%s (cluster %q) will be replaced", m, manifests.AgentNamespace, manifests.AgentName, info.ClusterName)
+			p.Warn("", "%s: a leftover Deployment %s/%s (cluster %q) will be replaced", m, kubesphere.Namespace, kubesphere.AgentName, info.ClusterName)
 		case info.ClusterName != "" && info.ClusterName != name:
-			p.Warn("", "%s: Deployment %s/%s serves cluster %q; it will be replaced to serve %q", m, manifests.AgentNamespace, manifests.AgentName, info.ClusterName, name)
+			p.Warn("", "%s: Deployment %s/%s serves cluster %q; it will be replaced to serve %q", m, kubesphere.Namespace, kubesphere.AgentName, info.ClusterName, name)
 		default:
 			p.OK("%s: agent Deployment exists (%s tunnel)", m, info.Tunnel)
 		}

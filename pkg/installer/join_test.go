@@ -21,6 +21,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
@@ -60,7 +61,7 @@ func withClusters(t *testing.T, fc *fakeCluster, ccDoc string, clusters ...*unst
 		objs = append(objs, c)
 	}
 	fc.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		ClusterConfigurationGVR: "ClusterConfigurationList", manifests.ClusterGVR: "ClusterList"}, objs...)
+		kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList", kubesphere.ClusterGVR: "ClusterList"}, objs...)
 	fc.c.Dynamic = fc.dyn
 	// The plain object tracker of the dynamic fake cannot create objects by server-side apply:
 	// emulate it for Clusters (create, or merge the applied fields into the existing object).
@@ -74,13 +75,13 @@ func withClusters(t *testing.T, fc *fakeCluster, ccDoc string, clusters ...*unst
 			return true, nil, err
 		}
 		tr := fc.dyn.Tracker()
-		cur, err := tr.Get(manifests.ClusterGVR, "", pa.GetName())
+		cur, err := tr.Get(kubesphere.ClusterGVR, "", pa.GetName())
 		if err != nil {
-			return true, applied, tr.Create(manifests.ClusterGVR, applied, "")
+			return true, applied, tr.Create(kubesphere.ClusterGVR, applied, "")
 		}
 		merged := cur.(*unstructured.Unstructured).DeepCopy()
 		mergeInto(merged.Object, applied.Object)
-		return true, merged, tr.Update(manifests.ClusterGVR, merged, "")
+		return true, merged, tr.Update(kubesphere.ClusterGVR, merged, "")
 	})
 }
 
@@ -98,9 +99,9 @@ func mergeInto(dst, src map[string]any) {
 
 func newJoinFixture(t *testing.T, clusters ...*unstructured.Unstructured) *joinFixture {
 	host := newFakeCluster(t, hostCCYAML(), towerDeployment(), towerService(""))
-	cm, _ := host.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Get(context.Background(), KubeSphereConfigName, metav1.GetOptions{})
-	cm.Data[KubeSphereConfigKey] = hostKSConfig
-	_, _ = host.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Update(context.Background(), cm, metav1.UpdateOptions{})
+	cm, _ := host.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Get(context.Background(), kubesphere.ConfigName, metav1.GetOptions{})
+	cm.Data[kubesphere.ConfigKey] = hostKSConfig
+	_, _ = host.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Update(context.Background(), cm, metav1.UpdateOptions{})
 	withUID(host, "uid-host")
 	withClusters(t, host, hostCCYAML(), clusters...)
 	host.c.Context = "host"
@@ -127,7 +128,7 @@ func (f *joinFixture) join(opts JoinOptions, rep Reporter) *Join {
 func memberCluster(name, uid string, annotated bool) *unstructured.Unstructured {
 	c, _ := manifests.RenderCluster(manifests.ClusterValues{Name: name})
 	if annotated {
-		c.SetAnnotations(map[string]string{manifests.MemberUIDAnnotation: uid})
+		c.SetAnnotations(map[string]string{kubesphere.MemberUIDAnnotation: uid})
 	} else if uid != "" {
 		_ = unstructured.SetNestedField(c.Object, uid, "status", "uid")
 	}
@@ -148,7 +149,7 @@ func TestJoinPreflightOK(t *testing.T) {
 	if p.HasErrors() || st == nil {
 		t.Fatalf("unexpected errors:\n%s", errorsOf(p))
 	}
-	if st.proxyAddress != "http://203.0.113.10:30881" || st.tunnel != manifests.TunnelTower || st.agentImage != "kubesphere/tower:v0.2.1" {
+	if st.proxyAddress != "http://203.0.113.10:30881" || st.tunnel != kubesphere.TunnelTower || st.agentImage != "kubesphere/tower:v0.2.1" {
 		t.Errorf("state = %+v", st)
 	}
 	if st.existing != nil || st.memberUID != "uid-member" {
@@ -192,7 +193,7 @@ func TestJoinPreflightHostChecks(t *testing.T) {
 		}, "no proxy address"},
 		"no KubeSphere on the member": {func(f *joinFixture) {
 			f.member.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-				ClusterConfigurationGVR: "ClusterConfigurationList", manifests.ClusterGVR: "ClusterList"})
+				kubesphere.ClusterConfigurationGVR: "ClusterConfigurationList", kubesphere.ClusterGVR: "ClusterList"})
 			f.member.c.Dynamic = f.member.dyn
 		}, "member (member1): KubeSphere is not installed"},
 		"same cluster": {func(f *joinFixture) {
@@ -210,7 +211,7 @@ func TestJoinPreflightHostChecks(t *testing.T) {
 			tc.mutate(f)
 			opts := JoinOptions{}
 			if name == "tunnel mismatch" {
-				opts.Tunnel = manifests.TunnelKSMC
+				opts.Tunnel = kubesphere.TunnelKsMc
 			}
 			p, _ := split(f.join(opts, nil).Preflight(context.Background()))
 			if errs := errorsOf(p); !strings.Contains(errs, tc.want) {
@@ -221,9 +222,9 @@ func TestJoinPreflightHostChecks(t *testing.T) {
 }
 
 func setConfig(fc *fakeCluster, doc string) {
-	cm, _ := fc.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Get(context.Background(), KubeSphereConfigName, metav1.GetOptions{})
-	cm.Data[KubeSphereConfigKey] = doc
-	_, _ = fc.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Update(context.Background(), cm, metav1.UpdateOptions{})
+	cm, _ := fc.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Get(context.Background(), kubesphere.ConfigName, metav1.GetOptions{})
+	cm.Data[kubesphere.ConfigKey] = doc
+	_, _ = fc.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Update(context.Background(), cm, metav1.UpdateOptions{})
 }
 
 func TestJoinPreflightClockSkew(t *testing.T) {
@@ -294,7 +295,7 @@ func TestJoinPreflightIdentity(t *testing.T) {
 }
 
 func agentDeployment(t *testing.T, proxy, name string) *appsv1.Deployment {
-	objs, err := manifests.RenderAgent(manifests.TunnelTower, manifests.AgentValues{ClusterName: name, Token: "tok", ProxyServer: proxy})
+	objs, err := manifests.RenderAgent(kubesphere.TunnelTower, manifests.AgentValues{ClusterName: name, Token: "tok", ProxyServer: proxy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,13 +308,13 @@ func agentDeployment(t *testing.T, proxy, name string) *appsv1.Deployment {
 
 func TestJoinPreflightLeftoverAgent(t *testing.T) {
 	f := newJoinFixture(t)
-	_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(context.Background(), agentDeployment(t, "http://198.51.100.7:8080", "x"), metav1.CreateOptions{})
+	_, _ = f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Create(context.Background(), agentDeployment(t, "http://198.51.100.7:8080", "x"), metav1.CreateOptions{})
 	p, _ := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 	if !strings.Contains(errorsOf(p), "connects to another proxy (http://198.51.100.7:8080)") {
 		t.Errorf("errors:\n%s", errorsOf(p))
 	}
 	f = newJoinFixture(t)
-	_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(context.Background(), agentDeployment(t, "http://203.0.113.10:30881", "old"), metav1.CreateOptions{})
+	_, _ = f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Create(context.Background(), agentDeployment(t, "http://203.0.113.10:30881", "old"), metav1.CreateOptions{})
 	p, st := split(f.join(JoinOptions{}, nil).Preflight(context.Background()))
 	if p.HasErrors() || st == nil || !strings.Contains(fmt.Sprint(p.Checks), "leftover Deployment kubesphere-system/cluster-agent") {
 		t.Errorf("checks = %v", p.Checks)
@@ -344,7 +345,7 @@ func TestMemberPatch(t *testing.T) {
 	if v, _ := p.Get("spec", "authentication", "jwtSecret"); v != hostJWT {
 		t.Errorf("jwtSecret not in the patch")
 	}
-	if v, _ := p.Get("spec", "multicluster", "clusterRole"); v != RoleMember {
+	if v, _ := p.Get("spec", "multicluster", "clusterRole"); v != kubesphere.RoleMember {
 		t.Errorf("clusterRole = %v", v)
 	}
 	if v, _ := p.Get("spec", "authentication", "oauthOptions", "accessTokenMaxAge"); v != int64(0) {
@@ -357,7 +358,7 @@ func TestMemberPatch(t *testing.T) {
 	}
 	// Applied → an empty patch on re-run.
 	data, _ := p.JSON()
-	if _, err := f.member.dyn.Resource(ClusterConfigurationGVR).Namespace(KubeSphereNamespace).Patch(context.Background(), ClusterConfigurationName, types.MergePatchType, data, metav1.PatchOptions{}); err != nil {
+	if _, err := f.member.dyn.Resource(kubesphere.ClusterConfigurationGVR).Namespace(kubesphere.Namespace).Patch(context.Background(), kubesphere.ClusterConfigurationName, types.MergePatchType, data, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if p2 := MemberPatch(f.member.cc(), Secret(hostJWT)); !p2.Empty() {
@@ -408,9 +409,9 @@ func TestJoinDryRunNeverPrintsTheSecret(t *testing.T) {
 }
 
 func TestLikelyCause(t *testing.T) {
-	notConnected := []ClusterCondition{{Type: ConditionInitialized, Status: "True"}, {Type: ConditionAgentAvailable, Status: "False"}}
+	notConnected := []kubesphere.ClusterCondition{{Type: kubesphere.ConditionInitialized, Status: "True"}, {Type: kubesphere.ConditionAgentAvailable, Status: "False"}}
 	cases := []struct {
-		conds      []ClusterCondition
+		conds      []kubesphere.ClusterCondition
 		notRunning string
 		logs       string
 		want       string
@@ -419,7 +420,7 @@ func TestLikelyCause(t *testing.T) {
 		{notConnected, "", "handshake: 401 Unauthorized", "token mismatch"},
 		{notConnected, "", "x509: proxy certificate does not match --ca-cert-hash", "pinned CA hash"},
 		{notConnected, "the agent pod is Pending", "", "the agent pod is Pending"},
-		{[]ClusterCondition{{Type: ConditionAgentAvailable, Status: "True"}, {Type: ConditionReady, Status: "False", Message: "list nodes: EOF"}}, "", "", "agent is connected but KubeSphere cannot reach"},
+		{[]kubesphere.ClusterCondition{{Type: kubesphere.ConditionAgentAvailable, Status: "True"}, {Type: kubesphere.ConditionReady, Status: "False", Message: "list nodes: EOF"}}, "", "", "agent is connected but KubeSphere cannot reach"},
 		{nil, "", "", "has not picked up the Cluster"},
 		{notConnected, "", "", "most likely that address is unreachable"},
 	}
@@ -442,35 +443,35 @@ func (f *joinFixture) simulate(t *testing.T, connect bool) (stop func()) {
 			time.Sleep(5 * time.Millisecond)
 			// Member installer: render the CC's settings into kubesphere-config.
 			if cc, err := GetClusterConfiguration(ctx, f.member.c); err == nil {
-				cm, err := f.member.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Get(ctx, KubeSphereConfigName, metav1.GetOptions{})
+				cm, err := f.member.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Get(ctx, kubesphere.ConfigName, metav1.GetOptions{})
 				if err == nil {
 					raw := map[string]any{}
-					_ = yaml.Unmarshal([]byte(cm.Data[KubeSphereConfigKey]), &raw)
+					_ = yaml.Unmarshal([]byte(cm.Data[kubesphere.ConfigKey]), &raw)
 					if jwt := cc.JWTSecret(); !jwt.IsZero() {
 						_ = unstructured.SetNestedField(raw, jwt.Reveal(), "authentication", "jwtSecret")
 					}
 					_ = unstructured.SetNestedField(raw, cc.ClusterRole(), "multicluster", "clusterRole")
-					if cc.ClusterRole() == RoleMember {
+					if cc.ClusterRole() == kubesphere.RoleMember {
 						_ = unstructured.SetNestedField(raw, "0s", "authentication", "oauthOptions", "accessTokenMaxAge")
 					}
 					b, _ := yaml.Marshal(raw)
-					if string(b) != cm.Data[KubeSphereConfigKey] {
-						cm.Data[KubeSphereConfigKey] = string(b)
-						_, _ = f.member.kube.CoreV1().ConfigMaps(KubeSphereNamespace).Update(ctx, cm, metav1.UpdateOptions{})
+					if string(b) != cm.Data[kubesphere.ConfigKey] {
+						cm.Data[kubesphere.ConfigKey] = string(b)
+						_, _ = f.member.kube.CoreV1().ConfigMaps(kubesphere.Namespace).Update(ctx, cm, metav1.UpdateOptions{})
 					}
 				}
 			}
 			// Agent rollout.
 			agentUp := false
-			if d, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, manifests.AgentName, metav1.GetOptions{}); err == nil {
+			if d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.AgentName, metav1.GetOptions{}); err == nil {
 				if d.Status.AvailableReplicas != 1 {
 					d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
-					_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).UpdateStatus(ctx, d, metav1.UpdateOptions{})
+					_, _ = f.member.kube.AppsV1().Deployments(kubesphere.Namespace).UpdateStatus(ctx, d, metav1.UpdateOptions{})
 				}
 				agentUp = true
 			}
 			// Proxy and controller.
-			list, err := f.host.dyn.Resource(manifests.ClusterGVR).List(ctx, metav1.ListOptions{})
+			list, err := f.host.dyn.Resource(kubesphere.ClusterGVR).List(ctx, metav1.ListOptions{})
 			if err != nil {
 				continue
 			}
@@ -481,12 +482,12 @@ func (f *joinFixture) simulate(t *testing.T, connect bool) (stop func()) {
 					_ = unstructured.SetNestedField(c.Object, strings.Repeat("7", 64), "spec", "connection", "token")
 				}
 				if agentUp && connect {
-					setCond(c, ConditionAgentAvailable, "True")
-					setCond(c, ConditionReady, "True")
+					setCond(c, kubesphere.ConditionAgentAvailable, "True")
+					setCond(c, kubesphere.ConditionReady, "True")
 					_ = unstructured.SetNestedField(c.Object, "uid-member", "status", "uid")
 				}
 				if after, _ := json.Marshal(c.Object); string(after) != string(before) {
-					_, _ = f.host.dyn.Resource(manifests.ClusterGVR).Update(ctx, c, metav1.UpdateOptions{})
+					_, _ = f.host.dyn.Resource(kubesphere.ClusterGVR).Update(ctx, c, metav1.UpdateOptions{})
 				}
 			}
 		}
@@ -516,14 +517,14 @@ func TestJoinRunEndToEndWithFakes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("join: %v\nsteps: %v", err, rec.steps)
 	}
-	if !res.Changed || res.Adopted || res.Tunnel != manifests.TunnelTower {
+	if !res.Changed || res.Adopted || res.Tunnel != kubesphere.TunnelTower {
 		t.Errorf("result = %+v", res)
 	}
 	// Member CC carries the host's secret; the agent has the proxy's token.
 	if jwt := f.member.cc().JWTSecret(); jwt.Reveal() != hostJWT {
 		t.Error("member jwtSecret was not set to the host's")
 	}
-	d, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(context.Background(), manifests.AgentName, metav1.GetOptions{})
+	d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(context.Background(), kubesphere.AgentName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,7 +532,7 @@ func TestJoinRunEndToEndWithFakes(t *testing.T) {
 		t.Errorf("agent = %+v", info)
 	}
 	c, _ := GetCluster(context.Background(), f.host.c, "member1")
-	if c == nil || c.GetLabels()[manifests.ClusterGroupLabel] != "prod" || c.GetAnnotations()[manifests.MemberUIDAnnotation] != "uid-member" {
+	if c == nil || c.GetLabels()[kubesphere.ClusterGroupLabel] != "prod" || c.GetAnnotations()[kubesphere.MemberUIDAnnotation] != "uid-member" {
 		t.Fatalf("cluster = %v", c)
 	}
 	// A re-run changes nothing.
@@ -603,10 +604,10 @@ func TestJoinPinsTheBundledProxyCA(t *testing.T) {
 	f := newJoinFixture(t)
 	ctx := context.Background()
 	setConfig(f.host, strings.Replace(hostKSConfig, "http://203.0.113.10:30881", "https://203.0.113.10:30881", 1))
-	d, _ := f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ := f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	d.Spec.Template.Spec.Containers[0].Command = nil
 	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy", "--bind-address=$(POD_IP)"}
-	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
+	_, _ = f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Update(ctx, d, metav1.UpdateOptions{})
 	// No CA Secret yet: an error that names the flag.
 	p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx))
 	if !strings.Contains(errorsOf(p), "--ca-cert-hash") {
@@ -616,14 +617,14 @@ func TestJoinPinsTheBundledProxyCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = f.host.kube.CoreV1().Secrets(KubeSphereNamespace).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: tunnel.DefaultCASecretName, Namespace: KubeSphereNamespace},
+	_, _ = f.host.kube.CoreV1().Secrets(kubesphere.Namespace).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: kubesphere.CASecretName, Namespace: kubesphere.Namespace},
 		Data:       map[string][]byte{corev1.TLSCertKey: ca.CertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM}}, metav1.CreateOptions{})
 	p, st := split(f.join(JoinOptions{}, nil).Preflight(ctx))
 	if p.HasErrors() || st == nil {
 		t.Fatalf("errors:\n%s", errorsOf(p))
 	}
-	if st.tunnel != manifests.TunnelKSMC || st.caHash != ca.Hash() {
+	if st.tunnel != kubesphere.TunnelKsMc || st.caHash != ca.Hash() {
 		t.Errorf("tunnel %s pin %s, want ks-mc %s", st.tunnel, st.caHash, ca.Hash())
 	}
 	// The CA key never shows up in the checks.
@@ -638,10 +639,10 @@ func TestJoinPinsTheBundledProxyCA(t *testing.T) {
 func TestJoinRefusesPlaintextKsMcProxy(t *testing.T) {
 	f := newJoinFixture(t)
 	ctx := context.Background()
-	d, _ := f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ := f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	d.Spec.Template.Spec.Containers[0].Command = nil
 	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy", "--bind-address=$(POD_IP)"}
-	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
+	_, _ = f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Update(ctx, d, metav1.UpdateOptions{})
 	f.host.clearActions()
 	f.member.clearActions()
 	p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx))
@@ -655,13 +656,13 @@ func TestJoinRefusesPlaintextKsMcProxy(t *testing.T) {
 	}
 	// The host's consent, read from the proxy's arguments.
 	d.Spec.Template.Spec.Containers[0].Args = append(d.Spec.Template.Spec.Containers[0].Args, manifests.ProxyAllowPlaintextArg)
-	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
+	_, _ = f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Update(ctx, d, metav1.UpdateOptions{})
 	if p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx)); strings.Contains(errorsOf(p), "plain http") {
 		t.Fatalf("refused although the proxy allows plaintext agents:\n%s", errorsOf(p))
 	}
 	// KubeSphere's Tower is not concerned (it does its own transport).
 	d.Spec.Template.Spec.Containers[0].Args = []string{"--ca-cert=/x"}
-	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
+	_, _ = f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Update(ctx, d, metav1.UpdateOptions{})
 	if p, _ := split(f.join(JoinOptions{}, nil).Preflight(ctx)); strings.Contains(errorsOf(p), "plain http") {
 		t.Fatalf("a Tower host refused:\n%s", errorsOf(p))
 	}
@@ -672,25 +673,25 @@ func TestJoinRefusesPlaintextKsMcProxy(t *testing.T) {
 func TestJoinReplacesTowerAgentWithBundledAgent(t *testing.T) {
 	f := newJoinFixture(t, memberCluster("member1", "uid-member", false))
 	ctx := context.Background()
-	d, _ := f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ := f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	d.Spec.Template.Spec.Containers[0].Command = nil
 	// The fixture's address is http://: the host's proxy accepts plaintext agents (init-host
 	// --allow-plaintext-agents); without that, join refuses (TestJoinRefusesPlaintextKsMcProxy).
 	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy", manifests.ProxyAllowPlaintextArg}
-	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
-	_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(ctx, agentDeployment(t, "http://203.0.113.10:30881", "member1"), metav1.CreateOptions{})
+	_, _ = f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Update(ctx, d, metav1.UpdateOptions{})
+	_, _ = f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Create(ctx, agentDeployment(t, "http://203.0.113.10:30881", "member1"), metav1.CreateOptions{})
 	stop := f.simulate(t, true)
 	defer stop()
 	res, err := f.join(JoinOptions{Timeout: 20 * time.Second}, nil).Run(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, manifests.AgentName, metav1.GetOptions{})
+	got, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.AgentName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := got.Spec.Template.Spec.Containers[0]
-	if res.Tunnel != manifests.TunnelKSMC || len(c.Command) != 0 || c.Args[0] != "agent" {
+	if res.Tunnel != kubesphere.TunnelKsMc || len(c.Command) != 0 || c.Args[0] != "agent" {
 		t.Errorf("tunnel %s, command %q args %q", res.Tunnel, c.Command, c.Args)
 	}
 	for _, a := range c.Args {
@@ -698,7 +699,7 @@ func TestJoinReplacesTowerAgentWithBundledAgent(t *testing.T) {
 			t.Errorf("token on the command line: %s", manifests.RedactArg(a))
 		}
 	}
-	if _, err := f.member.kube.CoreV1().Secrets(KubeSphereNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{}); err != nil {
+	if _, err := f.member.kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{}); err != nil {
 		t.Errorf("token Secret: %v", err)
 	}
 }

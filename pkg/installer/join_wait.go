@@ -3,6 +3,7 @@ package installer
 import (
 	"context"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"strings"
 	"time"
 
@@ -44,7 +45,7 @@ func (j *Join) waitToken(ctx context.Context, cluster *unstructured.Unstructured
 		if time.Now().After(j.deadline) {
 			return "", fmt.Errorf("timed out after %s waiting for the host's proxy to fill spec.connection.token of Cluster %s (last seen: %s)\n"+
 				"is the proxy running? kubectl -n %s get deployment %s%s; kubectl -n %s logs deployment/%s%s",
-				j.opts.Timeout, j.opts.Name, observed, KubeSphereNamespace, TowerName, j.host.contextFlag(), KubeSphereNamespace, TowerName, j.host.contextFlag())
+				j.opts.Timeout, j.opts.Name, observed, kubesphere.Namespace, kubesphere.TowerName, j.host.contextFlag(), kubesphere.Namespace, kubesphere.TowerName, j.host.contextFlag())
 		}
 		select {
 		case <-ctx.Done():
@@ -58,7 +59,7 @@ func (j *Join) waitToken(ctx context.Context, cluster *unstructured.Unstructured
 type ConnectTimeoutError struct {
 	Name       string
 	Timeout    time.Duration
-	Conditions []ClusterCondition
+	Conditions []kubesphere.ClusterCondition
 	// Agent describes the agent pods; Logs are the last agent log lines (secrets scrubbed).
 	Agent []string
 	Logs  []string
@@ -84,8 +85,8 @@ func (e *ConnectTimeoutError) Error() string {
 }
 
 func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) error {
-	var conds []ClusterCondition
-	phase := ConditionAgentAvailable
+	var conds []kubesphere.ClusterCondition
+	phase := kubesphere.ConditionAgentAvailable
 	for {
 		c, err := GetCluster(ctx, j.host, j.opts.Name)
 		observed := ""
@@ -97,18 +98,18 @@ func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) e
 		default:
 			conds = ClusterConditions(c)
 			j.result.Conditions = conds
-			if conditionTrue(conds, ConditionAgentAvailable) && phase == ConditionAgentAvailable {
+			if conditionTrue(conds, kubesphere.ConditionAgentAvailable) && phase == kubesphere.ConditionAgentAvailable {
 				j.rep.Step("host: the agent connected to the proxy (AgentAvailable=True)")
-				phase = ConditionReady
+				phase = kubesphere.ConditionReady
 			}
-			if phase == ConditionReady && conditionTrue(conds, ConditionReady) {
+			if phase == kubesphere.ConditionReady && conditionTrue(conds, kubesphere.ConditionReady) {
 				j.rep.Step(fmt.Sprintf("host: Cluster %s is Ready", j.opts.Name))
 				return nil
 			}
 			observed = DescribeConditions(conds)
 		}
 		what := "the agent to connect (AgentAvailable)"
-		if phase == ConditionReady {
+		if phase == kubesphere.ConditionReady {
 			what = "KubeSphere to reach the member (Ready)"
 		}
 		j.rep.Progress(fmt.Sprintf("waiting for %s: %s (%s left)", what, observed, max(time.Until(j.deadline).Round(time.Second), 0)))
@@ -124,11 +125,11 @@ func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) e
 }
 
 // diagnose gathers what a timed-out join saw and guesses the cause.
-func (j *Join) diagnose(ctx context.Context, st *joinState, conds []ClusterCondition, token string) error {
+func (j *Join) diagnose(ctx context.Context, st *joinState, conds []kubesphere.ClusterCondition, token string) error {
 	e := &ConnectTimeoutError{Name: j.opts.Name, Timeout: j.opts.Timeout, Conditions: conds}
 	scrub := func(s string) string { return manifests.Scrub(s, token, j.jwt.Reveal()) }
 	sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: manifests.AgentSelectorFor(agentNameFor(st))})
-	pods, err := j.member.Kube.CoreV1().Pods(manifests.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	pods, err := j.member.Kube.CoreV1().Pods(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	var notRunning string
 	if err != nil {
 		e.Agent = append(e.Agent, "cannot list: "+scrub(err.Error()))
@@ -145,7 +146,7 @@ func (j *Join) diagnose(ctx context.Context, st *joinState, conds []ClusterCondi
 		}
 		tail := int64(15)
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		raw, err := j.member.Kube.CoreV1().Pods(manifests.AgentNamespace).GetLogs(pod.Name, &corev1.PodLogOptions{TailLines: &tail}).Do(lctx).Raw()
+		raw, err := j.member.Kube.CoreV1().Pods(kubesphere.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{TailLines: &tail}).Do(lctx).Raw()
 		cancel()
 		if err == nil {
 			logText = scrub(string(raw))
@@ -163,7 +164,7 @@ func (j *Join) diagnose(ctx context.Context, st *joinState, conds []ClusterCondi
 }
 
 // likelyCause maps what was observed to the most probable reason a member did not connect.
-func likelyCause(conds []ClusterCondition, notRunning, logs, proxy, hostFlag, memberFlag string) string {
+func likelyCause(conds []kubesphere.ClusterCondition, notRunning, logs, proxy, hostFlag, memberFlag string) string {
 	l := strings.ToLower(logs)
 	has := func(subs ...string) bool {
 		for _, s := range subs {
@@ -176,9 +177,9 @@ func likelyCause(conds []ClusterCondition, notRunning, logs, proxy, hostFlag, me
 	switch {
 	case notRunning != "":
 		return notRunning + ": check kubectl -n kubesphere-system describe pods -l app=agent" + memberFlag
-	case conditionTrue(conds, ConditionAgentAvailable):
+	case conditionTrue(conds, kubesphere.ConditionAgentAvailable):
 		msg := ""
-		if c := FindCondition(conds, ConditionReady); c != nil && c.Message != "" {
+		if c := FindCondition(conds, kubesphere.ConditionReady); c != nil && c.Message != "" {
 			msg = " (" + c.Message + ")"
 		}
 		return "the agent is connected but KubeSphere cannot reach the member through the tunnel" + msg +
@@ -190,7 +191,7 @@ func likelyCause(conds []ClusterCondition, notRunning, logs, proxy, hostFlag, me
 	case has("connection refused", "i/o timeout", "no route to host", "no such host", "deadline exceeded", "timeout", "eof", "bad handshake"):
 		return "the proxy address " + proxy + " is not reachable from the member (firewall, NodePort, load balancer, or an L7 proxy dropping the Upgrade header): " +
 			"check it from a member node with curl " + proxy + "/health; fix it with kubectl ks-mc init-host --proxy-publish-address" + hostFlag
-	case FindCondition(conds, ConditionInitialized) == nil && FindCondition(conds, ConditionAgentAvailable) == nil:
+	case FindCondition(conds, kubesphere.ConditionInitialized) == nil && FindCondition(conds, kubesphere.ConditionAgentAvailable) == nil:
 		return "the host's proxy has not picked up the Cluster (no Initialized condition): check kubectl -n kubesphere-system logs deployment/tower" + hostFlag
 	default:
 		return "the agent has not connected to the proxy at " + proxy + ": most likely that address is unreachable from the member; check curl " + proxy + "/health from a member node and the agent's logs (kubectl -n kubesphere-system logs deployment/cluster-agent" + memberFlag + ")"

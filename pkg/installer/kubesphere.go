@@ -13,37 +13,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
-// Names of the KubeSphere objects ks-mc reads and patches.
-const (
-	KubeSphereNamespace      = "kubesphere-system"
-	ClusterConfigurationName = "ks-installer"
-	KubeSphereConfigName     = "kubesphere-config"
-	KubeSphereConfigKey      = "kubesphere.yaml"
-	// InstallerSelector selects the ks-installer pod.
-	InstallerSelector = "app=ks-installer"
-	// APIServerName is the ks-apiserver Deployment.
-	APIServerName = "ks-apiserver"
-	// TowerName is the Deployment and Service of the multi-cluster proxy on a host.
-	TowerName = "tower"
-	// RestartedAtAnnotation is what "kubectl rollout restart" sets on the pod template.
-	RestartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
-)
+// The names of the KubeSphere objects ks-mc reads and patches are in pkg/kubesphere.
 
-// Cluster roles of spec.multicluster.clusterRole.
-const (
-	RoleHost   = "host"
-	RoleMember = "member"
-	RoleNone   = "none"
-)
-
-// ClusterConfigurationGVR is the resource of the ks-installer ClusterConfiguration.
-var ClusterConfigurationGVR = schema.GroupVersionResource{
-	Group: "installer.kubesphere.io", Version: "v1alpha1", Resource: "clusterconfigurations",
-}
+// RestartedAtAnnotation is what "kubectl rollout restart" sets on the pod template.
+const RestartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
 
 // ErrKubeSphereNotInstalled is wrapped by GetClusterConfiguration when the object (or its CRD) is missing.
 var ErrKubeSphereNotInstalled = errors.New("KubeSphere is not installed")
@@ -61,12 +39,12 @@ type ClusterConfiguration struct {
 // GetClusterConfiguration reads kubesphere-system/ks-installer. When it (or the CRD) does not exist
 // the error wraps ErrKubeSphereNotInstalled.
 func GetClusterConfiguration(ctx context.Context, c *Clients) (*ClusterConfiguration, error) {
-	u, err := c.Dynamic.Resource(ClusterConfigurationGVR).Namespace(KubeSphereNamespace).Get(ctx, ClusterConfigurationName, metav1.GetOptions{})
+	u, err := c.Dynamic.Resource(kubesphere.ClusterConfigurationGVR).Namespace(kubesphere.Namespace).Get(ctx, kubesphere.ClusterConfigurationName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("%w: ClusterConfiguration %s/%s not found", ErrKubeSphereNotInstalled, KubeSphereNamespace, ClusterConfigurationName)
+		return nil, fmt.Errorf("%w: ClusterConfiguration %s/%s not found", ErrKubeSphereNotInstalled, kubesphere.Namespace, kubesphere.ClusterConfigurationName)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get ClusterConfiguration %s/%s: %w", KubeSphereNamespace, ClusterConfigurationName, err)
+		return nil, fmt.Errorf("get ClusterConfiguration %s/%s: %w", kubesphere.Namespace, kubesphere.ClusterConfigurationName, err)
 	}
 	return &ClusterConfiguration{Object: u}, nil
 }
@@ -88,7 +66,7 @@ func (cc *ClusterConfiguration) ClusterRole() string {
 	if r := cc.String("spec", "multicluster", "clusterRole"); r != "" {
 		return r
 	}
-	return RoleNone
+	return kubesphere.RoleNone
 }
 
 // ProxyPublishAddress is spec.multicluster.proxyPublishAddress.
@@ -209,9 +187,9 @@ func toFloat(v any) (float64, bool) {
 // manager ks-mc). With DryRunClient nothing is sent and (nil, nil) is returned; with DryRunServer
 // the patch is sent with dryRun=All and the would-be object returned.
 func PatchClusterConfiguration(ctx context.Context, c *Clients, patch MergePatch, dry DryRun) (*ClusterConfiguration, error) {
-	obj, err := Writer{DryRun: dry}.MergePatch(ctx, DynamicResource(c, ClusterConfigurationGVR, KubeSphereNamespace), ClusterConfigurationName, patch)
+	obj, err := Writer{DryRun: dry}.MergePatch(ctx, DynamicResource(c, kubesphere.ClusterConfigurationGVR, kubesphere.Namespace), kubesphere.ClusterConfigurationName, patch)
 	if err != nil {
-		return nil, fmt.Errorf("patch ClusterConfiguration %s/%s: %w", KubeSphereNamespace, ClusterConfigurationName, err)
+		return nil, fmt.Errorf("patch ClusterConfiguration %s/%s: %w", kubesphere.Namespace, kubesphere.ClusterConfigurationName, err)
 	}
 	if obj == nil {
 		return nil, nil
@@ -274,7 +252,7 @@ type KubeSphereConfig struct {
 func ParseKubeSphereConfig(doc string) (*KubeSphereConfig, error) {
 	raw := map[string]any{}
 	if err := yaml.Unmarshal([]byte(doc), &raw); err != nil {
-		return nil, fmt.Errorf("parse %s: invalid YAML", KubeSphereConfigKey)
+		return nil, fmt.Errorf("parse %s: invalid YAML", kubesphere.ConfigKey)
 	}
 	k := &KubeSphereConfig{Raw: raw}
 	str := func(path ...string) string {
@@ -302,17 +280,17 @@ func ParseKubeSphereConfig(doc string) (*KubeSphereConfig, error) {
 
 // GetKubeSphereConfig reads and parses the ConfigMap kubesphere-system/kubesphere-config.
 func GetKubeSphereConfig(ctx context.Context, c *Clients) (*KubeSphereConfig, error) {
-	cm, err := c.Kube.CoreV1().ConfigMaps(KubeSphereNamespace).Get(ctx, KubeSphereConfigName, metav1.GetOptions{})
+	cm, err := c.Kube.CoreV1().ConfigMaps(kubesphere.Namespace).Get(ctx, kubesphere.ConfigName, metav1.GetOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("get ConfigMap %s/%s: %w", KubeSphereNamespace, KubeSphereConfigName, err)
+		return nil, fmt.Errorf("get ConfigMap %s/%s: %w", kubesphere.Namespace, kubesphere.ConfigName, err)
 	}
-	doc, ok := cm.Data[KubeSphereConfigKey]
+	doc, ok := cm.Data[kubesphere.ConfigKey]
 	if !ok {
-		return nil, fmt.Errorf("ConfigMap %s/%s has no key %s", KubeSphereNamespace, KubeSphereConfigName, KubeSphereConfigKey)
+		return nil, fmt.Errorf("ConfigMap %s/%s has no key %s", kubesphere.Namespace, kubesphere.ConfigName, kubesphere.ConfigKey)
 	}
 	k, err := ParseKubeSphereConfig(doc)
 	if err != nil {
-		return nil, fmt.Errorf("ConfigMap %s/%s: %w", KubeSphereNamespace, KubeSphereConfigName, err)
+		return nil, fmt.Errorf("ConfigMap %s/%s: %w", kubesphere.Namespace, kubesphere.ConfigName, err)
 	}
 	return k, nil
 }

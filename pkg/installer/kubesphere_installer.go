@@ -11,6 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // InstallerPhase is what ks-installer appears to be doing.
@@ -58,7 +60,7 @@ func (s InstallerState) Describe() string {
 
 // InstallerLogsCommand is the exact command that shows the installer's logs.
 func InstallerLogsCommand(context string) string {
-	cmd := "kubectl logs -n " + KubeSphereNamespace + " -l " + InstallerSelector
+	cmd := "kubectl logs -n " + kubesphere.Namespace + " -l " + kubesphere.InstallerSelector
 	if context != "" {
 		cmd += " --context " + context
 	}
@@ -114,7 +116,7 @@ func ParseInstallerLog(text string) InstallerState {
 // when since is not zero). Unreadable logs give InstallerUnknown, not an error: pod logs may be
 // unavailable (RBAC, no kubelet) and the caller then relies on ConfigDrift.
 func GetInstallerState(ctx context.Context, c *Clients, since time.Time) (InstallerState, error) {
-	pods, err := c.Kube.CoreV1().Pods(KubeSphereNamespace).List(ctx, metav1.ListOptions{LabelSelector: InstallerSelector})
+	pods, err := c.Kube.CoreV1().Pods(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: kubesphere.InstallerSelector})
 	if err != nil {
 		return InstallerState{Phase: InstallerUnknown}, fmt.Errorf("list ks-installer pods: %w", err)
 	}
@@ -144,7 +146,7 @@ var podLogs = func(ctx context.Context, c *Clients, pod string, opts *corev1.Pod
 	// The kubelet may be slow or unreachable from the apiserver: logs are a hint, never a wait.
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return c.Kube.CoreV1().Pods(KubeSphereNamespace).GetLogs(pod, opts).Do(ctx).Raw()
+	return c.Kube.CoreV1().Pods(kubesphere.Namespace).GetLogs(pod, opts).Do(ctx).Raw()
 }
 
 func newestPod(pods []corev1.Pod) *corev1.Pod {
@@ -184,7 +186,7 @@ func describePod(p *corev1.Pod) string {
 // patch means the run is still going (or failed). Secret values are never included, only their names.
 func ConfigDrift(cc *ClusterConfiguration, cfg *KubeSphereConfig) []string {
 	var out []string
-	if want, got := cc.ClusterRole(), cfg.Multicluster.ClusterRole; want != got && !(want == RoleNone && got == "") {
+	if want, got := cc.ClusterRole(), cfg.Multicluster.ClusterRole; want != got && !(want == kubesphere.RoleNone && got == "") {
 		out = append(out, fmt.Sprintf("multicluster.clusterRole is %q in kubesphere-config, %q in the ClusterConfiguration", got, want))
 	}
 	if want := cc.ProxyPublishAddress(); want != cfg.Multicluster.ProxyPublishAddress {

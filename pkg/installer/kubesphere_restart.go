@@ -8,6 +8,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // RestartPatch is the merge patch "kubectl rollout restart" sends: a new restartedAt annotation on
@@ -124,15 +126,15 @@ func LastUpdateBy(obj metav1.Object, manager string) time.Time {
 // managedFields, so an interrupted run (patched but not restarted) is detected by the next run,
 // and a finished one is not restarted again.
 func NeedsAPIServerRestart(ctx context.Context, c *Clients, cc *ClusterConfiguration) (bool, string, error) {
-	changed := LastUpdateBy(cc.Object, FieldManager)
+	changed := LastUpdateBy(cc.Object, kubesphere.FieldManager)
 	if changed.IsZero() {
 		return false, "ks-mc never changed the ClusterConfiguration", nil
 	}
-	d, err := c.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, APIServerName, metav1.GetOptions{})
+	d, err := c.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.APIServerName, metav1.GetOptions{})
 	if err != nil {
-		return false, "", fmt.Errorf("get deployment %s/%s: %w", KubeSphereNamespace, APIServerName, err)
+		return false, "", fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, kubesphere.APIServerName, err)
 	}
-	restarted := LastUpdateBy(d, FieldManager)
+	restarted := LastUpdateBy(d, kubesphere.FieldManager)
 	if restarted.Before(changed) {
 		return true, fmt.Sprintf("ClusterConfiguration changed by ks-mc at %s, ks-apiserver last restarted by ks-mc %s",
 			changed.UTC().Format(time.RFC3339), timeOrNever(restarted)), nil

@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 func TestHostPatchOnlyTouchesMulticluster(t *testing.T) {
@@ -246,7 +248,7 @@ func TestWaitForInstallerTimeoutAndDone(t *testing.T) {
 
 func TestWaitForInstallerFailsFastOnFailedTask(t *testing.T) {
 	installerPod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "ks-installer-abc", Namespace: KubeSphereNamespace, Labels: map[string]string{"app": "ks-installer"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "ks-installer-abc", Namespace: kubesphere.Namespace, Labels: map[string]string{"app": "ks-installer"}},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
 	fc := newFakeCluster(t, testCCYAML, installerPod)

@@ -14,8 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 // migrate moves members of a host that runs the ks-mc proxy from KubeSphere's Tower agent to the
@@ -154,14 +154,14 @@ func MigrateAccess() (host, member []Access) {
 		{Verb: "get", Group: "cluster.kubesphere.io", Resource: "clusters"},
 		{Verb: "list", Group: "cluster.kubesphere.io", Resource: "clusters"},
 		{Verb: "patch", Group: "cluster.kubesphere.io", Resource: "clusters"},
-		{Verb: "get", Group: "coordination.k8s.io", Resource: "leases", Namespace: KubeSphereNamespace},
+		{Verb: "get", Group: "coordination.k8s.io", Resource: "leases", Namespace: kubesphere.Namespace},
 	}
 	member = []Access{
-		{Verb: "create", Group: "apps", Resource: "deployments", Namespace: KubeSphereNamespace},
-		{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: KubeSphereNamespace},
-		{Verb: "delete", Group: "apps", Resource: "deployments", Namespace: KubeSphereNamespace},
-		{Verb: "create", Resource: "secrets", Namespace: KubeSphereNamespace},
-		{Verb: "patch", Resource: "secrets", Namespace: KubeSphereNamespace},
+		{Verb: "create", Group: "apps", Resource: "deployments", Namespace: kubesphere.Namespace},
+		{Verb: "patch", Group: "apps", Resource: "deployments", Namespace: kubesphere.Namespace},
+		{Verb: "delete", Group: "apps", Resource: "deployments", Namespace: kubesphere.Namespace},
+		{Verb: "create", Resource: "secrets", Namespace: kubesphere.Namespace},
+		{Verb: "patch", Resource: "secrets", Namespace: kubesphere.Namespace},
 	}
 	return host, member
 }
@@ -281,7 +281,7 @@ func (m *Migrate) hostPreflight(ctx context.Context, p *Preflight) *migrateHost 
 		}
 		return nil
 	}
-	if role := cc.ClusterRole(); role != RoleHost {
+	if role := cc.ClusterRole(); role != kubesphere.RoleHost {
 		p.Error(hint, "%s: multicluster.clusterRole is %q, not host", h, role)
 		return nil
 	}
@@ -290,18 +290,18 @@ func (m *Migrate) hostPreflight(ctx context.Context, p *Preflight) *migrateHost 
 		p.Error("", "%s: %v", h, err)
 		return nil
 	}
-	tower, err := m.host.Kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	tower, err := m.host.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		p.Error(hint+" --tunnel=ks-mc", "%s: Deployment %s/%s (the proxy) does not exist", h, KubeSphereNamespace, TowerName)
+		p.Error(hint+" --tunnel=ks-mc", "%s: Deployment %s/%s (the proxy) does not exist", h, kubesphere.Namespace, kubesphere.TowerName)
 		return nil
 	case err != nil:
-		p.Error("", "%s: get deployment %s/%s: %v", h, KubeSphereNamespace, TowerName, err)
+		p.Error("", "%s: get deployment %s/%s: %v", h, kubesphere.Namespace, kubesphere.TowerName, err)
 		return nil
 	}
-	if TunnelOf(tower) != TunnelKsMc {
+	if TunnelOf(tower) != kubesphere.TunnelKsMc {
 		p.Error(fmt.Sprintf("switch the host first: kubectl ks-mc init-host%s --tunnel=ks-mc (its proxy keeps serving the Tower agents)", m.host.contextFlag()),
-			"%s: Deployment %s/%s runs KubeSphere's Tower, not the ks-mc proxy: there is nothing to migrate to", h, KubeSphereNamespace, TowerName)
+			"%s: Deployment %s/%s runs KubeSphere's Tower, not the ks-mc proxy: there is nothing to migrate to", h, kubesphere.Namespace, kubesphere.TowerName)
 		return nil
 	}
 	if ready, why := DeploymentRolledOut(tower); !ready {
@@ -321,7 +321,7 @@ func (m *Migrate) hostPreflight(ctx context.Context, p *Preflight) *migrateHost 
 	} else {
 		addr = norm
 	}
-	if err := PlaintextAgentRefused(manifests.TunnelKSMC, addr, tower); err != nil {
+	if err := PlaintextAgentRefused(kubesphere.TunnelKsMc, addr, tower); err != nil {
 		p.Error(PlaintextAgentAdvice(m.host, addr), "%s: %v", h, err)
 		return nil
 	}
@@ -469,7 +469,7 @@ func (m *Migrate) memberPreflight(ctx context.Context, hs *migrateHost, mm *migr
 		p.Error("check the host's proxy: kubectl -n kubesphere-system logs deployment/tower"+m.host.contextFlag(), "Cluster %s has no spec.connection.token", name)
 		return p
 	}
-	mm.annotated = mm.cluster.GetAnnotations()[manifests.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc
+	mm.annotated = mm.cluster.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc
 	ds, err := GetAgentDeployments(ctx, mm.c)
 	if err != nil {
 		p.Error("", "%s: %v", ms, err)
@@ -478,42 +478,42 @@ func (m *Migrate) memberPreflight(ctx context.Context, hs *migrateHost, mm *migr
 	for _, d := range ds {
 		info := InspectAgent(d)
 		if info.ClusterName != "" && info.ClusterName != name {
-			p.Error(fmt.Sprintf("check the member: kubectl -n %s get deployment %s -o yaml%s", manifests.AgentNamespace, d.Name, mm.c.contextFlag()),
-				"%s: Deployment %s/%s serves cluster %q, not %q", ms, manifests.AgentNamespace, d.Name, info.ClusterName, name)
+			p.Error(fmt.Sprintf("check the member: kubectl -n %s get deployment %s -o yaml%s", kubesphere.Namespace, d.Name, mm.c.contextFlag()),
+				"%s: Deployment %s/%s serves cluster %q, not %q", ms, kubesphere.Namespace, d.Name, info.ClusterName, name)
 			return p
 		}
 		switch {
-		case info.Tunnel == manifests.TunnelTower && d.Name == manifests.AgentName:
+		case info.Tunnel == kubesphere.TunnelTower && d.Name == kubesphere.AgentName:
 			mm.tower = d
-		case info.Tunnel == manifests.TunnelKSMC:
+		case info.Tunnel == kubesphere.TunnelKsMc:
 			mm.ksmc = d
 		}
 	}
 	switch {
 	case mm.tower == nil && mm.ksmc == nil:
 		p.Error(fmt.Sprintf("re-run join, which renders the ks-mc agent: kubectl ks-mc join%s --host-context %s --name %s", mm.c.contextFlag(), m.host.Context, name),
-			"%s: no agent Deployment (neither the Tower agent %s nor a ks-mc agent)", ms, manifests.AgentName)
+			"%s: no agent Deployment (neither the Tower agent %s nor a ks-mc agent)", ms, kubesphere.AgentName)
 		return p
 	case mm.tower == nil && mm.annotated:
 		r.Result, r.Protocol = MigrateAlreadyMigrated, manifests.AgentProtocolKsMc
-		r.Reason = fmt.Sprintf("already migrated: the member runs the ks-mc agent (Deployment %s/%s)", manifests.AgentNamespace, mm.ksmc.Name)
-		m.rep.Step(fmt.Sprintf("member (%s): Cluster %s already migrated (ks-mc agent %s/%s): nothing to change", mm.c.Context, name, manifests.AgentNamespace, mm.ksmc.Name))
+		r.Reason = fmt.Sprintf("already migrated: the member runs the ks-mc agent (Deployment %s/%s)", kubesphere.Namespace, mm.ksmc.Name)
+		m.rep.Step(fmt.Sprintf("member (%s): Cluster %s already migrated (ks-mc agent %s/%s): nothing to change", mm.c.Context, name, kubesphere.Namespace, mm.ksmc.Name))
 		return p
 	case mm.tower == nil:
-		p.OK("%s: runs the ks-mc agent already (Deployment %s/%s); the Cluster lacks %s", ms, manifests.AgentNamespace, mm.ksmc.Name, manifests.AgentProtocolAnnotation)
+		p.OK("%s: runs the ks-mc agent already (Deployment %s/%s); the Cluster lacks %s", ms, kubesphere.Namespace, mm.ksmc.Name, kubesphere.AgentProtocolAnnotation)
 		mm.deployName = mm.ksmc.Name
 		return p
 	}
 	mm.deployName = manifests.MigratedAgentName
 	if mm.ksmc != nil && mm.ksmc.Name == manifests.MigratedAgentName {
-		p.OK("%s: Tower agent %s/%s and a ks-mc agent %s/%s from an earlier run: continuing", ms, manifests.AgentNamespace, manifests.AgentName, manifests.AgentNamespace, mm.ksmc.Name)
+		p.OK("%s: Tower agent %s/%s and a ks-mc agent %s/%s from an earlier run: continuing", ms, kubesphere.Namespace, kubesphere.AgentName, kubesphere.Namespace, mm.ksmc.Name)
 	} else {
-		p.OK("%s: Tower agent %s/%s for Cluster %s: the ks-mc agent %s/%s will run next to it", ms, manifests.AgentNamespace, manifests.AgentName, name, manifests.AgentNamespace, manifests.MigratedAgentName)
+		p.OK("%s: Tower agent %s/%s for Cluster %s: the ks-mc agent %s/%s will run next to it", ms, kubesphere.Namespace, kubesphere.AgentName, name, kubesphere.Namespace, manifests.MigratedAgentName)
 	}
 	if hs.towerAgents == "never" {
 		p.Warn("", "the proxy refuses Tower agents (--tower-agents=never): the member is disconnected until its ks-mc agent connects")
 	} else if mm.annotated {
-		p.Warn("", "Cluster %s says %s: ks-mc, so the proxy no longer serves its Tower agent: the member is disconnected until its ks-mc agent connects", name, manifests.AgentProtocolAnnotation)
+		p.Warn("", "Cluster %s says %s: ks-mc, so the proxy no longer serves its Tower agent: the member is disconnected until its ks-mc agent connects", name, kubesphere.AgentProtocolAnnotation)
 	}
 	_, memberAccess := MigrateAccess()
 	checkAccessSide(ctx, p, mm.c, ms, memberAccess)
@@ -535,14 +535,14 @@ func (m *Migrate) steps(ctx context.Context, hs *migrateHost, mm *migrateMember)
 	ms := side(mm.c, "member")
 	baseline := m.leaseRenewal(ctx, name)
 	// 1. The ks-mc agent next to the Tower agent.
-	objs, err := manifests.RenderAgent(manifests.TunnelKSMC, manifests.AgentValues{
+	objs, err := manifests.RenderAgent(kubesphere.TunnelKsMc, manifests.AgentValues{
 		ClusterName: name, Token: mm.token, ProxyServer: hs.proxyAddress, Image: hs.agentImage, CACertHash: hs.caHash,
 		DeploymentName: mm.deployName,
 	})
 	if err != nil {
 		return err
 	}
-	if _, err := mm.c.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{}); err == nil {
+	if _, err := mm.c.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{}); err == nil {
 		mm.secretExisted = true
 	}
 	for _, o := range objs {
@@ -559,11 +559,11 @@ func (m *Migrate) steps(ctx context.Context, hs *migrateHost, mm *migrateMember)
 		m.change(mm, obj, action, "the ks-mc agent next to the Tower agent (server-side apply, field manager ks-mc)", nil)
 	}
 	if m.opts.DryRun.Enabled() {
-		mm.res.Pending = append(mm.res.Pending, "the ks-mc agent's session (the proxy's heartbeat Lease "+tunnel.HeartbeatLeaseName(name)+" must say "+manifests.AgentProtocolAnnotation+": ks-mc before the Tower agent is removed)")
+		mm.res.Pending = append(mm.res.Pending, "the ks-mc agent's session (the proxy's heartbeat Lease "+kubesphere.HeartbeatLeaseName(name)+" must say "+kubesphere.AgentProtocolAnnotation+": ks-mc before the Tower agent is removed)")
 	} else {
-		if err := WaitForRolloutUntil(ctx, mm.c, manifests.AgentNamespace, mm.deployName, mm.deadline, m.opts.Timeout, m.rep); err != nil {
+		if err := WaitForRolloutUntil(ctx, mm.c, kubesphere.Namespace, mm.deployName, mm.deadline, m.opts.Timeout, m.rep); err != nil {
 			return &migrateAdvice{err: fmt.Errorf("member: the ks-mc agent did not come up: %w", err),
-				advice: fmt.Sprintf("see why: kubectl -n %s describe deployment %s%s; then re-run migrate (--agent-image to use another image)", manifests.AgentNamespace, mm.deployName, mm.c.contextFlag())}
+				advice: fmt.Sprintf("see why: kubectl -n %s describe deployment %s%s; then re-run migrate (--agent-image to use another image)", kubesphere.Namespace, mm.deployName, mm.c.contextFlag())}
 		}
 		m.rep.Step(fmt.Sprintf("%s: the ks-mc agent rolled out", ms))
 		// 2. Its session serves.
@@ -576,14 +576,14 @@ func (m *Migrate) steps(ctx context.Context, hs *migrateHost, mm *migrateMember)
 		return &migrateAdvice{err: err, advice: "re-run migrate"}
 	}
 	// 4. The Tower agent goes.
-	obj := fmt.Sprintf("%s deployment %s/%s", ms, manifests.AgentNamespace, manifests.AgentName)
+	obj := fmt.Sprintf("%s deployment %s/%s", ms, kubesphere.Namespace, kubesphere.AgentName)
 	m.change(mm, obj, "delete", "the Tower agent (its token is in its command line)", nil)
 	{
 		prop := metav1.DeletePropagationBackground
-		err := m.w.Delete(ctx, Deployments(mm.c, manifests.AgentNamespace), manifests.AgentName, metav1.DeleteOptions{PropagationPolicy: &prop})
+		err := m.w.Delete(ctx, Deployments(mm.c, kubesphere.Namespace), kubesphere.AgentName, metav1.DeleteOptions{PropagationPolicy: &prop})
 		if err != nil {
-			return &migrateAdvice{ksmc: true, err: fmt.Errorf("member: delete the Tower agent deployment %s/%s: %w (the ks-mc agent serves; the proxy refuses the Tower agent now)", manifests.AgentNamespace, manifests.AgentName, err),
-				advice: fmt.Sprintf("re-run migrate, or delete it: kubectl -n %s delete deployment %s%s", manifests.AgentNamespace, manifests.AgentName, mm.c.contextFlag())}
+			return &migrateAdvice{ksmc: true, err: fmt.Errorf("member: delete the Tower agent deployment %s/%s: %w (the ks-mc agent serves; the proxy refuses the Tower agent now)", kubesphere.Namespace, kubesphere.AgentName, err),
+				advice: fmt.Sprintf("re-run migrate, or delete it: kubectl -n %s delete deployment %s%s", kubesphere.Namespace, kubesphere.AgentName, mm.c.contextFlag())}
 		}
 	}
 	return nil
@@ -595,10 +595,10 @@ func (m *Migrate) annotate(ctx context.Context, mm *migrateMember) error {
 	name := mm.cluster.GetName()
 	ann := map[string]any{}
 	cur := mm.cluster.GetAnnotations()
-	if cur[manifests.AgentProtocolAnnotation] != manifests.AgentProtocolKsMc {
-		ann[manifests.AgentProtocolAnnotation] = manifests.AgentProtocolKsMc
+	if cur[kubesphere.AgentProtocolAnnotation] != manifests.AgentProtocolKsMc {
+		ann[kubesphere.AgentProtocolAnnotation] = manifests.AgentProtocolKsMc
 	}
-	if mm.deployName != "" && mm.deployName != manifests.AgentName && cur[manifests.AgentDeploymentAnnotation] != mm.deployName {
+	if mm.deployName != "" && mm.deployName != kubesphere.AgentName && cur[manifests.AgentDeploymentAnnotation] != mm.deployName {
 		ann[manifests.AgentDeploymentAnnotation] = mm.deployName
 	}
 	if len(ann) == 0 {
@@ -611,7 +611,7 @@ func (m *Migrate) annotate(ctx context.Context, mm *migrateMember) error {
 		obj = side(m.host, "host") + " Cluster " + name
 	}
 	m.change(mm, obj, "patch", "the member runs the ks-mc agent: the proxy serves no Tower agent for it any more", patch)
-	if _, err := m.w.MergePatch(ctx, DynamicResource(m.host, manifests.ClusterGVR, ""), name, patch); err != nil {
+	if _, err := m.w.MergePatch(ctx, DynamicResource(m.host, kubesphere.ClusterGVR, ""), name, patch); err != nil {
 		why := ""
 		if IsClusterWebhookRefusal(err) {
 			why = " (KubeSphere's Cluster webhook could not reach the member through the tunnel)"
@@ -623,7 +623,7 @@ func (m *Migrate) annotate(ctx context.Context, mm *migrateMember) error {
 
 // leaseRenewal is the heartbeat Lease's renewTime before the ks-mc agent starts (zero when none).
 func (m *Migrate) leaseRenewal(ctx context.Context, cluster string) time.Time {
-	l, err := m.host.Kube.CoordinationV1().Leases(KubeSphereNamespace).Get(ctx, tunnel.HeartbeatLeaseName(cluster), metav1.GetOptions{})
+	l, err := m.host.Kube.CoordinationV1().Leases(kubesphere.Namespace).Get(ctx, kubesphere.HeartbeatLeaseName(cluster), metav1.GetOptions{})
 	if err != nil || l.Spec.RenewTime == nil {
 		return time.Time{}
 	}
@@ -636,7 +636,7 @@ func LeaseProtocol(l *coordinationv1.Lease) string {
 	if l == nil {
 		return ""
 	}
-	return l.Annotations[manifests.AgentProtocolAnnotation]
+	return l.Annotations[kubesphere.AgentProtocolAnnotation]
 }
 
 // leaseServesKsMc reports whether a Lease renewed after baseline says a ks-mc session answered.
@@ -644,7 +644,7 @@ func leaseServesKsMc(l *coordinationv1.Lease, baseline time.Time) (bool, string)
 	if l == nil {
 		return false, "no heartbeat Lease yet"
 	}
-	agents, _ := strconv.Atoi(l.Annotations[tunnel.HeartbeatAgentsAnnotation])
+	agents, _ := strconv.Atoi(l.Annotations[kubesphere.HeartbeatAgentsAnnotation])
 	proto := LeaseProtocol(l)
 	renewed := l.Spec.RenewTime != nil && l.Spec.RenewTime.After(baseline)
 	switch {
@@ -664,9 +664,9 @@ func leaseServesKsMc(l *coordinationv1.Lease, baseline time.Time) (bool, string)
 // waitServes waits until the proxy's heartbeat Lease says a ks-mc session of cluster answers,
 // then sends one request through the per-cluster listener.
 func (m *Migrate) waitServes(ctx context.Context, mm *migrateMember, cluster string, baseline time.Time) error {
-	leaseName := tunnel.HeartbeatLeaseName(cluster)
+	leaseName := kubesphere.HeartbeatLeaseName(cluster)
 	for {
-		l, err := m.host.Kube.CoordinationV1().Leases(KubeSphereNamespace).Get(ctx, leaseName, metav1.GetOptions{})
+		l, err := m.host.Kube.CoordinationV1().Leases(kubesphere.Namespace).Get(ctx, leaseName, metav1.GetOptions{})
 		var observed string
 		switch {
 		case apierrors.IsNotFound(err):
@@ -686,7 +686,7 @@ func (m *Migrate) waitServes(ctx context.Context, mm *migrateMember, cluster str
 		if time.Now().After(mm.deadline) {
 			return &migrateAdvice{err: fmt.Errorf("timed out after %s waiting for the ks-mc agent's session (last seen: %s)", m.opts.Timeout, observed),
 				advice: fmt.Sprintf("see why it does not connect: kubectl -n %s logs deployment/%s%s, and kubectl ks-mc diagnose --host-context %s%s",
-					manifests.AgentNamespace, mm.deployName, mm.c.contextFlag(), m.host.Context, mm.c.contextFlag())}
+					kubesphere.Namespace, mm.deployName, mm.c.contextFlag(), m.host.Context, mm.c.contextFlag())}
 		}
 		select {
 		case <-ctx.Done():
@@ -706,7 +706,7 @@ func (m *Migrate) probe(ctx context.Context, mm *migrateMember, cluster string) 
 		err := m.opts.Probe(pctx, m.host, cluster)
 		cancel()
 		if err == nil {
-			ev := "a request through the per-cluster listener (" + tunnel.ServicePrefix + cluster + ") was answered"
+			ev := "a request through the per-cluster listener (" + kubesphere.ServicePrefix + cluster + ") was answered"
 			mm.res.Evidence = append(mm.res.Evidence, ev)
 			m.rep.Step("host: " + ev)
 			return nil
@@ -718,7 +718,7 @@ func (m *Migrate) probe(ctx context.Context, mm *migrateMember, cluster string) 
 			return nil
 		}
 		last = err
-		m.rep.Progress(fmt.Sprintf("waiting for a request through %s%s to be answered: %s", tunnel.ServicePrefix, cluster, firstLine(err.Error())))
+		m.rep.Progress(fmt.Sprintf("waiting for a request through %s%s to be answered: %s", kubesphere.ServicePrefix, cluster, firstLine(err.Error())))
 		if time.Now().After(mm.deadline) {
 			return &migrateAdvice{err: fmt.Errorf("the ks-mc session is up but no request through the per-cluster listener was answered: %w", last),
 				advice: fmt.Sprintf("kubectl ks-mc diagnose --host-context %s%s", m.host.Context, mm.c.contextFlag())}
@@ -740,18 +740,18 @@ func (m *Migrate) rollback(ctx context.Context, mm *migrateMember) {
 	// A fresh context: an interrupted run still cleans up.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := mm.c.Kube.AppsV1().Deployments(manifests.AgentNamespace).Delete(cctx, manifests.MigratedAgentName, metav1.DeleteOptions{})
+	err := mm.c.Kube.AppsV1().Deployments(kubesphere.Namespace).Delete(cctx, manifests.MigratedAgentName, metav1.DeleteOptions{})
 	switch {
 	case err == nil:
-		m.change(mm, fmt.Sprintf("%s deployment %s/%s", ms, manifests.AgentNamespace, manifests.MigratedAgentName), "delete", "rollback: the member stays on its Tower agent", nil)
+		m.change(mm, fmt.Sprintf("%s deployment %s/%s", ms, kubesphere.Namespace, manifests.MigratedAgentName), "delete", "rollback: the member stays on its Tower agent", nil)
 	case !apierrors.IsNotFound(err):
 		mm.res.Reason += fmt.Sprintf("; rollback failed: delete deployment %s/%s: %v (delete it: kubectl -n %s delete deployment %s%s)",
-			manifests.AgentNamespace, manifests.MigratedAgentName, err, manifests.AgentNamespace, manifests.MigratedAgentName, mm.c.contextFlag())
+			kubesphere.Namespace, manifests.MigratedAgentName, err, kubesphere.Namespace, manifests.MigratedAgentName, mm.c.contextFlag())
 	}
 	if !mm.secretExisted {
-		err := mm.c.Kube.CoreV1().Secrets(manifests.AgentNamespace).Delete(cctx, manifests.AgentTokenSecretName, metav1.DeleteOptions{})
+		err := mm.c.Kube.CoreV1().Secrets(kubesphere.Namespace).Delete(cctx, kubesphere.AgentTokenSecretName, metav1.DeleteOptions{})
 		if err == nil {
-			m.change(mm, fmt.Sprintf("%s secret %s/%s", ms, manifests.AgentNamespace, manifests.AgentTokenSecretName), "delete", "rollback: the ks-mc agent's token", nil)
+			m.change(mm, fmt.Sprintf("%s secret %s/%s", ms, kubesphere.Namespace, kubesphere.AgentTokenSecretName), "delete", "rollback: the ks-mc agent's token", nil)
 		}
 	}
 	m.rep.Warn(fmt.Sprintf("%s: left on its Tower agent", ms))

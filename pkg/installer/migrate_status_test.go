@@ -10,8 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 // diagnose says which protocol each member uses (the proxy's heartbeat Lease) and flags a member
@@ -20,9 +20,9 @@ import (
 func TestDiagnoseAgentProtocol(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	proxy, _ := manifests.ProxyDeployment(manifests.DefaultProxyValues())
-	clusters := []unstructured.Unstructured{proxyCluster("t", ConditionAgentAvailable), proxyCluster("k", ConditionAgentAvailable), proxyCluster("u")}
+	clusters := []unstructured.Unstructured{proxyCluster("t", kubesphere.ConditionAgentAvailable), proxyCluster("k", kubesphere.ConditionAgentAvailable), proxyCluster("u")}
 	lease := func(p string) *coordinationv1.Lease {
-		return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{tunnel.HeartbeatAgentsAnnotation: "1", manifests.AgentProtocolAnnotation: p}}}
+		return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: "1", kubesphere.AgentProtocolAnnotation: p}}}
 	}
 	h := &hostData{c: &Clients{Context: "h"}, tower: proxy, clusters: clusters, svcProxy: map[string]probeResult{},
 		leases: map[string]*coordinationv1.Lease{"t": lease("tower"), "k": lease("ks-mc")}}
@@ -58,9 +58,9 @@ func TestStatusAgentProtocol(t *testing.T) {
 	f := migrateFixture(t)
 	ctx := context.Background()
 	now := metav1.NewMicroTime(time.Now())
-	_, _ = f.host.kube.CoordinationV1().Leases(KubeSphereNamespace).Create(ctx, &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: tunnel.HeartbeatLeaseName("member1"), Namespace: KubeSphereNamespace,
-			Labels: map[string]string{tunnel.HeartbeatClusterLabel: "member1"}, Annotations: map[string]string{manifests.AgentProtocolAnnotation: "tower"}},
+	_, _ = f.host.kube.CoordinationV1().Leases(kubesphere.Namespace).Create(ctx, &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: kubesphere.HeartbeatLeaseName("member1"), Namespace: kubesphere.Namespace,
+			Labels: map[string]string{kubesphere.HeartbeatClusterLabel: "member1"}, Annotations: map[string]string{kubesphere.AgentProtocolAnnotation: "tower"}},
 		Spec: coordinationv1.LeaseSpec{RenewTime: &now}}, metav1.CreateOptions{})
 	rep, err := Status(ctx, f.host.c, nil)
 	if err != nil {

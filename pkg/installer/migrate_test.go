@@ -13,8 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 const migrateToken = "5eC7e70ken5eC7e70ken5eC7e70ken5eC7e70ken5eC7e70ken5eC7e70ken00"
@@ -28,17 +28,17 @@ func migrateFixture(t *testing.T) *joinFixture {
 	f := newJoinFixture(t, c)
 	ctx := context.Background()
 	setConfig(f.host, strings.Replace(hostKSConfig, "http://203.0.113.10:30881", "https://203.0.113.10:30881", 1))
-	d, _ := f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, TowerName, metav1.GetOptions{})
+	d, _ := f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
 	d.Spec.Template.Spec.Containers[0].Command = nil
 	d.Spec.Template.Spec.Containers[0].Args = []string{"proxy", "--bind-address=$(POD_IP)"}
-	_, _ = f.host.kube.AppsV1().Deployments(KubeSphereNamespace).Update(ctx, d, metav1.UpdateOptions{})
-	objs, err := manifests.RenderAgent(manifests.TunnelTower, manifests.AgentValues{ClusterName: "member1", Token: migrateToken, ProxyServer: "http://203.0.113.10:30881"})
+	_, _ = f.host.kube.AppsV1().Deployments(kubesphere.Namespace).Update(ctx, d, metav1.UpdateOptions{})
+	objs, err := manifests.RenderAgent(kubesphere.TunnelTower, manifests.AgentValues{ClusterName: "member1", Token: migrateToken, ProxyServer: "http://203.0.113.10:30881"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tower := agentFromObject(t, objs[0].Object)
 	tower.Status = appsv1.DeploymentStatus{ObservedGeneration: 1, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
-	if _, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(ctx, tower, metav1.CreateOptions{}); err != nil {
+	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Create(ctx, tower, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	f.host.clearActions()
@@ -66,23 +66,23 @@ func (f *joinFixture) simulateKsMcAgent(t *testing.T, broken bool) (stop func())
 		defer close(done)
 		for ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond)
-			d, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{})
+			d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{})
 			if err != nil || broken {
 				continue
 			}
 			if d.Status.AvailableReplicas != 1 {
 				d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
-				_, _ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).UpdateStatus(ctx, d, metav1.UpdateOptions{})
+				_, _ = f.member.kube.AppsV1().Deployments(kubesphere.Namespace).UpdateStatus(ctx, d, metav1.UpdateOptions{})
 				continue
 			}
 			now := metav1.NewMicroTime(time.Now().Add(time.Second))
 			l := &coordinationv1.Lease{
-				ObjectMeta: metav1.ObjectMeta{Name: tunnel.HeartbeatLeaseName("member1"), Namespace: KubeSphereNamespace,
-					Labels:      map[string]string{tunnel.HeartbeatClusterLabel: "member1"},
-					Annotations: map[string]string{tunnel.HeartbeatAgentsAnnotation: "2", manifests.AgentProtocolAnnotation: manifests.AgentProtocolKsMc}},
+				ObjectMeta: metav1.ObjectMeta{Name: kubesphere.HeartbeatLeaseName("member1"), Namespace: kubesphere.Namespace,
+					Labels:      map[string]string{kubesphere.HeartbeatClusterLabel: "member1"},
+					Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: "2", kubesphere.AgentProtocolAnnotation: manifests.AgentProtocolKsMc}},
 				Spec: coordinationv1.LeaseSpec{RenewTime: &now},
 			}
-			leases := f.host.kube.CoordinationV1().Leases(KubeSphereNamespace)
+			leases := f.host.kube.CoordinationV1().Leases(kubesphere.Namespace)
 			if _, err := leases.Create(ctx, l, metav1.CreateOptions{}); err != nil {
 				_, _ = leases.Update(ctx, l, metav1.UpdateOptions{})
 			}
@@ -120,18 +120,18 @@ func TestMigrateMovesTowerMemberToKsMcAgent(t *testing.T) {
 	if _, err := GetAgentDeployments(ctx, f.member.c); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, manifests.AgentName, metav1.GetOptions{}); err == nil {
+	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.AgentName, metav1.GetOptions{}); err == nil {
 		t.Error("the Tower agent is still there")
 	}
-	d, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{})
+	d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if InspectAgent(d).Tunnel != manifests.TunnelKSMC || d.Spec.Selector.MatchLabels["app"] != manifests.MigratedAgentName {
+	if InspectAgent(d).Tunnel != kubesphere.TunnelKsMc || d.Spec.Selector.MatchLabels["app"] != manifests.MigratedAgentName {
 		t.Errorf("ks-mc agent %+v", d.Spec)
 	}
 	c, _ := GetCluster(ctx, f.host.c, "member1")
-	if a := c.GetAnnotations(); a[manifests.AgentProtocolAnnotation] != "ks-mc" || a[manifests.AgentDeploymentAnnotation] != manifests.MigratedAgentName {
+	if a := c.GetAnnotations(); a[kubesphere.AgentProtocolAnnotation] != "ks-mc" || a[manifests.AgentDeploymentAnnotation] != manifests.MigratedAgentName {
 		t.Errorf("annotations %v", a)
 	}
 	// Order: agent applied, session evidence, annotation, then the Tower agent removed.
@@ -215,37 +215,37 @@ func TestMigrateFailureLeavesTowerAgent(t *testing.T) {
 	if !strings.Contains(err.Error(), "stay on their Tower agent") || strings.Contains(err.Error(), migrateToken) {
 		t.Errorf("error: %v", err)
 	}
-	if _, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, manifests.AgentName, metav1.GetOptions{}); err != nil {
+	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.AgentName, metav1.GetOptions{}); err != nil {
 		t.Errorf("the Tower agent is gone: %v", err)
 	}
-	if _, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{}); err == nil {
+	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{}); err == nil {
 		t.Error("the ks-mc agent was not rolled back")
 	}
-	if _, err := f.member.kube.CoreV1().Secrets(KubeSphereNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{}); err == nil {
+	if _, err := f.member.kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{}); err == nil {
 		t.Error("the token Secret was not rolled back")
 	}
 	c, _ := GetCluster(ctx, f.host.c, "member1")
-	if c.GetAnnotations()[manifests.AgentProtocolAnnotation] != "" {
+	if c.GetAnnotations()[kubesphere.AgentProtocolAnnotation] != "" {
 		t.Error("the Cluster was annotated although the member stays on Tower")
 	}
 }
 
 // The session is up but the Lease only ever says tower: migrate waits, then fails and rolls back.
 func TestMigrateWaitsForTheKsMcProtocol(t *testing.T) {
-	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{tunnel.HeartbeatAgentsAnnotation: "1", manifests.AgentProtocolAnnotation: "tower"}}}
+	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: "1", kubesphere.AgentProtocolAnnotation: "tower"}}}
 	now := metav1.NewMicroTime(time.Now())
 	l.Spec.RenewTime = &now
 	if ok, why := leaseServesKsMc(l, time.Time{}); ok || !strings.Contains(why, "protocol tower") {
 		t.Errorf("tower lease: %v %s", ok, why)
 	}
-	l.Annotations[manifests.AgentProtocolAnnotation] = "ks-mc"
+	l.Annotations[kubesphere.AgentProtocolAnnotation] = "ks-mc"
 	if ok, _ := leaseServesKsMc(l, now.Add(time.Second)); ok {
 		t.Error("a Lease not renewed since the agent started counted")
 	}
 	if ok, _ := leaseServesKsMc(l, now.Add(-time.Second)); !ok {
 		t.Error("a renewed ks-mc Lease did not count")
 	}
-	l.Annotations[tunnel.HeartbeatAgentsAnnotation] = "0"
+	l.Annotations[kubesphere.HeartbeatAgentsAnnotation] = "0"
 	if ok, _ := leaseServesKsMc(l, time.Time{}); ok {
 		t.Error("0 sessions counted")
 	}
@@ -261,7 +261,7 @@ func TestMigratePreflight(t *testing.T) {
 		t.Errorf("Tower host: %v", err)
 	}
 	f = migrateFixture(t)
-	_ = f.host.dyn.Resource(manifests.ClusterGVR).Delete(ctx, "member1", metav1.DeleteOptions{})
+	_ = f.host.dyn.Resource(kubesphere.ClusterGVR).Delete(ctx, "member1", metav1.DeleteOptions{})
 	res, err := f.migrate(MigrateOptions{SkipUnmatched: true}, nil).Run(ctx)
 	if err != nil || res.Members[0].Result != MigrateSkipped {
 		t.Errorf("unmatched with --all-contexts: %v %+v", err, res.Members)
@@ -271,7 +271,7 @@ func TestMigratePreflight(t *testing.T) {
 		t.Errorf("unmatched --context: %v %+v", err, res.Members)
 	}
 	f = migrateFixture(t)
-	_ = f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Delete(ctx, manifests.AgentName, metav1.DeleteOptions{})
+	_ = f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Delete(ctx, kubesphere.AgentName, metav1.DeleteOptions{})
 	res, err = f.migrate(MigrateOptions{}, nil).Run(ctx)
 	if err == nil || !strings.Contains(res.Members[0].Reason, "no agent Deployment") {
 		t.Errorf("no agent: %v %+v", err, res.Members)

@@ -15,6 +15,7 @@ package installer
 import (
 	"context"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -141,7 +142,7 @@ func (w Writer) ServerSideApply(ctx context.Context, r Resource, obj *unstructur
 	exists := err == nil
 	force := true
 	after, err := r.Patch(ctx, obj.GetName(), types.ApplyPatchType, data,
-		metav1.PatchOptions{FieldManager: FieldManager, Force: &force, DryRun: w.DryRun.apiDryRun()})
+		metav1.PatchOptions{FieldManager: kubesphere.FieldManager, Force: &force, DryRun: w.DryRun.apiDryRun()})
 	if err != nil {
 		return nil, "", err
 	}
@@ -163,7 +164,7 @@ func (w Writer) MergePatch(ctx context.Context, r Resource, name string, p Merge
 	if err != nil {
 		return nil, err
 	}
-	return r.Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{FieldManager: FieldManager, DryRun: w.DryRun.apiDryRun()})
+	return r.Patch(ctx, name, types.MergePatchType, data, metav1.PatchOptions{FieldManager: kubesphere.FieldManager, DryRun: w.DryRun.apiDryRun()})
 }
 
 // Delete deletes name; an object that is gone already is no error.

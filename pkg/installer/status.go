@@ -9,8 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // ClusterRow is one Cluster of a host, as "kubectl ks-mc status" shows it.
@@ -33,15 +32,15 @@ type ClusterRow struct {
 	// not a proxy connection.
 	Live string `json:"live,omitempty"`
 	// LiveEvidence is what the probe saw; LatencyMS its measured round trip.
-	LiveEvidence []string `json:"liveEvidence,omitempty"`
-	LatencyMS    *float64 `json:"latencyMs,omitempty"`
+	LiveEvidence []string                      `json:"liveEvidence,omitempty"`
+	LatencyMS    *float64                      `json:"latencyMs,omitempty"`
+	UID          string                        `json:"uid,omitempty"`
+	Conditions   []kubesphere.ClusterCondition `json:"conditions,omitempty"`
 	// Protocol is the agent protocol the member connects with (tower or ks-mc), from the ks-mc
 	// proxy's heartbeat Lease (else: tower when the host runs KubeSphere's Tower); "" unknown.
 	Protocol string `json:"protocol,omitempty"`
 	// Weaker explains why a member on a Tower agent is less protected, with the migrate command.
-	Weaker     string             `json:"weaker,omitempty"`
-	UID        string             `json:"uid,omitempty"`
-	Conditions []ClusterCondition `json:"conditions,omitempty"`
+	Weaker string `json:"weaker,omitempty"`
 }
 
 // ContextRole is the KubeSphere role of one kubeconfig context.
@@ -63,9 +62,9 @@ type StatusReport struct {
 
 // ClusterRowOf summarises a Cluster object.
 func ClusterRowOf(c *unstructured.Unstructured) ClusterRow {
-	row := ClusterRow{Name: c.GetName(), Role: RoleMember, Agent: "-", Ready: "Unknown"}
+	row := ClusterRow{Name: c.GetName(), Role: kubesphere.RoleMember, Agent: "-", Ready: "Unknown"}
 	if IsHostCluster(c) {
-		row.Role = RoleHost
+		row.Role = kubesphere.RoleHost
 	}
 	row.Connection, _, _ = unstructured.NestedString(c.Object, "spec", "connection", "type")
 	row.KubernetesVersion, _, _ = unstructured.NestedString(c.Object, "status", "kubernetesVersion")
@@ -79,11 +78,11 @@ func ClusterRowOf(c *unstructured.Unstructured) ClusterRow {
 	row.Conditions = ClusterConditions(c)
 	if row.Connection == "proxy" {
 		row.Agent = "Disconnected"
-		if conditionTrue(row.Conditions, ConditionAgentAvailable) {
+		if conditionTrue(row.Conditions, kubesphere.ConditionAgentAvailable) {
 			row.Agent = "Connected"
 		}
 	}
-	if r := FindCondition(row.Conditions, ConditionReady); r != nil {
+	if r := FindCondition(row.Conditions, kubesphere.ConditionReady); r != nil {
 		row.Ready = r.Status
 		if r.Status != "True" {
 			row.Message = r.Message
@@ -112,10 +111,10 @@ func Status(ctx context.Context, host *Clients, contexts []*Clients) (*StatusRep
 		hostTunnel, _ := HostTunnel(ctx, host)
 		for i := range clusters {
 			row := ClusterRowOf(&clusters[i])
-			if row.Connection == "proxy" && row.Role != RoleHost {
+			if row.Connection == kubesphere.ConnectionTypeProxy && row.Role != kubesphere.RoleHost {
 				row.Protocol = protocols[row.Name]
-				if row.Protocol == manifests.AgentProtocolTower {
-					row.Weaker = TowerAgentWeakness(host, row.Name, hostTunnel == TunnelTower)
+				if row.Protocol == string(kubesphere.TunnelTower) {
+					row.Weaker = TowerAgentWeakness(host, row.Name, hostTunnel == kubesphere.TunnelTower)
 				}
 			}
 			rep.Clusters = append(rep.Clusters, row)
@@ -125,8 +124,8 @@ func Status(ctx context.Context, host *Clients, contexts []*Clients) (*StatusRep
 		}
 		sort.Slice(rep.Clusters, func(a, b int) bool {
 			ra, rb := rep.Clusters[a], rep.Clusters[b]
-			if (ra.Role == RoleHost) != (rb.Role == RoleHost) {
-				return ra.Role == RoleHost
+			if (ra.Role == kubesphere.RoleHost) != (rb.Role == kubesphere.RoleHost) {
+				return ra.Role == kubesphere.RoleHost
 			}
 			return ra.Name < rb.Name
 		})
@@ -205,11 +204,11 @@ func AgentProtocols(ctx context.Context, host *Clients, clusters []unstructured.
 	out := map[string]string{}
 	tunnelKind, _ := HostTunnel(ctx, host)
 	leases := map[string]string{}
-	if tunnelKind == TunnelKsMc {
-		if l, err := host.Kube.CoordinationV1().Leases(KubeSphereNamespace).List(ctx, metav1.ListOptions{LabelSelector: tunnel.HeartbeatClusterLabel}); err == nil {
+	if tunnelKind == kubesphere.TunnelKsMc {
+		if l, err := host.Kube.CoordinationV1().Leases(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: kubesphere.HeartbeatClusterLabel}); err == nil {
 			for i := range l.Items {
 				if p := LeaseProtocol(&l.Items[i]); p != "" {
-					leases[l.Items[i].Labels[tunnel.HeartbeatClusterLabel]] = p
+					leases[l.Items[i].Labels[kubesphere.HeartbeatClusterLabel]] = p
 				}
 			}
 		}
@@ -218,20 +217,19 @@ func AgentProtocols(ctx context.Context, host *Clients, clusters []unstructured.
 		c := &clusters[i]
 		name := c.GetName()
 		switch {
-		case tunnelKind == TunnelTower:
-			out[name] = manifests.AgentProtocolTower
+		case tunnelKind == kubesphere.TunnelTower:
+			out[name] = string(kubesphere.TunnelTower)
 		case leases[name] != "":
 			out[name] = leases[name]
-		case c.GetAnnotations()[manifests.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc:
-			out[name] = manifests.AgentProtocolKsMc
+		case c.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == string(kubesphere.TunnelKsMc):
+			out[name] = string(kubesphere.TunnelKsMc)
 		}
 	}
 	return out
 }
 
 // TowerAgentWeakness says what a member on a Tower agent cannot be protected from, and how to
-// move it to the ks-mc agent.
-// hostTower: the host still runs KubeSphere's Tower (switch it first).
+// move it to the ks-mc agent; hostTower: the host still runs KubeSphere's Tower (switch it first).
 func TowerAgentWeakness(host *Clients, cluster string, hostTower bool) string {
 	h := "HOST"
 	if host != nil && host.Context != "" {

@@ -3,6 +3,7 @@ package installer
 import (
 	"context"
 	"fmt"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"os"
 	"strings"
 	"time"
@@ -179,7 +180,7 @@ func (u *Unjoiner) findAgent(ctx context.Context, st *unjoinState) error {
 			u.res.Name = info.ClusterName
 		}
 		if u.res.Name != "" && info.ClusterName != "" && info.ClusterName != u.res.Name {
-			u.rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", manifests.AgentNamespace, d.Name, info.ClusterName, u.res.Name))
+			u.rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", kubesphere.Namespace, d.Name, info.ClusterName, u.res.Name))
 			continue
 		}
 		if !st.agentPresent {
@@ -214,7 +215,7 @@ func (u *Unjoiner) deleteCluster(ctx context.Context, st *unjoinState) error {
 	}
 	name := st.cluster.GetName()
 	u.log.Record(Change{Object: "host Cluster " + name, Action: "delete", Summary: "KubeSphere unregisters the member"})
-	if err := u.w.Delete(ctx, DynamicResource(u.host, manifests.ClusterGVR, ""), name, metav1.DeleteOptions{}); err != nil {
+	if err := u.w.Delete(ctx, DynamicResource(u.host, kubesphere.ClusterGVR, ""), name, metav1.DeleteOptions{}); err != nil {
 		return fmt.Errorf("delete Cluster %s on the host: %w", name, err)
 	}
 	if u.opts.DryRun.Enabled() {
@@ -228,26 +229,26 @@ func (u *Unjoiner) deleteAgent(ctx context.Context, st *unjoinState) error {
 		u.res.LeftBehind = append(u.res.LeftBehind,
 			fmt.Sprintf("on the member (unreachable): Deployment %s/%s, Secret %s/%s (ks-mc agent only) and the member settings in its ClusterConfiguration; "+
 				"if it comes back, delete them: kubectl -n %s delete deployment %s; kubectl -n %s delete secret %s --ignore-not-found",
-				manifests.AgentNamespace, manifests.AgentName, manifests.AgentNamespace, manifests.AgentTokenSecretName,
-				manifests.AgentNamespace, manifests.AgentName, manifests.AgentNamespace, manifests.AgentTokenSecretName))
+				kubesphere.Namespace, kubesphere.AgentName, kubesphere.Namespace, kubesphere.AgentTokenSecretName,
+				kubesphere.Namespace, kubesphere.AgentName, kubesphere.Namespace, kubesphere.AgentTokenSecretName))
 		return nil
 	}
 	member := u.member
 	for _, name := range st.agents {
 		tun := st.agent.Tunnel
 		if name == manifests.MigratedAgentName {
-			tun = manifests.TunnelKSMC
+			tun = kubesphere.TunnelKsMc
 		}
-		u.log.Record(Change{Object: fmt.Sprintf("member deployment %s/%s", manifests.AgentNamespace, name), Action: "delete", Summary: fmt.Sprintf("the %s agent", tun)})
-		if err := u.w.Delete(ctx, Deployments(member, manifests.AgentNamespace), name, metav1.DeleteOptions{}); err != nil {
-			return fmt.Errorf("member: delete deployment %s/%s: %w", manifests.AgentNamespace, name, err)
+		u.log.Record(Change{Object: fmt.Sprintf("member deployment %s/%s", kubesphere.Namespace, name), Action: "delete", Summary: fmt.Sprintf("the %s agent", tun)})
+		if err := u.w.Delete(ctx, Deployments(member, kubesphere.Namespace), name, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, name, err)
 		}
 	}
-	sec, err := member.Kube.CoreV1().Secrets(manifests.AgentNamespace).Get(ctx, manifests.AgentTokenSecretName, metav1.GetOptions{})
-	if err == nil && sec.Labels[manifests.ManagedByLabel] == manifests.ManagedByValue && (st.agentPresent || st.agent.ClusterName == "") {
-		u.log.Record(Change{Object: fmt.Sprintf("member secret %s/%s", manifests.AgentNamespace, manifests.AgentTokenSecretName), Action: "delete", Summary: "the agent token"})
-		if err := u.w.Delete(ctx, Secrets(member, manifests.AgentNamespace), manifests.AgentTokenSecretName, metav1.DeleteOptions{}); err != nil {
-			return fmt.Errorf("member: delete secret %s/%s: %w", manifests.AgentNamespace, manifests.AgentTokenSecretName, err)
+	sec, err := member.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{})
+	if err == nil && sec.Labels[kubesphere.ManagedByLabel] == kubesphere.ManagedByValue && (st.agentPresent || st.agent.ClusterName == "") {
+		u.log.Record(Change{Object: fmt.Sprintf("member secret %s/%s", kubesphere.Namespace, kubesphere.AgentTokenSecretName), Action: "delete", Summary: "the agent token"})
+		if err := u.w.Delete(ctx, Secrets(member, kubesphere.Namespace), kubesphere.AgentTokenSecretName, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete secret %s/%s: %w", kubesphere.Namespace, kubesphere.AgentTokenSecretName, err)
 		}
 	}
 	u.res.LeftBehind = append(u.res.LeftBehind,
@@ -356,7 +357,7 @@ func webhookReason(err error) string {
 func removeFinalizers(ctx context.Context, host *Clients, name string, dry DryRun) error {
 	p := MergePatch{}
 	p.Set(nil, "metadata", "finalizers")
-	_, err := Writer{DryRun: dry}.MergePatch(ctx, DynamicResource(host, manifests.ClusterGVR, ""), name, p)
+	_, err := Writer{DryRun: dry}.MergePatch(ctx, DynamicResource(host, kubesphere.ClusterGVR, ""), name, p)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -396,7 +397,7 @@ func (u *Unjoiner) removeFinalizersPastWebhook(ctx context.Context, name string,
 		var err error
 		for i := 0; i < 5; i++ {
 			err = u.w.Send(func(dryRun []string) error {
-				_, err := api.Create(ctx, saved, metav1.CreateOptions{FieldManager: FieldManager, DryRun: dryRun})
+				_, err := api.Create(ctx, saved, metav1.CreateOptions{FieldManager: kubesphere.FieldManager, DryRun: dryRun})
 				return err
 			})
 			if err == nil || apierrors.IsAlreadyExists(err) {

@@ -9,18 +9,18 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 func addAgent(t *testing.T, f *joinFixture, name string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := f.member.kube.AppsV1().Deployments(KubeSphereNamespace).Create(ctx, agentDeployment(t, "http://203.0.113.10:30881", name), metav1.CreateOptions{}); err != nil {
+	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Create(ctx, agentDeployment(t, "http://203.0.113.10:30881", name), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: manifests.AgentTokenSecretName, Namespace: KubeSphereNamespace,
-		Labels: map[string]string{manifests.ManagedByLabel: manifests.ManagedByValue}}}
-	if _, err := f.member.kube.CoreV1().Secrets(KubeSphereNamespace).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: kubesphere.AgentTokenSecretName, Namespace: kubesphere.Namespace,
+		Labels: map[string]string{kubesphere.ManagedByLabel: kubesphere.ManagedByValue}}}
+	if _, err := f.member.kube.CoreV1().Secrets(kubesphere.Namespace).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -46,7 +46,7 @@ func TestUnjoinRemovesClusterThenAgent(t *testing.T) {
 	if d, _ := GetAgentDeployment(context.Background(), f.member.c); d != nil {
 		t.Error("agent still exists")
 	}
-	if _, err := f.member.kube.CoreV1().Secrets(KubeSphereNamespace).Get(context.Background(), manifests.AgentTokenSecretName, metav1.GetOptions{}); err == nil {
+	if _, err := f.member.kube.CoreV1().Secrets(kubesphere.Namespace).Get(context.Background(), kubesphere.AgentTokenSecretName, metav1.GetOptions{}); err == nil {
 		t.Error("token Secret still exists")
 	}
 	// Order: the host's Cluster is deleted before anything on the member.
@@ -66,7 +66,7 @@ func TestUnjoinGuards(t *testing.T) {
 	ctx := context.Background()
 	// The host's own Cluster.
 	hostC := memberCluster("host", "uid-host", false)
-	hostC.SetLabels(map[string]string{manifests.ClusterHostRoleLabel: ""})
+	hostC.SetLabels(map[string]string{kubesphere.ClusterHostRoleLabel: ""})
 	f := newJoinFixture(t, hostC)
 	if _, err := Unjoin(ctx, f.host.c, f.member.c, UnjoinOptions{Name: "host"}, nil); err == nil || !strings.Contains(err.Error(), "host's own cluster") {
 		t.Errorf("err = %v", err)
@@ -125,24 +125,24 @@ func TestUnjoinDryRun(t *testing.T) {
 
 func TestStatusRows(t *testing.T) {
 	ready := memberCluster("member1", "uid-member", false)
-	setCond(ready, ConditionAgentAvailable, "True")
-	setCond(ready, ConditionReady, "True")
+	setCond(ready, kubesphere.ConditionAgentAvailable, "True")
+	setCond(ready, kubesphere.ConditionReady, "True")
 	_ = unstructured.SetNestedField(ready.Object, int64(3), "status", "nodeCount")
 	_ = unstructured.SetNestedField(ready.Object, "v3.4.1", "status", "kubeSphereVersion")
 	down := memberCluster("m2", "uid-2", false)
-	setCond(down, ConditionAgentAvailable, "False")
+	setCond(down, kubesphere.ConditionAgentAvailable, "False")
 	conds, _, _ := unstructured.NestedSlice(down.Object, "status", "conditions")
 	conds = append(conds, map[string]any{"type": "Ready", "status": "False", "message": "Agent has not connected to proxy.", "lastTransitionTime": "2026-11-25T21:00:00Z"})
 	_ = unstructured.SetNestedSlice(down.Object, conds, "status", "conditions")
 	hostC := memberCluster("host", "uid-host", false)
-	hostC.SetLabels(map[string]string{manifests.ClusterHostRoleLabel: ""})
+	hostC.SetLabels(map[string]string{kubesphere.ClusterHostRoleLabel: ""})
 	_ = unstructured.SetNestedField(hostC.Object, "direct", "spec", "connection", "type")
 	f := newJoinFixture(t, ready, down, hostC)
 	rep, err := Status(context.Background(), f.host.c, []*Clients{f.host.c, f.member.c})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Clusters) != 3 || rep.Clusters[0].Name != "host" || rep.Clusters[0].Role != RoleHost || rep.Clusters[0].Agent != "-" {
+	if len(rep.Clusters) != 3 || rep.Clusters[0].Name != "host" || rep.Clusters[0].Role != kubesphere.RoleHost || rep.Clusters[0].Agent != "-" {
 		t.Fatalf("rows = %+v", rep.Clusters)
 	}
 	r1, r2 := rep.Clusters[2], rep.Clusters[1]
@@ -152,7 +152,7 @@ func TestStatusRows(t *testing.T) {
 	if r2.Name != "m2" || r2.Agent != "Disconnected" || r2.Ready != "False" || r2.Message == "" || r2.LastTransition != "2026-11-25T21:00:00Z" {
 		t.Errorf("m2 row = %+v", r2)
 	}
-	if rep.Contexts[0].Role != RoleHost || rep.Contexts[0].Cluster != "host" || rep.Contexts[1].Role != RoleNone || rep.Contexts[1].Cluster != "member1" {
+	if rep.Contexts[0].Role != kubesphere.RoleHost || rep.Contexts[0].Cluster != "host" || rep.Contexts[1].Role != kubesphere.RoleNone || rep.Contexts[1].Cluster != "member1" {
 		t.Errorf("contexts = %+v", rep.Contexts)
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 type recordingReporter struct {
@@ -34,7 +34,7 @@ func TestUnjoinForcePastClusterWebhook(t *testing.T) {
 	f := newJoinFixture(t, memberCluster("member1", "uid-member", false))
 	c, _ := GetCluster(ctx, f.host.c, "member1")
 	c.SetFinalizers([]string{"finalizer.cluster.kubesphere.io"})
-	if _, err := f.host.dyn.Resource(manifests.ClusterGVR).Update(ctx, c, metav1.UpdateOptions{}); err != nil {
+	if _, err := f.host.dyn.Resource(kubesphere.ClusterGVR).Update(ctx, c, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: ClusterWebhookConfigName, UID: "vwc-uid"},
@@ -51,14 +51,14 @@ func TestUnjoinForcePastClusterWebhook(t *testing.T) {
 	var refusedPatches int
 	// Finalizer semantics: delete only marks the Cluster; a patch is refused while the webhook is on.
 	f.host.dyn.PrependReactor("delete", "clusters", func(k8stesting.Action) (bool, runtime.Object, error) {
-		obj, err := f.host.dyn.Tracker().Get(manifests.ClusterGVR, "", "member1")
+		obj, err := f.host.dyn.Tracker().Get(kubesphere.ClusterGVR, "", "member1")
 		if err != nil {
 			return true, nil, err
 		}
 		cur := obj.(metav1.Object)
 		now := metav1.Now()
 		cur.SetDeletionTimestamp(&now)
-		_ = f.host.dyn.Tracker().Update(manifests.ClusterGVR, obj, "")
+		_ = f.host.dyn.Tracker().Update(kubesphere.ClusterGVR, obj, "")
 		return true, nil, nil
 	})
 	f.host.dyn.PrependReactor("patch", "clusters", func(k8stesting.Action) (bool, runtime.Object, error) {
@@ -67,7 +67,7 @@ func TestUnjoinForcePastClusterWebhook(t *testing.T) {
 			return true, nil, apierrors.NewForbidden(gr, "member1",
 				errString(`admission webhook "validating-cluster.kubesphere.io" denied the request: dial tcp 10.96.0.5:6443: connect: connection refused`))
 		}
-		_ = f.host.dyn.Tracker().Delete(manifests.ClusterGVR, "", "member1")
+		_ = f.host.dyn.Tracker().Delete(kubesphere.ClusterGVR, "", "member1")
 		return true, nil, nil
 	})
 	rep := &recordingReporter{}

@@ -20,59 +20,23 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/version"
 )
 
 //go:embed templates/agent-tower.yaml templates/agent-ksmc.yaml templates/cluster.yaml
 var agentTemplateFS embed.FS
 
-// Names of the agent objects on a member (the same for both tunnels, so switching tunnels replaces
-// the Deployment instead of running two agents).
-const (
-	AgentNamespace      = "kubesphere-system"
-	AgentName           = "cluster-agent"
-	AgentServiceAccount = "kubesphere"
-	// AgentTokenSecretName holds the bundled agent's token (key AgentTokenSecretKey).
-	AgentTokenSecretName = "cluster-agent-token"
-	AgentTokenSecretKey  = "token"
-	// AgentTokenMountPath is where the bundled agent reads its token file.
-	AgentTokenMountPath = "/var/run/secrets/ks-mc/agent"
-	// KubeSphereAgentImage is the Tower agent image of KubeSphere 3.4 (multicluster.agentImage default).
-	KubeSphereAgentImage = "kubesphere/tower:v0.2.1"
-	// ManagedByLabel marks objects ks-mc created.
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedByValue = "ks-mc"
-)
+// The names of the agent objects on a member (kubesphere.AgentName, kubesphere.AgentTokenSecretName,
+// ...) are in pkg/kubesphere.
+
+// AgentTokenMountPath is where the bundled agent reads its token file.
+const AgentTokenMountPath = "/var/run/secrets/ks-mc/agent"
 
 // AgentSelector are the labels KubeSphere gives its agent pods (kept for the bundled agent too:
 // a Deployment's selector is immutable).
 func AgentSelector() map[string]string {
 	return map[string]string{"app": "agent", "app.kubernetes.io/part-of": "tower"}
-}
-
-// Tunnel names which agent/proxy pair connects a member.
-type Tunnel string
-
-const (
-	// TunnelTower is KubeSphere's own Tower agent.
-	TunnelTower Tunnel = "tower"
-	// TunnelKSMC is the agent bundled in the ks-mc binary.
-	TunnelKSMC Tunnel = "ks-mc"
-	// TunnelAuto picks from what the host runs.
-	TunnelAuto Tunnel = "auto"
-)
-
-// ParseTunnel accepts tower, ks-mc (or ksmc) and auto ("" = auto).
-func ParseTunnel(s string) (Tunnel, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", "auto":
-		return TunnelAuto, nil
-	case "tower":
-		return TunnelTower, nil
-	case "ks-mc", "ksmc":
-		return TunnelKSMC, nil
-	}
-	return "", fmt.Errorf("invalid tunnel %q: use tower, ks-mc or auto", s)
 }
 
 // AgentValues are the inputs of both agent renderings.
@@ -88,14 +52,14 @@ type AgentValues struct {
 	Image string
 	// CACertHash pins the proxy CA for the bundled agent ("sha256:<hex>"); required with https.
 	CACertHash string
-	// DeploymentName is the bundled agent's Deployment: "" or AgentName, or MigratedAgentName on a
-	// member moved from Tower by migrate (then with MigratedAgentSelector). Tower agents are always
-	// AgentName.
+	// DeploymentName is the bundled agent's Deployment: "" or kubesphere.AgentName, or
+	// MigratedAgentName on a member moved from Tower by migrate (then with MigratedAgentSelector).
+	// Tower agents are always kubesphere.AgentName.
 	DeploymentName string
 }
 
 // Validate checks the values for the given tunnel. Errors never quote the token.
-func (v AgentValues) Validate(t Tunnel) error {
+func (v AgentValues) Validate(t kubesphere.Tunnel) error {
 	if v.ClusterName == "" {
 		return fmt.Errorf("agent: cluster name is required")
 	}
@@ -107,12 +71,12 @@ func (v AgentValues) Validate(t Tunnel) error {
 		return fmt.Errorf("agent: proxy address %q must be http(s)://host[:port]", v.ProxyServer)
 	}
 	switch t {
-	case TunnelTower:
-		if v.DeploymentName != "" && v.DeploymentName != AgentName {
-			return fmt.Errorf("agent: the Tower agent is always Deployment %s", AgentName)
+	case kubesphere.TunnelTower:
+		if v.DeploymentName != "" && v.DeploymentName != kubesphere.AgentName {
+			return fmt.Errorf("agent: the Tower agent is always Deployment %s", kubesphere.AgentName)
 		}
-	case TunnelKSMC:
-		if v.DeploymentName != "" && v.DeploymentName != AgentName && v.DeploymentName != MigratedAgentName {
+	case kubesphere.TunnelKsMc:
+		if v.DeploymentName != "" && v.DeploymentName != kubesphere.AgentName && v.DeploymentName != MigratedAgentName {
 			return fmt.Errorf("agent: unknown agent Deployment name %q", v.DeploymentName)
 		}
 		if u.Scheme == "https" && v.CACertHash == "" {
@@ -138,25 +102,25 @@ type agentTemplateData struct {
 
 // RenderAgent renders the objects to apply on the member: for Tower the Deployment alone (token on
 // its command line, as KubeSphere does), for the bundled agent a token Secret and the Deployment.
-func RenderAgent(t Tunnel, v AgentValues) ([]*unstructured.Unstructured, error) {
+func RenderAgent(t kubesphere.Tunnel, v AgentValues) ([]*unstructured.Unstructured, error) {
 	if err := v.Validate(t); err != nil {
 		return nil, err
 	}
 	d := agentTemplateData{
-		AgentValues: v, Name: AgentName, Namespace: AgentNamespace, ServiceAccount: AgentServiceAccount,
-		SecretName: AgentTokenSecretName, SecretKey: AgentTokenSecretKey, TokenMountPath: AgentTokenMountPath,
+		AgentValues: v, Name: kubesphere.AgentName, Namespace: kubesphere.Namespace, ServiceAccount: kubesphere.ServiceAccount,
+		SecretName: kubesphere.AgentTokenSecretName, SecretKey: kubesphere.AgentTokenSecretKey, TokenMountPath: AgentTokenMountPath,
 		Selector: AgentSelector(),
 	}
 	var tmpl string
 	switch t {
-	case TunnelTower:
+	case kubesphere.TunnelTower:
 		tmpl = "templates/agent-tower.yaml"
 		if d.Image == "" {
-			d.Image = KubeSphereAgentImage
+			d.Image = kubesphere.DefaultAgentImage
 		}
 		// Exactly KubeSphere's labels, so that the console and ks-mc see the same agent.
 		d.Labels = AgentSelector()
-	case TunnelKSMC:
+	case kubesphere.TunnelKsMc:
 		tmpl = "templates/agent-ksmc.yaml"
 		if d.Image == "" {
 			d.Image = version.Image()
@@ -165,7 +129,7 @@ func RenderAgent(t Tunnel, v AgentValues) ([]*unstructured.Unstructured, error) 
 			d.Name, d.Selector = MigratedAgentName, MigratedAgentSelector()
 		}
 		d.Labels = AgentSelectorFor(d.Name)
-		d.Labels[ManagedByLabel] = ManagedByValue
+		d.Labels[kubesphere.ManagedByLabel] = kubesphere.ManagedByValue
 		sum := sha256.Sum256([]byte("ks-mc-agent\x00" + v.Token + "\x00" + v.CACertHash + "\x00" + v.ProxyServer + "\x00" + v.ClusterName))
 		d.ConfigHash = hex.EncodeToString(sum[:8])
 	}

@@ -6,24 +6,8 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-)
 
-// ClusterGVR is KubeSphere's cluster-scoped Cluster resource.
-var ClusterGVR = schema.GroupVersionResource{Group: "cluster.kubesphere.io", Version: "v1alpha1", Resource: "clusters"}
-
-// Labels and annotations of a Cluster (KubeSphere's own, plus ks-mc's member link).
-const (
-	ClusterGroupLabel     = "cluster.kubesphere.io/group"
-	ClusterRegionLabel    = "cluster.kubesphere.io/region"
-	ClusterHostRoleLabel  = "cluster-role.kubesphere.io/host"
-	DescriptionAnnotation = "kubesphere.io/description"
-	CreatorAnnotation     = "kubesphere.io/creator"
-	// MemberUIDAnnotation records the member's kube-system UID when ks-mc creates the Cluster, so a
-	// re-run can adopt it before KubeSphere has filled status.uid.
-	MemberUIDAnnotation = "ks-mc.io/member-uid"
-	// MaxClusterNameLength: the proxy creates Service mc-<name>, a 63-character DNS label.
-	MaxClusterNameLength = 60
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // ClusterValues are the inputs of the Cluster object.
@@ -45,25 +29,25 @@ func RenderCluster(v ClusterValues) (*unstructured.Unstructured, error) {
 	if err := ValidateClusterName(v.Name); err != nil {
 		return nil, err
 	}
-	labels := map[string]string{ManagedByLabel: ManagedByValue}
+	labels := map[string]string{kubesphere.ManagedByLabel: kubesphere.ManagedByValue}
 	for k, val := range v.Labels {
 		labels[k] = val
 	}
 	if v.Group != "" {
-		labels[ClusterGroupLabel] = v.Group
+		labels[kubesphere.ClusterGroupLabel] = v.Group
 	}
 	if v.Region != "" {
-		labels[ClusterRegionLabel] = v.Region
+		labels[kubesphere.ClusterRegionLabel] = v.Region
 	}
-	annotations := map[string]string{CreatorAnnotation: ManagedByValue}
+	annotations := map[string]string{kubesphere.CreatorAnnotation: kubesphere.ManagedByValue}
 	for k, val := range v.Annotations {
 		annotations[k] = val
 	}
 	if v.Description != "" {
-		annotations[DescriptionAnnotation] = v.Description
+		annotations[kubesphere.DescriptionAnnotation] = v.Description
 	}
 	if v.MemberUID != "" {
-		annotations[MemberUIDAnnotation] = v.MemberUID
+		annotations[kubesphere.MemberUIDAnnotation] = v.MemberUID
 	}
 	provider := v.Provider
 	data := struct {
@@ -88,8 +72,8 @@ func ValidateClusterName(name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("cluster name is empty")
-	case len(name) > MaxClusterNameLength:
-		return fmt.Errorf("cluster name %q is %d characters long: at most %d are allowed (the host creates Service mc-<name>)", name, len(name), MaxClusterNameLength)
+	case len(name) > kubesphere.MaxClusterNameLength:
+		return fmt.Errorf("cluster name %q is %d characters long: at most %d are allowed (the host creates Service mc-<name>)", name, len(name), kubesphere.MaxClusterNameLength)
 	case !dnsLabel.MatchString(name):
 		return fmt.Errorf("cluster name %q is not a DNS label: use lowercase letters, digits and '-', starting and ending with a letter or digit", name)
 	}
@@ -115,8 +99,8 @@ func SanitizeClusterName(s string) string {
 		}
 	}
 	out := strings.Trim(b.String(), "-")
-	if len(out) > MaxClusterNameLength {
-		out = strings.TrimRight(out[:MaxClusterNameLength], "-")
+	if len(out) > kubesphere.MaxClusterNameLength {
+		out = strings.TrimRight(out[:kubesphere.MaxClusterNameLength], "-")
 	}
 	return out
 }

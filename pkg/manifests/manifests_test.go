@@ -12,6 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml")
@@ -35,7 +37,7 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
-func mustYAML(t *testing.T, v AgentValues, tun Tunnel) []byte {
+func mustYAML(t *testing.T, v AgentValues, tun kubesphere.Tunnel) []byte {
 	t.Helper()
 	objs, err := RenderAgent(tun, v)
 	if err != nil {
@@ -50,13 +52,13 @@ func mustYAML(t *testing.T, v AgentValues, tun Tunnel) []byte {
 
 func TestRenderTowerAgentGolden(t *testing.T) {
 	v := AgentValues{ClusterName: "member1", Token: testToken, ProxyServer: "http://172.16.0.10:30080", Image: "kubesphere/tower:v0.2.1"}
-	got := mustYAML(t, v, TunnelTower)
+	got := mustYAML(t, v, kubesphere.TunnelTower)
 	golden(t, "agent-tower", got)
 	// Deterministic.
-	if again := mustYAML(t, v, TunnelTower); !bytes.Equal(got, again) {
+	if again := mustYAML(t, v, kubesphere.TunnelTower); !bytes.Equal(got, again) {
 		t.Fatal("rendering twice gave different bytes")
 	}
-	objs, _ := RenderAgent(TunnelTower, v)
+	objs, _ := RenderAgent(kubesphere.TunnelTower, v)
 	if len(objs) != 1 {
 		t.Fatalf("tower agent: %d objects, want 1", len(objs))
 	}
@@ -88,9 +90,9 @@ func TestRenderTowerAgentGolden(t *testing.T) {
 func TestRenderKSMCAgentGolden(t *testing.T) {
 	v := AgentValues{ClusterName: "member1", Token: testToken, ProxyServer: "https://172.16.0.10:30080",
 		Image: "ghcr.io/ks-mc/ks-mc:v1.2.3", CACertHash: "sha256:" + strings.Repeat("ab", 32)}
-	got := mustYAML(t, v, TunnelKSMC)
+	got := mustYAML(t, v, kubesphere.TunnelKsMc)
 	golden(t, "agent-ksmc", got)
-	objs, _ := RenderAgent(TunnelKSMC, v)
+	objs, _ := RenderAgent(kubesphere.TunnelKsMc, v)
 	if len(objs) != 2 || objs[0].GetKind() != "Secret" || objs[1].GetKind() != "Deployment" {
 		t.Fatalf("want Secret + Deployment, got %d objects", len(objs))
 	}
@@ -111,7 +113,7 @@ func TestRenderKSMCAgentGolden(t *testing.T) {
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[0].Object, &sec); err != nil {
 		t.Fatal(err)
 	}
-	if sec.StringData[AgentTokenSecretKey] != testToken {
+	if sec.StringData[kubesphere.AgentTokenSecretKey] != testToken {
 		t.Error("the Secret does not hold the token")
 	}
 	if !contains(c.Args, "--ca-cert-hash="+v.CACertHash) || !contains(c.Args, "--token-file="+AgentTokenMountPath+"/token") {
@@ -120,7 +122,7 @@ func TestRenderKSMCAgentGolden(t *testing.T) {
 	// A new token rolls the pods.
 	v2 := v
 	v2.Token = strings.Repeat("f", 64)
-	objs2, _ := RenderAgent(TunnelKSMC, v2)
+	objs2, _ := RenderAgent(kubesphere.TunnelKsMc, v2)
 	h1, _, _ := unstructured.NestedString(objs[1].Object, "spec", "template", "metadata", "annotations", "ks-mc.io/config-hash")
 	h2, _, _ := unstructured.NestedString(objs2[1].Object, "spec", "template", "metadata", "annotations", "ks-mc.io/config-hash")
 	if h1 == "" || h1 == h2 {
@@ -129,7 +131,7 @@ func TestRenderKSMCAgentGolden(t *testing.T) {
 }
 
 func TestRenderKSMCAgentDefaultImage(t *testing.T) {
-	objs, err := RenderAgent(TunnelKSMC, AgentValues{ClusterName: "m", Token: "t0k3n", ProxyServer: "http://1.2.3.4:8080"})
+	objs, err := RenderAgent(kubesphere.TunnelKsMc, AgentValues{ClusterName: "m", Token: "t0k3n", ProxyServer: "http://1.2.3.4:8080"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,15 +147,15 @@ func TestRenderKSMCAgentDefaultImage(t *testing.T) {
 func TestRenderAgentValidation(t *testing.T) {
 	ok := AgentValues{ClusterName: "m", Token: "secret-token-value", ProxyServer: "http://1.2.3.4:8080"}
 	cases := map[string]struct {
-		tun Tunnel
+		tun kubesphere.Tunnel
 		mut func(*AgentValues)
 	}{
-		"no name":           {TunnelTower, func(v *AgentValues) { v.ClusterName = "" }},
-		"no token":          {TunnelTower, func(v *AgentValues) { v.Token = "" }},
-		"bad proxy":         {TunnelTower, func(v *AgentValues) { v.ProxyServer = "1.2.3.4:8080" }},
-		"https without pin": {TunnelKSMC, func(v *AgentValues) { v.ProxyServer = "https://1.2.3.4" }},
-		"bad pin":           {TunnelKSMC, func(v *AgentValues) { v.CACertHash = "md5:x" }},
-		"unresolved auto":   {TunnelAuto, func(*AgentValues) {}},
+		"no name":           {kubesphere.TunnelTower, func(v *AgentValues) { v.ClusterName = "" }},
+		"no token":          {kubesphere.TunnelTower, func(v *AgentValues) { v.Token = "" }},
+		"bad proxy":         {kubesphere.TunnelTower, func(v *AgentValues) { v.ProxyServer = "1.2.3.4:8080" }},
+		"https without pin": {kubesphere.TunnelKsMc, func(v *AgentValues) { v.ProxyServer = "https://1.2.3.4" }},
+		"bad pin":           {kubesphere.TunnelKsMc, func(v *AgentValues) { v.CACertHash = "md5:x" }},
+		"unresolved auto":   {kubesphere.TunnelAuto, func(*AgentValues) {}},
 	}
 	for name, tc := range cases {
 		v := ok
@@ -189,8 +191,8 @@ func TestRenderClusterGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "cluster", b)
-	if c.GetAnnotations()[DescriptionAnnotation] != "EU \"prod\": member: 1" {
-		t.Errorf("description not kept verbatim: %q", c.GetAnnotations()[DescriptionAnnotation])
+	if c.GetAnnotations()[kubesphere.DescriptionAnnotation] != "EU \"prod\": member: 1" {
+		t.Errorf("description not kept verbatim: %q", c.GetAnnotations()[kubesphere.DescriptionAnnotation])
 	}
 	typ, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "type")
 	jf, _, _ := unstructured.NestedBool(c.Object, "spec", "joinFederation")
@@ -241,8 +243,8 @@ func TestClusterNames(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	const hashPin = "sha256:abababababababababababababababababababababababababababababababab"
-	tower, _ := RenderAgent(TunnelTower, AgentValues{ClusterName: "m", Token: testToken, ProxyServer: "http://1.2.3.4:8080"})
-	ksmc, _ := RenderAgent(TunnelKSMC, AgentValues{ClusterName: "m", Token: testToken, ProxyServer: "http://1.2.3.4:8080", CACertHash: hashPin})
+	tower, _ := RenderAgent(kubesphere.TunnelTower, AgentValues{ClusterName: "m", Token: testToken, ProxyServer: "http://1.2.3.4:8080"})
+	ksmc, _ := RenderAgent(kubesphere.TunnelKsMc, AgentValues{ClusterName: "m", Token: testToken, ProxyServer: "http://1.2.3.4:8080", CACertHash: hashPin})
 	cluster, _ := RenderCluster(ClusterValues{Name: "m"})
 	_ = unstructured.SetNestedField(cluster.Object, testToken, "spec", "connection", "token")
 	_ = unstructured.SetNestedField(cluster.Object, "a3ViZWNvbmZpZw==", "spec", "connection", "kubeconfig")

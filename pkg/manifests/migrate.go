@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // Names for a member moved from KubeSphere's Tower agent to the ks-mc agent by "kubectl ks-mc
@@ -25,7 +27,7 @@ const (
 	AgentProtocolTower      = "tower"
 
 	// AgentDeploymentAnnotation on a Cluster names the member's agent Deployment when it is not
-	// AgentName (MigratedAgentName after migrate), so that render, join and unjoin find it from the
+	// kubesphere.AgentName (MigratedAgentName after migrate), so that render, join and unjoin find it from the
 	// host alone.
 	AgentDeploymentAnnotation = "ks-mc.io/agent-deployment"
 )
@@ -36,7 +38,7 @@ func MigratedAgentSelector() map[string]string {
 }
 
 // AgentNames are the names an agent Deployment of a member may have, the usual one first.
-func AgentNames() []string { return []string{AgentName, MigratedAgentName} }
+func AgentNames() []string { return []string{kubesphere.AgentName, MigratedAgentName} }
 
 // AgentSelectorFor returns the pod selector of the agent Deployment named name.
 func AgentSelectorFor(name string) map[string]string {

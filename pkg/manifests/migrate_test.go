@@ -5,6 +5,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // The ks-mc agent of a migrated member runs next to the Tower agent: another Deployment name and
@@ -13,9 +15,9 @@ func TestRenderMigratedAgentGolden(t *testing.T) {
 	v := AgentValues{ClusterName: "member1", Token: testToken, ProxyServer: "https://172.16.0.10:30080",
 		CACertHash: "sha256:" + "ab" + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd", Image: "ghcr.io/ks-mc/ks-mc:v0.1.0",
 		DeploymentName: MigratedAgentName}
-	got := mustYAML(t, v, TunnelKSMC)
+	got := mustYAML(t, v, kubesphere.TunnelKsMc)
 	golden(t, "agent-ksmc-migrated", got)
-	objs, err := RenderAgent(TunnelKSMC, v)
+	objs, err := RenderAgent(kubesphere.TunnelKsMc, v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,11 +40,11 @@ func TestRenderMigratedAgentGolden(t *testing.T) {
 
 func TestRenderAgentDeploymentNameValidated(t *testing.T) {
 	v := AgentValues{ClusterName: "m", Token: testToken, ProxyServer: "http://1.2.3.4:8080", DeploymentName: MigratedAgentName}
-	if _, err := RenderAgent(TunnelTower, v); err == nil {
+	if _, err := RenderAgent(kubesphere.TunnelTower, v); err == nil {
 		t.Error("a Tower agent under the migrated name was rendered")
 	}
 	v.DeploymentName = "other"
-	if _, err := RenderAgent(TunnelKSMC, v); err == nil {
+	if _, err := RenderAgent(kubesphere.TunnelKsMc, v); err == nil {
 		t.Error("an unknown Deployment name was rendered")
 	}
 }

@@ -7,6 +7,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // restrictedViolations lists what the Pod Security Standard "restricted" refuses in spec
@@ -46,7 +48,7 @@ func TestRenderedPodsRestricted(t *testing.T) {
 	if v := restrictedViolations(&proxy.Spec.Template.Spec); len(v) > 0 {
 		t.Errorf("proxy: %s", strings.Join(v, ", "))
 	}
-	objs, err := RenderAgent(TunnelKSMC, AgentValues{ClusterName: "m", Token: "t0k3n-long-enough", ProxyServer: "https://1.2.3.4:8080", CACertHash: "sha256:" + strings.Repeat("ab", 32)})
+	objs, err := RenderAgent(kubesphere.TunnelKsMc, AgentValues{ClusterName: "m", Token: "t0k3n-long-enough", ProxyServer: "https://1.2.3.4:8080", CACertHash: "sha256:" + strings.Repeat("ab", 32)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/version"
 )
 
@@ -19,13 +20,10 @@ import (
 var proxyTemplates embed.FS
 
 // Names and labels of the host-side proxy. The Deployment takes the place of KubeSphere's Tower, so
-// it keeps Tower's name, namespace and pod labels.
+// it keeps Tower's name (kubesphere.TowerName), namespace, service account and pod labels.
 const (
-	ProxyNamespace      = "kubesphere-system"
-	ProxyName           = "tower"
-	ProxyServiceAccount = "kubesphere"
-	ProxyPort           = int32(8080)
-	ProxyContainerName  = "proxy"
+	ProxyPort          = int32(8080)
+	ProxyContainerName = "proxy"
 	// ProxyMode is the first container argument: the binary's proxy subcommand.
 	ProxyMode = "proxy"
 )
@@ -49,11 +47,11 @@ type ProxyValues struct {
 // DefaultProxyValues returns the values init-host uses unless told otherwise: this build's image.
 func DefaultProxyValues() ProxyValues {
 	return ProxyValues{
-		Namespace:       ProxyNamespace,
-		Name:            ProxyName,
+		Namespace:       kubesphere.Namespace,
+		Name:            kubesphere.TowerName,
 		Image:           version.Image(),
 		ImagePullPolicy: "IfNotPresent",
-		ServiceAccount:  ProxyServiceAccount,
+		ServiceAccount:  kubesphere.ServiceAccount,
 		Port:            ProxyPort,
 	}
 }

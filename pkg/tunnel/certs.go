@@ -16,6 +16,8 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // Certificate lifetimes. Leaves are renewed once a third of their life is left.
@@ -104,7 +106,7 @@ func (ca *CA) Pool() *x509.CertPool {
 }
 
 // Hash is the pin agents pass as --ca-cert-hash.
-func (ca *CA) Hash() string { return CACertHash(ca.Cert) }
+func (ca *CA) Hash() string { return kubesphere.CACertHash(ca.Cert) }
 
 // issue signs a leaf; the returned tls.Certificate's chain ends with the CA.
 func (ca *CA) issue(tmpl *x509.Certificate, validity time.Duration) (tls.Certificate, []byte, []byte, error) {

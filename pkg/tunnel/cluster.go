@@ -7,6 +7,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // Cluster is the part of KubeSphere's cluster.kubesphere.io/v1alpha1 Cluster the proxy reads.
@@ -39,29 +41,8 @@ type Connection struct {
 
 // ClusterStatus is the part of status the proxy writes.
 type ClusterStatus struct {
-	Conditions []ClusterCondition `json:"conditions,omitempty"`
+	Conditions []kubesphere.ClusterCondition `json:"conditions,omitempty"`
 }
-
-// ClusterCondition is one status.conditions entry.
-type ClusterCondition struct {
-	Type               string      `json:"type"`
-	Status             string      `json:"status"`
-	LastUpdateTime     metav1.Time `json:"lastUpdateTime,omitempty"`
-	LastTransitionTime metav1.Time `json:"lastTransitionTime,omitempty"`
-	Reason             string      `json:"reason,omitempty"`
-	Message            string      `json:"message,omitempty"`
-}
-
-// Condition types and messages of the contract.
-const (
-	ConditionInitialized    = "Initialized"
-	ConditionAgentAvailable = "AgentAvailable"
-	ConnectionTypeProxy     = "proxy"
-
-	MessageAgentConnected    = "Agent has connected to proxy successfully."
-	MessageAgentDisconnected = "Agent has not connected to proxy."
-	MessageInitialized       = "Cluster has been initialized"
-)
 
 // ClusterFromUnstructured converts u.
 func ClusterFromUnstructured(u *unstructured.Unstructured) (*Cluster, error) {
@@ -79,7 +60,7 @@ func ClusterFromUnstructured(u *unstructured.Unstructured) (*Cluster, error) {
 // pkg/controller/cluster/cluster_webhook.go), and Tower does the same (kubesphere/tower v0.2.1
 // pkg/proxy/proxy.go stops serving on the informer's delete only).
 func (c *Cluster) Served() bool {
-	return c.Spec.JoinFederation && c.Spec.Connection.Type == ConnectionTypeProxy
+	return c.Spec.JoinFederation && c.Spec.Connection.Type == kubesphere.ConnectionTypeProxy
 }
 
 // setCondition sets a condition on u's status.conditions, keeping unknown fields and other

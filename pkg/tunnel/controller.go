@@ -33,15 +33,11 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // Kubernetes-side names of the contract.
 const (
-	// FieldManager is used for server-side apply of the objects the proxy renders.
-	FieldManager = "ks-mc"
-	// ServicePrefix + cluster name is the per-cluster Service.
-	ServicePrefix = "mc-"
 	// KubeSpherePortOffset: kubesphereAPIServerPort = kubernetesAPIServerPort + 10000.
 	KubeSpherePortOffset = 10000
 	// AdminUser is the client certificate's CN in the kubeconfig written into the Cluster.
@@ -72,7 +68,7 @@ type ControllerConfig struct {
 
 // DefaultControllerConfig returns the contract's defaults.
 func DefaultControllerConfig() *ControllerConfig {
-	return &ControllerConfig{Namespace: "kubesphere-system", BindAddress: "0.0.0.0", PortMin: 6000, PortMax: 7000,
+	return &ControllerConfig{Namespace: kubesphere.Namespace, BindAddress: "0.0.0.0", PortMin: 6000, PortMax: 7000,
 		Resync: 10 * time.Minute, HandshakeTimeout: 10 * time.Second}
 }
 
@@ -143,7 +139,7 @@ func NewController(cfg *ControllerConfig) (*Controller, error) {
 		c.log = *cfg.Logger
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync)
-	c.informer = f.ForResource(manifests.ClusterGVR).Informer()
+	c.informer = f.ForResource(kubesphere.ClusterGVR).Informer()
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "clusters"})
@@ -293,8 +289,8 @@ func (c *Controller) ListenerAddr(cluster string) net.Addr {
 }
 
 func serviceLabels(name string) map[string]string {
-	return map[string]string{"app": ServicePrefix + name, "app.kubernetes.io/name": ServicePrefix + name,
-		manifests.ManagedByLabel: manifests.ManagedByValue}
+	return map[string]string{"app": kubesphere.ServicePrefix + name, "app.kubernetes.io/name": kubesphere.ServicePrefix + name,
+		kubesphere.ManagedByLabel: kubesphere.ManagedByValue}
 }
 
 func (c *Controller) reconcile(ctx context.Context, name string) error {
@@ -373,7 +369,7 @@ func (c *Controller) Refused(cluster string) (time.Time, bool) {
 // updateCluster writes ports, token, endpoints, kubeconfig and conditions (Update, no status
 // subresource), only when something changed.
 func (c *Controller) updateCluster(ctx context.Context, name string, port int, clusterIP string, connected bool) error {
-	api := c.cfg.Dynamic.Resource(manifests.ClusterGVR)
+	api := c.cfg.Dynamic.Resource(kubesphere.ClusterGVR)
 	u, err := api.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -417,7 +413,7 @@ func (c *Controller) updateCluster(ctx context.Context, name string, port int, c
 		}
 	}
 	now := time.Now()
-	if _, err := setCondition(u, ConditionInitialized, "True", "Initialized", MessageInitialized, now); err != nil {
+	if _, err := setCondition(u, kubesphere.ConditionInitialized, "True", "Initialized", kubesphere.MessageInitialized, now); err != nil {
 		return err
 	}
 	if connected {
@@ -430,17 +426,17 @@ func (c *Controller) updateCluster(ctx context.Context, name string, port int, c
 				return err
 			}
 		}
-		_, err = setCondition(u, ConditionAgentAvailable, "True", "AgentConnected", MessageAgentConnected, now)
+		_, err = setCondition(u, kubesphere.ConditionAgentAvailable, "True", "AgentConnected", kubesphere.MessageAgentConnected, now)
 		if err != nil {
 			return err
 		}
-	} else if _, err := setCondition(u, ConditionAgentAvailable, "False", "AgentDisconnected", MessageAgentDisconnected, now); err != nil {
+	} else if _, err := setCondition(u, kubesphere.ConditionAgentAvailable, "False", "AgentDisconnected", kubesphere.MessageAgentDisconnected, now); err != nil {
 		return err
 	}
 	if equality.Semantic.DeepEqual(before.Object, u.Object) {
 		return nil
 	}
-	if _, err := api.Update(ctx, u, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+	if _, err := api.Update(ctx, u, metav1.UpdateOptions{FieldManager: kubesphere.FieldManager}); err != nil {
 		return fmt.Errorf("update Cluster %s: %w", name, err)
 	}
 	c.log.V(1).Info("updated Cluster", "cluster", name, "port", port, "agentAvailable", connected)
@@ -555,7 +551,7 @@ func older(a, b *Cluster) bool {
 
 // applyService server-side applies Service mc-<name> and returns its ClusterIP.
 func (c *Controller) applyService(ctx context.Context, name string, port int) (string, error) {
-	svc := corev1ac.Service(ServicePrefix+name, c.cfg.Namespace).
+	svc := corev1ac.Service(kubesphere.ServicePrefix+name, c.cfg.Namespace).
 		WithLabels(serviceLabels(name)).
 		WithSpec(corev1ac.ServiceSpec().
 			WithType(corev1.ServiceTypeClusterIP).
@@ -566,13 +562,13 @@ func (c *Controller) applyService(ctx context.Context, name string, port int) (s
 				corev1ac.ServicePort().WithName("kubesphere").WithProtocol(corev1.ProtocolTCP).
 					WithPort(80).WithTargetPort(intstr.FromInt32(int32(port+KubeSpherePortOffset))),
 			))
-	out, err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).Apply(ctx, svc, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+	out, err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).Apply(ctx, svc, metav1.ApplyOptions{FieldManager: kubesphere.FieldManager, Force: true})
 	if err != nil {
-		return "", fmt.Errorf("apply Service %s/%s%s: %w", c.cfg.Namespace, ServicePrefix, name, err)
+		return "", fmt.Errorf("apply Service %s/%s%s: %w", c.cfg.Namespace, kubesphere.ServicePrefix, name, err)
 	}
 	ip := out.Spec.ClusterIP
 	if ip == "" || ip == corev1.ClusterIPNone {
-		return "", fmt.Errorf("service %s/%s%s has no ClusterIP yet", c.cfg.Namespace, ServicePrefix, name)
+		return "", fmt.Errorf("service %s/%s%s has no ClusterIP yet", c.cfg.Namespace, kubesphere.ServicePrefix, name)
 	}
 	return ip, nil
 }
@@ -595,7 +591,7 @@ func (c *Controller) ensureListener(name string, port int, clusterIP string) err
 		}
 	}
 	dns := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
-		ServicePrefix + name + "." + c.cfg.Namespace + ".svc", "localhost"}
+		kubesphere.ServicePrefix + name + "." + c.cfg.Namespace + ".svc", "localhost"}
 	rc, err := NewRenewingCert(c.cfg.CA, "kubernetes", dns, ips, ServingValidity)
 	if err != nil {
 		return err
@@ -632,9 +628,9 @@ func (c *Controller) teardown(ctx context.Context, name string) error {
 	delete(c.ports, name)
 	delete(c.refused, name)
 	c.mu.Unlock()
-	err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).Delete(ctx, ServicePrefix+name, metav1.DeleteOptions{})
+	err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).Delete(ctx, kubesphere.ServicePrefix+name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete Service %s/%s%s: %w", c.cfg.Namespace, ServicePrefix, name, err)
+		return fmt.Errorf("delete Service %s/%s%s: %w", c.cfg.Namespace, kubesphere.ServicePrefix, name, err)
 	}
 	if err == nil {
 		c.log.Info("removed Service of a Cluster no longer served", "cluster", name)
@@ -646,12 +642,12 @@ func (c *Controller) teardown(ctx context.Context, name string) error {
 // was down).
 func (c *Controller) removeOrphans(ctx context.Context) error {
 	list, err := c.cfg.Kube.CoreV1().Services(c.cfg.Namespace).List(ctx, metav1.ListOptions{
-		LabelSelector: manifests.ManagedByLabel + "=" + manifests.ManagedByValue})
+		LabelSelector: kubesphere.ManagedByLabel + "=" + kubesphere.ManagedByValue})
 	if err != nil {
 		return err
 	}
 	for _, s := range list.Items {
-		name, ok := strings.CutPrefix(s.Name, ServicePrefix)
+		name, ok := strings.CutPrefix(s.Name, kubesphere.ServicePrefix)
 		if !ok || s.Labels["app"] != s.Name {
 			continue
 		}
@@ -688,11 +684,11 @@ func LoadOrCreateCA(ctx context.Context, kube kubernetes.Interface, namespace, n
 		}
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace,
-				Labels:      map[string]string{manifests.ManagedByLabel: manifests.ManagedByValue},
-				Annotations: map[string]string{CAHashAnnotation: ca.Hash()}},
+				Labels:      map[string]string{kubesphere.ManagedByLabel: kubesphere.ManagedByValue},
+				Annotations: map[string]string{kubesphere.CAHashAnnotation: ca.Hash()}},
 			Type: corev1.SecretTypeTLS,
 			Data: map[string][]byte{corev1.TLSCertKey: ca.CertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM},
-		}, metav1.CreateOptions{FieldManager: FieldManager})
+		}, metav1.CreateOptions{FieldManager: kubesphere.FieldManager})
 		if err == nil {
 			log.Info("created the proxy CA", "secret", namespace+"/"+name, "caCertHash", ca.Hash())
 			return ca, nil
@@ -703,9 +699,3 @@ func LoadOrCreateCA(ctx context.Context, kube kubernetes.Interface, namespace, n
 	}
 	return nil, fmt.Errorf("secret %s/%s: could not read or create the proxy CA", namespace, name)
 }
-
-// CAHashAnnotation on the CA Secret holds "sha256:<hex>" for agents' --ca-cert-hash.
-const CAHashAnnotation = "ks-mc.io/ca-cert-hash"
-
-// DefaultCASecretName is the CA Secret in the proxy's namespace.
-const DefaultCASecretName = "ks-mc-proxy-ca"

@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 func clusterObj(name, connType string, port int64, token string, created time.Time) *unstructured.Unstructured {
@@ -47,7 +47,7 @@ func clusterObj(name, connType string, port int64, token string, created time.Ti
 }
 
 func serviceWithIP(name, ip string) *corev1.Service {
-	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: ServicePrefix + name, Namespace: "kubesphere-system"},
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: kubesphere.ServicePrefix + name, Namespace: "kubesphere-system"},
 		Spec: corev1.ServiceSpec{ClusterIP: ip}}
 }
 
@@ -60,7 +60,7 @@ type ctrlEnv struct {
 }
 
 func (e *ctrlEnv) get(name string) *Cluster {
-	u, err := e.dyn.Resource(manifests.ClusterGVR).Get(context.Background(), name, metav1.GetOptions{})
+	u, err := e.dyn.Resource(kubesphere.ClusterGVR).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func (e *ctrlEnv) get(name string) *Cluster {
 	return c
 }
 
-func cond(c *Cluster, typ string) *ClusterCondition {
+func cond(c *Cluster, typ string) *kubesphere.ClusterCondition {
 	for i := range c.Status.Conditions {
 		if c.Status.Conditions[i].Type == typ {
 			return &c.Status.Conditions[i]
@@ -90,7 +90,7 @@ func TestController(t *testing.T) {
 	old := time.Now().Add(-time.Hour)
 	preset := "preset-token-kept"
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{manifests.ClusterGVR: "ClusterList"},
+		map[schema.GroupVersionResource]string{kubesphere.ClusterGVR: "ClusterList"},
 		clusterObj("member1", "proxy", 0, testToken, old),
 		clusterObj("member2", "proxy", 0, "", old.Add(time.Minute)),
 		clusterObj("dup", "proxy", 0, preset, old.Add(2*time.Minute)),
@@ -123,7 +123,7 @@ func TestController(t *testing.T) {
 	// Initialization: ports, token, endpoints, Service, conditions.
 	waitFor(t, "clusters initialized", func() bool {
 		for _, n := range []string{"member1", "member2", "dup"} {
-			if c := cond(e.get(n), ConditionInitialized); c == nil || c.Status != "True" {
+			if c := cond(e.get(n), kubesphere.ConditionInitialized); c == nil || c.Status != "True" {
 				return false
 			}
 		}
@@ -159,7 +159,7 @@ func TestController(t *testing.T) {
 			svc.Spec.Ports[1].Port != 80 || svc.Spec.Ports[1].TargetPort.IntVal != cn.KubeSphereAPIServerPort {
 			t.Fatalf("%s: service ports %+v", n, svc.Spec.Ports)
 		}
-		if a := cond(c, ConditionAgentAvailable); a == nil || a.Status != "False" || a.Message != MessageAgentDisconnected {
+		if a := cond(c, kubesphere.ConditionAgentAvailable); a == nil || a.Status != "False" || a.Message != kubesphere.MessageAgentDisconnected {
 			t.Fatalf("%s: AgentAvailable %+v", n, a)
 		}
 	}
@@ -169,7 +169,7 @@ func TestController(t *testing.T) {
 	if e.get("dup").Spec.Connection.Token != preset || e.get("member1").Spec.Connection.Token != testToken {
 		t.Fatal("a preset token was replaced")
 	}
-	u, _ := dyn.Resource(manifests.ClusterGVR).Get(ctx, "member1", metav1.GetOptions{})
+	u, _ := dyn.Resource(kubesphere.ClusterGVR).Get(ctx, "member1", metav1.GetOptions{})
 	if v, _, _ := unstructured.NestedBool(u.Object, "status", "configz", "monitoring"); !v {
 		t.Fatal("unknown status fields were dropped")
 	}
@@ -196,8 +196,8 @@ func TestController(t *testing.T) {
 	// An agent connects: listeners, kubeconfig, AgentAvailable=True.
 	agent := h.startAgent(agentOpts{})
 	waitFor(t, "AgentAvailable=True", func() bool {
-		c := cond(e.get("member1"), ConditionAgentAvailable)
-		return c != nil && c.Status == "True" && c.Message == MessageAgentConnected
+		c := cond(e.get("member1"), kubesphere.ConditionAgentAvailable)
+		return c != nil && c.Status == "True" && c.Message == kubesphere.MessageAgentConnected
 	})
 	c1 := e.get("member1")
 	kc, err := clientcmd.Load(c1.Spec.Connection.KubeConfig)
@@ -267,7 +267,7 @@ func TestController(t *testing.T) {
 	// The last agent leaves: listeners stop, AgentAvailable=False.
 	agent.stop()
 	waitFor(t, "AgentAvailable=False", func() bool {
-		c := cond(e.get("member1"), ConditionAgentAvailable)
+		c := cond(e.get("member1"), kubesphere.ConditionAgentAvailable)
 		return c != nil && c.Status == "False" && ctrl.ListenerAddr("member1") == nil
 	})
 	if _, err := net.Dial("tcp", addr.String()); err == nil {
@@ -275,12 +275,12 @@ func TestController(t *testing.T) {
 	}
 
 	// No longer a proxy cluster, or deleted: Service removed.
-	u2, _ := dyn.Resource(manifests.ClusterGVR).Get(ctx, "member2", metav1.GetOptions{})
+	u2, _ := dyn.Resource(kubesphere.ClusterGVR).Get(ctx, "member2", metav1.GetOptions{})
 	_ = unstructured.SetNestedField(u2.Object, "direct", "spec", "connection", "type")
-	if _, err := dyn.Resource(manifests.ClusterGVR).Update(ctx, u2, metav1.UpdateOptions{}); err != nil {
+	if _, err := dyn.Resource(kubesphere.ClusterGVR).Update(ctx, u2, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := dyn.Resource(manifests.ClusterGVR).Delete(ctx, "member1", metav1.DeleteOptions{}); err != nil {
+	if err := dyn.Resource(kubesphere.ClusterGVR).Delete(ctx, "member1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"member1", "member2"} {

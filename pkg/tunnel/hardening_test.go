@@ -20,9 +20,9 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/clientcmd"
 
-	kruntime "k8s.io/apimachinery/pkg/runtime"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
 )
 
 // Hostile-input and identity tests of the proxy port, the sessions and the per-cluster listeners
@@ -143,7 +143,7 @@ func TestNoClusterNameOracle(t *testing.T) {
 func newCtrlEnv(t *testing.T, h *harness, objs ...kruntime.Object) (*ctrlEnv, *Proxy) {
 	t.Helper()
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(kruntime.NewScheme(),
-		map[schema.GroupVersionResource]string{manifests.ClusterGVR: "ClusterList"}, objs...)
+		map[schema.GroupVersionResource]string{kubesphere.ClusterGVR: "ClusterList"}, objs...)
 	kube := fake.NewClientset()
 	for _, o := range objs {
 		if u, ok := o.(*unstructured.Unstructured); ok {
@@ -180,7 +180,7 @@ func TestControllerRevokesSessions(t *testing.T) {
 	obj := clusterObj(testCluster, "proxy", 0, testToken, time.Now().Add(-time.Hour))
 	obj.SetUID("uid-1")
 	e, p := newCtrlEnv(t, h, obj)
-	api := e.dyn.Resource(manifests.ClusterGVR)
+	api := e.dyn.Resource(kubesphere.ClusterGVR)
 	ctx := context.Background()
 	update := func(change func(u *unstructured.Unstructured)) {
 		t.Helper()
@@ -243,7 +243,7 @@ func TestCertBoundToCluster(t *testing.T) {
 	h.startAgent(agentOpts{})
 	h.waitAgents(1)
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(kruntime.NewScheme(),
-		map[schema.GroupVersionResource]string{manifests.ClusterGVR: "ClusterList"})
+		map[schema.GroupVersionResource]string{kubesphere.ClusterGVR: "ClusterList"})
 	cc := DefaultControllerConfig()
 	cc.Dynamic, cc.Kube, cc.CA = dyn, fake.NewClientset(), h.ca
 	ctrl, err := NewController(cc)

@@ -14,30 +14,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
-// The proxy's per-cluster heartbeat: a coordination.k8s.io Lease kubesphere-system/ks-mc-tunnel-<cluster>
-// that the proxy renews while it holds agent sessions of that cluster, after a round trip (a yamux
-// ping) through each of them. "kubectl ks-mc diagnose" reads it (get leases) to tell a live tunnel
-// from a stale AgentAvailable/Ready condition without reaching the proxy's pod network, and without
-// writing the Cluster (KubeSphere 3.4's Cluster webhook stays out of the way).
-const (
-	HeartbeatLeasePrefix = "ks-mc-tunnel-"
-	// HeartbeatClusterLabel names the Cluster on the Lease.
-	HeartbeatClusterLabel = "tunnel.ks-mc.io/cluster"
-	// HeartbeatAgentsAnnotation is the number of agent sessions that answered the ping.
-	HeartbeatAgentsAnnotation = "tunnel.ks-mc.io/agents"
-	// HeartbeatRTTAnnotation is the slowest ping round trip (Go duration).
-	HeartbeatRTTAnnotation = "tunnel.ks-mc.io/rtt"
-	// HeartbeatErrorAnnotation is why sessions did not answer (no secret: yamux errors only).
-	HeartbeatErrorAnnotation = "tunnel.ks-mc.io/error"
-	// DefaultHeartbeatInterval is how often the Leases are renewed; the Lease lasts three intervals.
-	DefaultHeartbeatInterval = 10 * time.Second
-)
+// The heartbeat Lease's names are in pkg/kubesphere (HeartbeatLeaseName and the Heartbeat* labels
+// and annotations).
 
-// HeartbeatLeaseName is the Lease of cluster.
-func HeartbeatLeaseName(cluster string) string { return HeartbeatLeasePrefix + cluster }
+// DefaultHeartbeatInterval is how often the Leases are renewed; the Lease lasts three intervals.
+const DefaultHeartbeatInterval = 10 * time.Second
 
 // PingAgents pings every agent session of cluster: how many answered, the slowest round trip, and
 // the last error of those that did not.
@@ -139,16 +123,16 @@ func (h *Heartbeat) Beat(ctx context.Context, log logr.Logger) {
 
 func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt time.Duration, pingErr error) error {
 	leases := h.Kube.CoordinationV1().Leases(h.Namespace)
-	name := HeartbeatLeaseName(cluster)
+	name := kubesphere.HeartbeatLeaseName(cluster)
 	ctx, cancel := context.WithTimeout(ctx, h.Interval)
 	defer cancel()
 	dur := int32(3 * h.Interval / time.Second)
 	if dur < 1 {
 		dur = 1
 	}
-	ann := map[string]string{HeartbeatAgentsAnnotation: strconv.Itoa(agents), HeartbeatRTTAnnotation: rtt.String()}
+	ann := map[string]string{kubesphere.HeartbeatAgentsAnnotation: strconv.Itoa(agents), kubesphere.HeartbeatRTTAnnotation: rtt.String()}
 	if pingErr != nil && agents == 0 {
-		ann[HeartbeatErrorAnnotation] = pingErr.Error()
+		ann[kubesphere.HeartbeatErrorAnnotation] = pingErr.Error()
 	}
 	renew := metav1.NewMicroTime(time.Now())
 	id := h.Identity
@@ -156,10 +140,10 @@ func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt t
 	if apierrors.IsNotFound(err) {
 		l = &coordinationv1.Lease{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: h.Namespace, Annotations: ann,
-				Labels: map[string]string{HeartbeatClusterLabel: cluster, manifests.ManagedByLabel: manifests.ManagedByValue}},
+				Labels: map[string]string{kubesphere.HeartbeatClusterLabel: cluster, kubesphere.ManagedByLabel: kubesphere.ManagedByValue}},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &dur, RenewTime: &renew},
 		}
-		_, err = leases.Create(ctx, l, metav1.CreateOptions{FieldManager: FieldManager})
+		_, err = leases.Create(ctx, l, metav1.CreateOptions{FieldManager: kubesphere.FieldManager})
 		return err
 	}
 	if err != nil {
@@ -168,11 +152,11 @@ func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt t
 	if l.Annotations == nil {
 		l.Annotations = map[string]string{}
 	}
-	delete(l.Annotations, HeartbeatErrorAnnotation)
+	delete(l.Annotations, kubesphere.HeartbeatErrorAnnotation)
 	for k, v := range ann {
 		l.Annotations[k] = v
 	}
 	l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.RenewTime = &id, &dur, &renew
-	_, err = leases.Update(ctx, l, metav1.UpdateOptions{FieldManager: FieldManager})
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{FieldManager: kubesphere.FieldManager})
 	return err
 }

@@ -9,6 +9,8 @@ import (
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 type fakeSessions struct {
@@ -38,14 +40,14 @@ func TestHeartbeatLeases(t *testing.T) {
 	h := &Heartbeat{Kube: kube, Namespace: "kubesphere-system", Identity: "tower-0", Interval: time.Second, Proxy: src}
 	ctx := context.Background()
 	get := func() (string, string, time.Time) {
-		l, err := kube.CoordinationV1().Leases("kubesphere-system").Get(ctx, HeartbeatLeaseName("m1"), metav1.GetOptions{})
+		l, err := kube.CoordinationV1().Leases("kubesphere-system").Get(ctx, kubesphere.HeartbeatLeaseName("m1"), metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if l.Labels[HeartbeatClusterLabel] != "m1" || *l.Spec.HolderIdentity != "tower-0" || *l.Spec.LeaseDurationSeconds != 3 {
+		if l.Labels[kubesphere.HeartbeatClusterLabel] != "m1" || *l.Spec.HolderIdentity != "tower-0" || *l.Spec.LeaseDurationSeconds != 3 {
 			t.Errorf("lease %+v", l)
 		}
-		return l.Annotations[HeartbeatAgentsAnnotation], l.Annotations[HeartbeatRTTAnnotation], l.Spec.RenewTime.Time
+		return l.Annotations[kubesphere.HeartbeatAgentsAnnotation], l.Annotations[kubesphere.HeartbeatRTTAnnotation], l.Spec.RenewTime.Time
 	}
 	h.Beat(ctx, logr.Discard())
 	if n, rtt, _ := get(); n != "2" || rtt != "3ms" {

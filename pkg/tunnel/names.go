@@ -1,8 +1,6 @@
 package tunnel
 
-// MaxClusterNameLength caps X-Ksmc-Cluster: a DNS-1123 label short enough that Service
-// "mc-<name>" is still a valid (63-character) Service name.
-const MaxClusterNameLength = 60
+import "github.com/ks-mc/ks-mc/pkg/kubesphere"
 
 // maxAgentIDLength caps X-Ksmc-Agent-Id (16 hex digits from ks-mc agents).
 const maxAgentIDLength = 32
@@ -11,7 +9,7 @@ const maxAgentIDLength = 32
 // characters: lowercase letters, digits and '-', starting and ending with a letter or digit. The
 // proxy checks it before the name is used in any way (rate-limiter key, log, lookup).
 func validClusterName(s string) bool {
-	if len(s) == 0 || len(s) > MaxClusterNameLength {
+	if len(s) == 0 || len(s) > kubesphere.MaxClusterNameLength {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

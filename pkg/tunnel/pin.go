@@ -1,20 +1,14 @@
 package tunnel
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"strings"
-)
 
-// CACertHash returns the kubeadm-style pin of a CA: "sha256:" + hex(SHA-256 of its
-// SubjectPublicKeyInfo).
-func CACertHash(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
+)
 
 // ParseCACertHash normalises and checks a "sha256:<64 hex>" pin.
 func ParseCACertHash(s string) (string, error) {
@@ -58,7 +52,7 @@ func verifyPinned(raw [][]byte, pin string) error {
 	var ca *x509.Certificate
 	var seen []string
 	for _, c := range certs {
-		h := CACertHash(c)
+		h := kubesphere.CACertHash(c)
 		if c.IsCA {
 			seen = append(seen, h)
 		}

@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/ks-mc/ks-mc/pkg/manifests"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // While the agent is down, KubeSphere 3.4's webhook refuses every update of the Cluster (it cannot
@@ -24,7 +24,7 @@ func TestRefusedUpdateBacksOff(t *testing.T) {
 	old := time.Now().Add(-time.Hour)
 	obj := clusterObj("member1", "proxy", 0, testToken, old)
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{manifests.ClusterGVR: "ClusterList"}, obj)
+		map[schema.GroupVersionResource]string{kubesphere.ClusterGVR: "ClusterList"}, obj)
 	var updates atomic.Int32
 	refuse := atomic.Bool{}
 	refuse.Store(true)

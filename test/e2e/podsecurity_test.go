@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -41,7 +42,7 @@ func TestRenderedPodsPassRestricted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := manifests.RenderAgent(manifests.TunnelKSMC, manifests.AgentValues{ClusterName: "member1", Token: "e2e-not-a-real-token",
+	objs, err := manifests.RenderAgent(kubesphere.TunnelKsMc, manifests.AgentValues{ClusterName: "member1", Token: "e2e-not-a-real-token",
 		ProxyServer: "https://192.0.2.1:8080", CACertHash: "sha256:" + strings.Repeat("ab", 32)})
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/test/sandbox"
 	"github.com/ks-mc/ks-mc/test/sandbox/fakeks"
 )
@@ -72,7 +72,7 @@ func TestNoSecretAtHighestVerbosity(t *testing.T) {
 			}
 		}
 	}
-	caSec, err := kube(t, host).CoreV1().Secrets(fakeks.Namespace).Get(ctx, tunnel.DefaultCASecretName, metav1.GetOptions{})
+	caSec, err := kube(t, host).CoreV1().Secrets(fakeks.Namespace).Get(ctx, kubesphere.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
