@@ -86,19 +86,14 @@ func flagValue(c *cobra.Command, name string) string {
 	return f.Value.String()
 }
 
-// loadingRulesFor returns the kubeconfig loading rules that the value of flagName refers to.
+// loadingRulesFor returns the kubeconfig loading rules that the host-* flags (host) or the
+// target flags refer to: the same rule the commands use (hostLoadingRules).
 func loadingRulesFor(c *cobra.Command, host bool) *clientcmd.ClientConfigLoadingRules {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	hostKubeconfig := ""
 	if host {
-		if kc := flagValue(c, "host-kubeconfig"); kc != "" {
-			rules.ExplicitPath = kc
-			return rules
-		}
+		hostKubeconfig = flagValue(c, "host-kubeconfig")
 	}
-	if kc := flagValue(c, "kubeconfig"); kc != "" {
-		rules.ExplicitPath = kc
-	}
-	return rules
+	return hostLoadingRules(flagValue(c, "kubeconfig"), hostKubeconfig)
 }
 
 func completeContexts(c *cobra.Command, flagName, toComplete string) []string {
@@ -123,14 +118,13 @@ func completeContexts(c *cobra.Command, flagName, toComplete string) []string {
 
 func completeClusterNames(c *cobra.Command, toComplete string) []string {
 	host := c.Flags().Lookup("host-context") != nil
-	contextName := flagValue(c, "context")
-	rules := loadingRulesFor(c, false)
+	// The host selection of the commands (hostFlags → selectContext); without host flags the
+	// --context/--kubeconfig cluster.
+	h := hostFlags{Context: flagValue(c, "context")}
 	if host && (flagValue(c, "host-context") != "" || flagValue(c, "host-kubeconfig") != "") {
-		contextName = flagValue(c, "host-context")
-		rules = loadingRulesFor(c, true)
+		h = hostFlags{Context: flagValue(c, "host-context"), Kubeconfig: flagValue(c, "host-kubeconfig")}
 	}
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: contextName})
-	cfg, err := cc.ClientConfig()
+	cfg, err := selectContext(flagValue(c, "kubeconfig"), h.Kubeconfig, h.Context).ClientConfig()
 	if err != nil {
 		return nil
 	}

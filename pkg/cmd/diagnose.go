@@ -44,9 +44,8 @@ type DiagnoseOptions struct {
 
 	genericiooptions.IOStreams
 
-	// NewHostClients and NewMemberClients build the clients (replaced in tests).
-	NewHostClients   func() (*installer.Clients, error)
-	NewMemberClients func(host string) ([]*installer.Clients, error)
+	// factory builds the clients (set by Complete; tests swap Factory.Clients).
+	factory *Factory
 	// Diagnose runs the checks (replaced in tests).
 	Diagnose func(ctx context.Context, o installer.DiagnoseOptions) (*installer.DiagnoseReport, *installer.Bundle, error)
 	Now      func() time.Time
@@ -136,37 +135,34 @@ func (o *DiagnoseOptions) Validate() error {
 	return nil
 }
 
-func (o *DiagnoseOptions) complete(f *Factory) {
-	if o.NewHostClients == nil {
-		o.NewHostClients = func() (*installer.Clients, error) { return o.Host.clients(f) }
-	}
-	if o.NewMemberClients == nil {
-		o.NewMemberClients = func(host string) ([]*installer.Clients, error) {
-			names := o.Contexts
-			if o.AllContexts {
-				names = nil
-				for _, n := range (&hostFlags{}).contextNames(f) {
-					if n != host {
-						names = append(names, n)
-					}
-				}
+func (o *DiagnoseOptions) complete(f *Factory) { o.factory = f }
+
+// memberClients are the clients of --contexts (or, with --all-contexts, of every context but the
+// host's), each once.
+func (o *DiagnoseOptions) memberClients(host string) ([]*installer.Clients, error) {
+	names := o.Contexts
+	if o.AllContexts {
+		names = nil
+		for _, n := range o.factory.ContextNames(hostFlags{}) {
+			if n != host {
+				names = append(names, n)
 			}
-			var out []*installer.Clients
-			seen := map[string]bool{host: o.Host.Kubeconfig == ""}
-			for _, n := range names {
-				if seen[n] {
-					continue
-				}
-				seen[n] = true
-				c, err := (&hostFlags{Context: n}).clients(f)
-				if err != nil {
-					return nil, fmt.Errorf("member context %s: %w", n, err)
-				}
-				out = append(out, c)
-			}
-			return out, nil
 		}
 	}
+	var out []*installer.Clients
+	seen := map[string]bool{host: o.Host.Kubeconfig == ""}
+	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		c, err := o.factory.ContextClients(n)
+		if err != nil {
+			return nil, fmt.Errorf("member context %s: %w", n, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // Run diagnoses, prints the report and writes the bundle.
@@ -174,11 +170,11 @@ func (o *DiagnoseOptions) Run(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	host, err := o.NewHostClients()
+	host, err := o.factory.HostClients(o.Host)
 	if err != nil {
 		return err
 	}
-	members, err := o.NewMemberClients(host.Context)
+	members, err := o.memberClients(host.Context)
 	if err != nil {
 		return err
 	}

@@ -194,8 +194,7 @@ func runDiagnose(t *testing.T, output string, strict bool, bundle string) (strin
 	o.Output, o.Strict, o.Bundle = output, strict, bundle
 	o.Host.Context = "host"
 	o.Now = func() time.Time { return diagNow }
-	o.NewHostClients = func() (*installer.Clients, error) { return host, nil }
-	o.NewMemberClients = func(string) ([]*installer.Clients, error) { return members, nil }
+	o.factory, o.Contexts = useClients(f, nil, host, members...), contextsOf(members)
 	o.Diagnose = func(ctx context.Context, do installer.DiagnoseOptions) (*installer.DiagnoseReport, *installer.Bundle, error) {
 		do.Now = func() time.Time { return diagNow }
 		do.Clock = func(context.Context, *installer.Clients) (time.Duration, time.Duration, error) {

@@ -54,7 +54,7 @@ func runInitHostFile(t *testing.T, stdin string, args ...string) fileCmdRun {
 	f := &Factory{ConfigFlags: genericclioptions.NewConfigFlags(true), Streams: streams}
 	o := NewInitHostOptions(streams)
 	r := fileCmdRun{}
-	o.NewClients = func() (*installer.Clients, error) { r.contacted++; return nil, os.ErrInvalid }
+	f.Clients = func(Selection) (*installer.Clients, error) { r.contacted++; return nil, os.ErrInvalid }
 	cmd := newCmdInitHost(f, o)
 	cmd.SetArgs(args)
 	cmd.SetOut(&out)
@@ -172,9 +172,7 @@ func runJoinFile(t *testing.T, c *cmdCluster, stdin string, out *bytes.Buffer, a
 	f := &Factory{ConfigFlags: genericclioptions.NewConfigFlags(true), Streams: streams}
 	o := NewJoinOptions(streams)
 	o.Host.Context = "test-host"
-	o.NewHostClients = func() (*installer.Clients, error) {
-		return &installer.Clients{Kube: c.kube, Dynamic: c.dyn, Context: "test-host"}, nil
-	}
+	useClients(f, nil, &installer.Clients{Kube: c.kube, Dynamic: c.dyn, Context: "test-host"})
 	args(o)
 	err := o.Complete(f, nil)
 	if err == nil {

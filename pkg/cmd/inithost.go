@@ -41,8 +41,8 @@ type InitHostOptions struct {
 	genericiooptions.IOStreams
 	fileTarget // -f FILE: edit a file before installation (inithost_file.go)
 
-	// NewClients builds the target cluster's clients (replaced in tests).
-	NewClients func() (*installer.Clients, error)
+	// factory builds the clients (set by Complete; tests swap Factory.Clients).
+	factory *Factory
 
 	dryRun installer.DryRun
 	proxy  manifests.ProxyValues
@@ -128,31 +128,8 @@ func (o *InitHostOptions) Complete(f *Factory, c *cobra.Command) error {
 	if o.ProxyImage != "" {
 		o.proxy.Image = o.ProxyImage
 	}
-	if o.NewClients == nil {
-		o.NewClients = func() (*installer.Clients, error) { return clientsFromFlags(f) }
-	}
+	o.factory = f
 	return nil
-}
-
-// clientsFromFlags builds the clients of the cluster selected by --kubeconfig/--context.
-func clientsFromFlags(f *Factory) (*installer.Clients, error) {
-	cfg, err := f.ConfigFlags.ToRESTConfig()
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig: %w", err)
-	}
-	return installer.NewClients(cfg, currentContextName(f))
-}
-
-// currentContextName is --context, else the kubeconfig's current context ("" when unknown).
-func currentContextName(f *Factory) string {
-	if f.ConfigFlags.Context != nil && *f.ConfigFlags.Context != "" {
-		return *f.ConfigFlags.Context
-	}
-	raw, err := f.ConfigFlags.ToRawKubeConfigLoader().RawConfig()
-	if err != nil {
-		return ""
-	}
-	return raw.CurrentContext
 }
 
 // Validate checks the flags before anything contacts the cluster.
@@ -180,16 +157,28 @@ func (o *InitHostOptions) Validate() error {
 	if o.LoadBalancerWait < 0 {
 		return usageErrorf("--load-balancer-wait must not be negative")
 	}
-	if o.ProxyPublishAddress != "" {
-		if _, err := installer.ValidateProxyAddress(o.ProxyPublishAddress); err != nil {
-			return usageErrorf("--proxy-publish-address: %v", err)
-		}
+	if err := o.validateAddress(); err != nil {
+		return err
 	}
 	if kubesphere.Tunnel(o.Tunnel) == kubesphere.TunnelKsMc {
 		if err := o.proxy.Validate(); err != nil {
 			return usageErrorf("--proxy-image: %v", err)
 		}
 	}
+	return nil
+}
+
+// validateAddress is the one check of --proxy-publish-address (init-host and init-host -f): it
+// keeps the value normalised.
+func (o *InitHostOptions) validateAddress() error {
+	if o.ProxyPublishAddress == "" {
+		return nil
+	}
+	addr, err := installer.ValidateProxyAddress(o.ProxyPublishAddress)
+	if err != nil {
+		return usageErrorf("--proxy-publish-address: %v", err)
+	}
+	o.ProxyPublishAddress = addr
 	return nil
 }
 
@@ -204,7 +193,7 @@ func (o *InitHostOptions) Run(parent context.Context) error {
 	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
 	defer rep.Close()
 
-	clients, err := o.NewClients()
+	clients, err := o.factory.TargetClients()
 	if err != nil {
 		return err
 	}

@@ -228,12 +228,7 @@ func (o *InitHostOptions) validateFile() error {
 	if err := o.validateModes(o.dryRun, o.Output); err != nil {
 		return err
 	}
-	if o.ProxyPublishAddress != "" {
-		if _, err := installer.ValidateProxyAddress(o.ProxyPublishAddress); err != nil {
-			return usageErrorf("--proxy-publish-address: %v", err)
-		}
-	}
-	return nil
+	return o.validateAddress()
 }
 
 // runFile performs init-host -f.
@@ -249,10 +244,7 @@ func (o *InitHostOptions) runFile(_ context.Context) error {
 	for _, w := range warnings {
 		fmt.Fprintln(o.ErrOut, "warning: "+w)
 	}
-	addr := ""
-	if o.ProxyPublishAddress != "" {
-		addr, _ = installer.ValidateProxyAddress(o.ProxyPublishAddress)
-	}
+	addr := o.ProxyPublishAddress // validated and normalised by validateFile
 	reason := "clusterRole is host already"
 	if addr != "" {
 		reason = "clusterRole host and proxyPublishAddress are set already"

@@ -135,7 +135,7 @@ func runInitHost(t *testing.T, c *cmdCluster, tty bool, p Prompter, args ...stri
 	o.TTY = &tty
 	o.Prompter = p
 	r := cmdRun{}
-	o.NewClients = func() (*installer.Clients, error) {
+	f.Clients = func(Selection) (*installer.Clients, error) {
 		r.clientsBuilt++
 		return &installer.Clients{Kube: c.kube, Dynamic: c.dyn, Context: "test-host"}, nil
 	}

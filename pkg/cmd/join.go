@@ -41,9 +41,8 @@ type JoinOptions struct {
 	genericiooptions.IOStreams
 	joinFile // -f FILE and --force: edit a file before installation (join_file.go)
 
-	// NewMemberClients and NewHostClients build the clients (replaced in tests).
-	NewMemberClients func() (*installer.Clients, error)
-	NewHostClients   func() (*installer.Clients, error)
+	// factory builds the clients (set by Complete; tests swap Factory.Clients).
+	factory *Factory
 
 	dryRun      installer.DryRun
 	tunnel      kubesphere.Tunnel
@@ -131,7 +130,7 @@ func (o *JoinOptions) Complete(f *Factory, c *cobra.Command) error {
 	if err := validateOutputFormat(o.Output, true); err != nil {
 		return err
 	}
-	o.memberCtx = currentContextName(f)
+	o.memberCtx = f.CurrentContext()
 	if err := resolveHostContext(f, &o.Host, &o.Interaction, o.memberCtx); err != nil {
 		return err
 	}
@@ -141,12 +140,7 @@ func (o *JoinOptions) Complete(f *Factory, c *cobra.Command) error {
 		}
 		o.nameFromCtx = true
 	}
-	if o.NewMemberClients == nil {
-		o.NewMemberClients = func() (*installer.Clients, error) { return clientsFromFlags(f) }
-	}
-	if o.NewHostClients == nil {
-		o.NewHostClients = func() (*installer.Clients, error) { return o.Host.clients(f) }
-	}
+	o.factory = f
 	return nil
 }
 
@@ -201,11 +195,11 @@ func (o *JoinOptions) Run(parent context.Context) error {
 	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
 	defer rep.Close()
 
-	member, err := o.NewMemberClients()
+	member, err := o.factory.TargetClients()
 	if err != nil {
 		return err
 	}
-	host, err := o.NewHostClients()
+	host, err := o.factory.HostClients(o.Host)
 	if err != nil {
 		return err
 	}

@@ -60,9 +60,7 @@ func (o *JoinOptions) completeFile(f *Factory, c *cobra.Command) error {
 	if err := resolveHostContext(f, &o.Host, &o.Interaction, ""); err != nil {
 		return err
 	}
-	if o.NewHostClients == nil {
-		o.NewHostClients = func() (*installer.Clients, error) { return o.Host.clients(f) }
-	}
+	o.factory = f
 	return nil
 }
 
@@ -104,7 +102,7 @@ func (o *JoinOptions) runFile(parent context.Context) error {
 	}
 	ctx, stop := interruptible(parent)
 	defer stop()
-	host, err := o.NewHostClients()
+	host, err := o.factory.HostClients(o.Host)
 	if err != nil {
 		return err
 	}

@@ -3,12 +3,10 @@ package cmd
 import (
 	"fmt"
 	"io"
-	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
@@ -34,49 +32,9 @@ func (h *hostFlags) add(cmd *cobra.Command, required bool) {
 // given reports whether a host was selected at all.
 func (h *hostFlags) given() bool { return h.Context != "" || h.Kubeconfig != "" }
 
-// loadingRules are the member's kubeconfig loading rules (--kubeconfig or $KUBECONFIG/~/.kube/config),
-// or --host-kubeconfig.
-func (h *hostFlags) loadingRules(f *Factory) *clientcmd.ClientConfigLoadingRules {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	switch {
-	case h.Kubeconfig != "":
-		rules.ExplicitPath = h.Kubeconfig
-	case f.ConfigFlags.KubeConfig != nil && *f.ConfigFlags.KubeConfig != "":
-		rules.ExplicitPath = *f.ConfigFlags.KubeConfig
-	}
-	return rules
-}
-
-// clients builds the host's clients. Only the kubeconfig and the context come from the host
-// flags: the member's --cluster/--user/--token overrides are not carried over.
-func (h *hostFlags) clients(f *Factory) (*installer.Clients, error) {
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(h.loadingRules(f), &clientcmd.ConfigOverrides{CurrentContext: h.Context})
-	cfg, err := cc.ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("load the host's kubeconfig (context %q): %w", h.Context, err)
-	}
-	name := h.Context
-	if name == "" {
-		if raw, err := cc.RawConfig(); err == nil {
-			name = raw.CurrentContext
-		}
-	}
-	return installer.NewClients(cfg, name)
-}
-
-// contextNames lists the contexts of the host's kubeconfig (for prompts and suggestions).
-func (h *hostFlags) contextNames(f *Factory) []string {
-	raw, err := h.loadingRules(f).Load()
-	if err != nil {
-		return nil
-	}
-	names := make([]string, 0, len(raw.Contexts))
-	for n := range raw.Contexts {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
-}
+// clients builds the host's clients (Factory.HostClients). Only the kubeconfig and the context
+// come from the host flags: the member's --cluster/--user/--token overrides are not carried over.
+func (h *hostFlags) clients(f *Factory) (*installer.Clients, error) { return f.HostClients(*h) }
 
 // resolveHostContext makes sure a host is selected: the flags, else a prompt on a terminal, else
 // an error naming --host-context.
@@ -85,7 +43,7 @@ func resolveHostContext(f *Factory, h *hostFlags, in *Interaction, member string
 		return nil
 	}
 	var candidates []string
-	for _, n := range h.contextNames(f) {
+	for _, n := range f.ContextNames(*h) {
 		if n != member {
 			candidates = append(candidates, n)
 		}

@@ -39,7 +39,8 @@ type RenderAgentOptions struct {
 	Interaction
 	genericiooptions.IOStreams
 
-	NewHostClients func() (*installer.Clients, error)
+	// factory builds the clients (set by Complete; tests swap Factory.Clients).
+	factory *Factory
 }
 
 // NewCmdRenderAgent renders the agent of a member from the host's data.
@@ -89,9 +90,7 @@ func (o *RenderAgentOptions) Complete(f *Factory) error {
 	if err := resolveHostContext(f, &o.Host, &o.Interaction, ""); err != nil {
 		return err
 	}
-	if o.NewHostClients == nil {
-		o.NewHostClients = func() (*installer.Clients, error) { return o.Host.clients(f) }
-	}
+	o.factory = f
 	return nil
 }
 
@@ -100,7 +99,7 @@ func (o *RenderAgentOptions) Run(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	host, err := o.NewHostClients()
+	host, err := o.factory.HostClients(o.Host)
 	if err != nil {
 		return err
 	}

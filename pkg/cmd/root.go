@@ -124,12 +124,6 @@ func addKlogFlags(flags *pflag.FlagSet) {
 	_ = gofs.Set("logtostderr", "true")
 }
 
-// Factory hands shared, lazily built collaborators to the commands.
-type Factory struct {
-	ConfigFlags *genericclioptions.ConfigFlags
-	Streams     genericiooptions.IOStreams
-}
-
 // usageErrorf reports a wrong invocation.
 func usageErrorf(format string, args ...any) error {
 	return fmt.Errorf(format+"\nSee '%s --help'.", append(args, CommandName)...)

@@ -13,7 +13,6 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/ks-mc/ks-mc/pkg/installer"
-	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 func init() { registerCommand(NewCmdStatus) }
@@ -29,9 +28,8 @@ type StatusOptions struct {
 
 	genericiooptions.IOStreams
 
-	// NewHostClients (nil result: no host), NewContextClients build the clients (replaced in tests).
-	NewHostClients    func() (*installer.Clients, error)
-	NewContextClients func() ([]*installer.Clients, error)
+	// factory builds the clients (set by Complete; tests swap Factory.Clients).
+	factory *Factory
 	// Now is the clock for ages (tests).
 	Now func() time.Time
 }
@@ -71,48 +69,28 @@ KubeSphere role of the given contexts (the current or --context one, the host, a
 	return cmd
 }
 
-func (o *StatusOptions) complete(f *Factory) {
-	current := currentContextName(f)
-	if o.NewHostClients == nil {
-		o.NewHostClients = func() (*installer.Clients, error) {
-			if o.Host.given() {
-				return o.Host.clients(f)
-			}
-			// The current context, if it is a host.
-			c, err := clientsFromFlags(f)
-			if err != nil {
-				return nil, err
-			}
-			cc, err := installer.GetClusterConfiguration(context.Background(), c)
-			if err != nil || cc.ClusterRole() != kubesphere.RoleHost {
-				return nil, nil
-			}
-			return c, nil
-		}
+func (o *StatusOptions) complete(f *Factory) { o.factory = f }
+
+// contextClients are the clients of the current context and of --contexts (each once).
+func (o *StatusOptions) contextClients() ([]*installer.Clients, error) {
+	var out []*installer.Clients
+	seen := map[string]bool{}
+	if c, err := o.factory.TargetClients(); err == nil {
+		out = append(out, c)
+		seen[o.factory.CurrentContext()] = true
 	}
-	if o.NewContextClients == nil {
-		o.NewContextClients = func() ([]*installer.Clients, error) {
-			var out []*installer.Clients
-			seen := map[string]bool{}
-			if c, err := clientsFromFlags(f); err == nil {
-				out = append(out, c)
-				seen[current] = true
-			}
-			for _, name := range o.Contexts {
-				if seen[name] {
-					continue
-				}
-				seen[name] = true
-				h := hostFlags{Context: name}
-				c, err := h.clients(f)
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, c)
-			}
-			return out, nil
+	for _, name := range o.Contexts {
+		if seen[name] {
+			continue
 		}
+		seen[name] = true
+		c, err := o.factory.ContextClients(name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
 	}
+	return out, nil
 }
 
 // Run prints the status.
@@ -120,11 +98,11 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	host, err := o.NewHostClients()
+	host, err := o.factory.HostOrTarget(ctx, o.Host)
 	if err != nil {
 		return err
 	}
-	contexts, err := o.NewContextClients()
+	contexts, err := o.contextClients()
 	if err != nil {
 		return err
 	}

@@ -70,8 +70,7 @@ func TestStatusTableAndJSON(t *testing.T) {
 		o := NewStatusOptions(f.Streams)
 		o.Output = format
 		o.Now = func() time.Time { return now }
-		o.NewHostClients = func() (*installer.Clients, error) { return host, nil }
-		o.NewContextClients = func() ([]*installer.Clients, error) { return []*installer.Clients{member}, nil }
+		o.factory, o.Host.Context = useClients(f, member, host), "host"
 		if err := o.Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +106,7 @@ func TestRenderAgentRedactsAndExplains(t *testing.T) {
 	{
 		f, _, _ := testFactory(t, "host")
 		o := &RenderAgentOptions{IOStreams: f.Streams, Name: "member1", Tunnel: "ks-mc", Output: "yaml"}
-		o.NewHostClients = func() (*installer.Clients, error) { return host, nil }
+		o.factory = useClients(f, nil, host)
 		err := o.Run(context.Background())
 		if err == nil || !strings.Contains(err.Error(), "--allow-plaintext-agents") || !strings.Contains(err.Error(), "https://203.0.113.1:30080") {
 			t.Fatalf("ks-mc agent over http:// without the host's consent: %v", err)
@@ -128,7 +127,7 @@ func TestRenderAgentRedactsAndExplains(t *testing.T) {
 	for _, tun := range []string{"tower", "ks-mc"} {
 		f, out, errb := testFactory(t, "host")
 		o := &RenderAgentOptions{IOStreams: f.Streams, Name: "member1", Tunnel: tun, Output: "yaml"}
-		o.NewHostClients = func() (*installer.Clients, error) { return host, nil }
+		o.factory = useClients(f, nil, host)
 		if err := o.Run(context.Background()); err != nil {
 			t.Fatal(err)
 		}

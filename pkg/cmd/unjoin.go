@@ -26,8 +26,8 @@ type UnjoinOptions struct {
 	Interaction
 	genericiooptions.IOStreams
 
-	NewMemberClients func() (*installer.Clients, error)
-	NewHostClients   func() (*installer.Clients, error)
+	// factory builds the clients (set by Complete; tests swap Factory.Clients).
+	factory *Factory
 
 	dryRun installer.DryRun
 }
@@ -92,19 +92,14 @@ func (o *UnjoinOptions) Complete(f *Factory) error {
 	if o.Timeout <= 0 {
 		return usageErrorf("--timeout must be positive")
 	}
-	member := currentContextName(f)
+	member := f.CurrentContext()
 	if err := resolveHostContext(f, &o.Host, &o.Interaction, member); err != nil {
 		return err
 	}
 	if o.Host.Context != "" && o.Host.Kubeconfig == "" && o.Host.Context == member && o.Name == "" {
 		return usageErrorf("--host-context %q is also the member's context: select the member with --context, or pass --name", member)
 	}
-	if o.NewMemberClients == nil {
-		o.NewMemberClients = func() (*installer.Clients, error) { return clientsFromFlags(f) }
-	}
-	if o.NewHostClients == nil {
-		o.NewHostClients = func() (*installer.Clients, error) { return o.Host.clients(f) }
-	}
+	o.factory = f
 	return nil
 }
 
@@ -114,11 +109,11 @@ func (o *UnjoinOptions) Run(parent context.Context) error {
 	defer stop()
 	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
 	defer rep.Close()
-	host, err := o.NewHostClients()
+	host, err := o.factory.HostClients(o.Host)
 	if err != nil {
 		return err
 	}
-	member, err := o.NewMemberClients()
+	member, err := o.factory.TargetClients()
 	if err != nil {
 		if !o.Force {
 			return fmt.Errorf("%w\n(the member is gone? re-run with --force and --name)", err)

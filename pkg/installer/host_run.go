@@ -140,10 +140,6 @@ func (h *Host) initialAddress(ctx context.Context, st *HostState) (string, strin
 	if st.Address != "" {
 		return st.Address, AddressFromFlag, nil
 	}
-	if h.opts.ProxyPublishAddress != "" {
-		addr, err := ValidateProxyAddress(h.opts.ProxyPublishAddress)
-		return addr, AddressFromFlag, err
-	}
 	if cur := st.CC.ProxyPublishAddress(); cur != "" {
 		return cur, AddressFromExisting, nil
 	}
