@@ -39,13 +39,12 @@ type MigrateOptions struct {
 	Interaction
 	genericiooptions.IOStreams
 
-	// NewHostClients and NewMemberClients build the clients (replaced in tests).
-	NewHostClients   func() (*installer.Clients, error)
-	NewMemberClients func(host string) ([]*installer.Clients, error)
 	// Probe replaces the per-cluster listener probe (tests).
 	Probe func(ctx context.Context, host *installer.Clients, cluster string) error
 
-	dryRun installer.DryRun
+	// factory builds the clients (set by Complete; tests swap Factory.Clients).
+	factory *Factory
+	dryRun  installer.DryRun
 }
 
 // NewMigrateOptions returns MigrateOptions with defaults.
@@ -112,18 +111,16 @@ func (o *MigrateOptions) Complete(f *Factory) error {
 	if o.dryRun, err = parseDryRunFlag(o.DryRunFlag); err != nil {
 		return err
 	}
-	if o.NewHostClients == nil {
-		o.NewHostClients = func() (*installer.Clients, error) { return o.Host.clients(f) }
-	}
-	if o.NewMemberClients == nil {
-		o.NewMemberClients = func(host string) ([]*installer.Clients, error) {
-			// The same selection as diagnose: the given contexts, or every context but the host's.
-			d := &DiagnoseOptions{Host: o.Host, Contexts: o.Contexts, AllContexts: o.AllContexts}
-			d.complete(f)
-			return d.NewMemberClients(host)
-		}
-	}
+	o.factory = f
 	return nil
+}
+
+// memberClients: the same selection as diagnose (the given contexts, or every context of the
+// kubeconfig but the host's, each once); Apply matches them to the host's Clusters.
+func (o *MigrateOptions) memberClients(host string) ([]*installer.Clients, error) {
+	d := &DiagnoseOptions{Host: o.Host, Contexts: o.Contexts, AllContexts: o.AllContexts}
+	d.complete(o.factory)
+	return d.memberClients(host)
 }
 
 // Validate checks the flags before anything contacts a cluster.
@@ -160,11 +157,11 @@ func (o *MigrateOptions) Run(parent context.Context) error {
 	defer stop()
 	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
 	defer rep.Close()
-	host, err := o.NewHostClients()
+	host, err := o.factory.HostClients(o.Host)
 	if err != nil {
 		return err
 	}
-	members, err := o.NewMemberClients(host.Context)
+	members, err := o.memberClients(host.Context)
 	if err != nil {
 		return err
 	}
