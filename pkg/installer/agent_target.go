@@ -86,7 +86,7 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 		return nil, "", terr.Err
 	}
 	v := manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: t.Address, Image: t.Image, CACertHash: t.CACertHash}
-	if name := c.GetAnnotations()[manifests.AgentDeploymentAnnotation]; t.Tunnel == kubesphere.TunnelKsMc && name == manifests.MigratedAgentName {
+	if name := c.GetAnnotations()[kubesphere.AgentDeploymentAnnotation]; t.Tunnel == kubesphere.TunnelKsMc && name == kubesphere.MigratedAgentName {
 		// A member moved by migrate keeps its ks-mc agent in the Deployment it was migrated to.
 		v.DeploymentName = name
 	}

@@ -113,7 +113,7 @@ func KubeSystemUID(ctx context.Context, c *Clients) (string, error) {
 }
 
 // GetAgentDeployment reads the agent Deployment of a member: kubesphere-system/cluster-agent, else
-// the migrated ks-mc agent (manifests.MigratedAgentName); (nil, nil) when there is neither. While
+// the migrated ks-mc agent (kubesphere.MigratedAgentName); (nil, nil) when there is neither. While
 // migrate runs both exist and the Tower agent (cluster-agent) is returned.
 func GetAgentDeployment(ctx context.Context, member *Clients) (*appsv1.Deployment, error) {
 	ds, err := GetAgentDeployments(ctx, member)

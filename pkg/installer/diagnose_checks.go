@@ -416,7 +416,7 @@ func (k *checker) protocolCheck(c *unstructured.Unstructured, subj string, m *me
 	hostTower := TunnelOf(k.h.tower) == kubesphere.TunnelTower
 	switch {
 	case hostTower:
-		proto = manifests.AgentProtocolTower
+		proto = string(kubesphere.TunnelTower)
 		f.Sources = append(f.Sources, "host runs KubeSphere's Tower")
 	case k.h.leases[name] != nil && LeaseProtocol(k.h.leases[name]) != "":
 		proto = LeaseProtocol(k.h.leases[name])
@@ -424,8 +424,8 @@ func (k *checker) protocolCheck(c *unstructured.Unstructured, subj string, m *me
 	case m != nil && m.agent != nil:
 		proto = string(InspectAgent(m.agent).Tunnel)
 		f.Sources = append(f.Sources, SourceMemberAgent)
-	case c.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc:
-		proto = manifests.AgentProtocolKsMc
+	case c.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == string(kubesphere.TunnelKsMc):
+		proto = string(kubesphere.TunnelKsMc)
 		f.Sources = append(f.Sources, "Cluster annotation "+kubesphere.AgentProtocolAnnotation)
 	}
 	ctxName := "CONTEXT_OF_" + name
@@ -433,10 +433,10 @@ func (k *checker) protocolCheck(c *unstructured.Unstructured, subj string, m *me
 		ctxName = m.c.Context
 	}
 	switch proto {
-	case manifests.AgentProtocolKsMc:
+	case string(kubesphere.TunnelKsMc):
 		f.Status = DiagOK
 		f.Summary = "the member connects with the ks-mc agent"
-	case manifests.AgentProtocolTower:
+	case string(kubesphere.TunnelTower):
 		f.Status = DiagWarn
 		f.Summary = "the member connects with a Tower agent: weaker than the ks-mc agent"
 		f.Evidence = []string{

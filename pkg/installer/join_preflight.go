@@ -152,8 +152,8 @@ func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState)
 	}
 	st.agent = agent
 	st.agentName = kubesphere.AgentName
-	if agent != nil && agent.Name == manifests.MigratedAgentName {
-		st.agentName = manifests.MigratedAgentName
+	if agent != nil && agent.Name == kubesphere.MigratedAgentName {
+		st.agentName = kubesphere.MigratedAgentName
 	}
 	return true
 }

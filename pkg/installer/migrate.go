@@ -20,7 +20,7 @@ import (
 
 // migrate moves members of a host that runs the ks-mc proxy from KubeSphere's Tower agent to the
 // ks-mc agent, one member at a time, without a failed request: the ks-mc agent is rendered NEXT
-// TO the Tower agent (Deployment manifests.MigratedAgentName), the proxy sends new requests to
+// TO the Tower agent (Deployment kubesphere.MigratedAgentName), the proxy sends new requests to
 // its session as soon as it is up (and lets those in flight on the Tower session finish), and
 // only once the ks-mc session serves is the Cluster annotated (the proxy then never serves a
 // Tower agent for it again) and the Tower agent removed. A member that fails is left on its
@@ -368,7 +368,7 @@ func (m *Migrate) migrateOne(ctx context.Context, hs *migrateHost, mm *migrateMe
 	if errs := p.Errors(); len(errs) > 0 {
 		r.Result, r.Reason, r.Advice = MigrateFailed, errs[0].Message, errs[0].Hint
 		if mm.tower != nil {
-			r.Protocol = manifests.AgentProtocolTower
+			r.Protocol = string(kubesphere.TunnelTower)
 		}
 		return
 	}
@@ -379,10 +379,10 @@ func (m *Migrate) migrateOne(ctx context.Context, hs *migrateHost, mm *migrateMe
 			r.Advice = "re-run migrate"
 			return
 		}
-		r.Result, r.Protocol = m.doneResult(), manifests.AgentProtocolKsMc
+		r.Result, r.Protocol = m.doneResult(), string(kubesphere.TunnelKsMc)
 		return
 	}
-	r.Protocol = manifests.AgentProtocolTower
+	r.Protocol = string(kubesphere.TunnelTower)
 	if err := m.steps(ctx, hs, mm); err != nil {
 		r.Result = MigrateFailed
 		r.Reason = manifests.Scrub(err.Error(), mm.token)
@@ -393,13 +393,13 @@ func (m *Migrate) migrateOne(ctx context.Context, hs *migrateHost, mm *migrateMe
 		if !ae.keptKsMc() {
 			m.rollback(ctx, mm)
 		} else {
-			r.Protocol = manifests.AgentProtocolKsMc
+			r.Protocol = string(kubesphere.TunnelKsMc)
 		}
 		return
 	}
 	r.Result = m.doneResult()
 	if !m.opts.DryRun.Enabled() {
-		r.Protocol = manifests.AgentProtocolKsMc
+		r.Protocol = string(kubesphere.TunnelKsMc)
 	}
 }
 
@@ -469,7 +469,7 @@ func (m *Migrate) memberPreflight(ctx context.Context, hs *migrateHost, mm *migr
 		p.Error("check the host's proxy: kubectl -n kubesphere-system logs deployment/tower"+m.host.contextFlag(), "Cluster %s has no spec.connection.token", name)
 		return p
 	}
-	mm.annotated = mm.cluster.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == manifests.AgentProtocolKsMc
+	mm.annotated = mm.cluster.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == string(kubesphere.TunnelKsMc)
 	ds, err := GetAgentDeployments(ctx, mm.c)
 	if err != nil {
 		p.Error("", "%s: %v", ms, err)
@@ -495,7 +495,7 @@ func (m *Migrate) memberPreflight(ctx context.Context, hs *migrateHost, mm *migr
 			"%s: no agent Deployment (neither the Tower agent %s nor a ks-mc agent)", ms, kubesphere.AgentName)
 		return p
 	case mm.tower == nil && mm.annotated:
-		r.Result, r.Protocol = MigrateAlreadyMigrated, manifests.AgentProtocolKsMc
+		r.Result, r.Protocol = MigrateAlreadyMigrated, string(kubesphere.TunnelKsMc)
 		r.Reason = fmt.Sprintf("already migrated: the member runs the ks-mc agent (Deployment %s/%s)", kubesphere.Namespace, mm.ksmc.Name)
 		m.rep.Step(fmt.Sprintf("member (%s): Cluster %s already migrated (ks-mc agent %s/%s): nothing to change", mm.c.Context, name, kubesphere.Namespace, mm.ksmc.Name))
 		return p
@@ -504,11 +504,11 @@ func (m *Migrate) memberPreflight(ctx context.Context, hs *migrateHost, mm *migr
 		mm.deployName = mm.ksmc.Name
 		return p
 	}
-	mm.deployName = manifests.MigratedAgentName
-	if mm.ksmc != nil && mm.ksmc.Name == manifests.MigratedAgentName {
+	mm.deployName = kubesphere.MigratedAgentName
+	if mm.ksmc != nil && mm.ksmc.Name == kubesphere.MigratedAgentName {
 		p.OK("%s: Tower agent %s/%s and a ks-mc agent %s/%s from an earlier run: continuing", ms, kubesphere.Namespace, kubesphere.AgentName, kubesphere.Namespace, mm.ksmc.Name)
 	} else {
-		p.OK("%s: Tower agent %s/%s for Cluster %s: the ks-mc agent %s/%s will run next to it", ms, kubesphere.Namespace, kubesphere.AgentName, name, kubesphere.Namespace, manifests.MigratedAgentName)
+		p.OK("%s: Tower agent %s/%s for Cluster %s: the ks-mc agent %s/%s will run next to it", ms, kubesphere.Namespace, kubesphere.AgentName, name, kubesphere.Namespace, kubesphere.MigratedAgentName)
 	}
 	if hs.towerAgents == "never" {
 		p.Warn("", "the proxy refuses Tower agents (--tower-agents=never): the member is disconnected until its ks-mc agent connects")
@@ -595,11 +595,11 @@ func (m *Migrate) annotate(ctx context.Context, mm *migrateMember) error {
 	name := mm.cluster.GetName()
 	ann := map[string]any{}
 	cur := mm.cluster.GetAnnotations()
-	if cur[kubesphere.AgentProtocolAnnotation] != manifests.AgentProtocolKsMc {
-		ann[kubesphere.AgentProtocolAnnotation] = manifests.AgentProtocolKsMc
+	if cur[kubesphere.AgentProtocolAnnotation] != string(kubesphere.TunnelKsMc) {
+		ann[kubesphere.AgentProtocolAnnotation] = string(kubesphere.TunnelKsMc)
 	}
-	if mm.deployName != "" && mm.deployName != kubesphere.AgentName && cur[manifests.AgentDeploymentAnnotation] != mm.deployName {
-		ann[manifests.AgentDeploymentAnnotation] = mm.deployName
+	if mm.deployName != "" && mm.deployName != kubesphere.AgentName && cur[kubesphere.AgentDeploymentAnnotation] != mm.deployName {
+		ann[kubesphere.AgentDeploymentAnnotation] = mm.deployName
 	}
 	if len(ann) == 0 {
 		return nil
@@ -648,7 +648,7 @@ func leaseServesKsMc(l *coordinationv1.Lease, baseline time.Time) (bool, string)
 	proto := LeaseProtocol(l)
 	renewed := l.Spec.RenewTime != nil && l.Spec.RenewTime.After(baseline)
 	switch {
-	case proto != manifests.AgentProtocolKsMc:
+	case proto != string(kubesphere.TunnelKsMc):
 		if proto == "" {
 			proto = "none"
 		}
@@ -733,20 +733,20 @@ func (m *Migrate) probe(ctx context.Context, mm *migrateMember, cluster string) 
 
 // rollback removes the ks-mc agent this run added, so the member stays on its working Tower agent.
 func (m *Migrate) rollback(ctx context.Context, mm *migrateMember) {
-	if m.opts.DryRun.Enabled() || mm.deployName != manifests.MigratedAgentName {
+	if m.opts.DryRun.Enabled() || mm.deployName != kubesphere.MigratedAgentName {
 		return
 	}
 	ms := side(mm.c, "member")
 	// A fresh context: an interrupted run still cleans up.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := mm.c.Kube.AppsV1().Deployments(kubesphere.Namespace).Delete(cctx, manifests.MigratedAgentName, metav1.DeleteOptions{})
+	err := mm.c.Kube.AppsV1().Deployments(kubesphere.Namespace).Delete(cctx, kubesphere.MigratedAgentName, metav1.DeleteOptions{})
 	switch {
 	case err == nil:
-		m.change(mm, fmt.Sprintf("%s deployment %s/%s", ms, kubesphere.Namespace, manifests.MigratedAgentName), "delete", "rollback: the member stays on its Tower agent", nil)
+		m.change(mm, fmt.Sprintf("%s deployment %s/%s", ms, kubesphere.Namespace, kubesphere.MigratedAgentName), "delete", "rollback: the member stays on its Tower agent", nil)
 	case !apierrors.IsNotFound(err):
 		mm.res.Reason += fmt.Sprintf("; rollback failed: delete deployment %s/%s: %v (delete it: kubectl -n %s delete deployment %s%s)",
-			kubesphere.Namespace, manifests.MigratedAgentName, err, kubesphere.Namespace, manifests.MigratedAgentName, mm.c.contextFlag())
+			kubesphere.Namespace, kubesphere.MigratedAgentName, err, kubesphere.Namespace, kubesphere.MigratedAgentName, mm.c.contextFlag())
 	}
 	if !mm.secretExisted {
 		err := mm.c.Kube.CoreV1().Secrets(kubesphere.Namespace).Delete(cctx, kubesphere.AgentTokenSecretName, metav1.DeleteOptions{})

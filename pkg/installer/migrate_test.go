@@ -66,7 +66,7 @@ func (f *joinFixture) simulateKsMcAgent(t *testing.T, broken bool) (stop func())
 		defer close(done)
 		for ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond)
-			d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{})
+			d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.MigratedAgentName, metav1.GetOptions{})
 			if err != nil || broken {
 				continue
 			}
@@ -79,7 +79,7 @@ func (f *joinFixture) simulateKsMcAgent(t *testing.T, broken bool) (stop func())
 			l := &coordinationv1.Lease{
 				ObjectMeta: metav1.ObjectMeta{Name: kubesphere.HeartbeatLeaseName("member1"), Namespace: kubesphere.Namespace,
 					Labels:      map[string]string{kubesphere.HeartbeatClusterLabel: "member1"},
-					Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: "2", kubesphere.AgentProtocolAnnotation: manifests.AgentProtocolKsMc}},
+					Annotations: map[string]string{kubesphere.HeartbeatAgentsAnnotation: "2", kubesphere.AgentProtocolAnnotation: string(kubesphere.TunnelKsMc)}},
 				Spec: coordinationv1.LeaseSpec{RenewTime: &now},
 			}
 			leases := f.host.kube.CoordinationV1().Leases(kubesphere.Namespace)
@@ -114,7 +114,7 @@ func TestMigrateMovesTowerMemberToKsMcAgent(t *testing.T) {
 		t.Fatalf("%v\n%s", err, strings.Join(rep.lines, "\n"))
 	}
 	r := res.Members[0]
-	if r.Result != MigrateMigrated || r.Name != "member1" || r.Protocol != manifests.AgentProtocolKsMc || !res.Changed || res.Summary.Migrated != 1 {
+	if r.Result != MigrateMigrated || r.Name != "member1" || r.Protocol != string(kubesphere.TunnelKsMc) || !res.Changed || res.Summary.Migrated != 1 {
 		t.Fatalf("result %+v", r)
 	}
 	if _, err := GetAgentDeployments(ctx, f.member.c); err != nil {
@@ -123,15 +123,15 @@ func TestMigrateMovesTowerMemberToKsMcAgent(t *testing.T) {
 	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.AgentName, metav1.GetOptions{}); err == nil {
 		t.Error("the Tower agent is still there")
 	}
-	d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{})
+	d, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.MigratedAgentName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if InspectAgent(d).Tunnel != kubesphere.TunnelKsMc || d.Spec.Selector.MatchLabels["app"] != manifests.MigratedAgentName {
+	if InspectAgent(d).Tunnel != kubesphere.TunnelKsMc || d.Spec.Selector.MatchLabels["app"] != kubesphere.MigratedAgentName {
 		t.Errorf("ks-mc agent %+v", d.Spec)
 	}
 	c, _ := GetCluster(ctx, f.host.c, "member1")
-	if a := c.GetAnnotations(); a[kubesphere.AgentProtocolAnnotation] != "ks-mc" || a[manifests.AgentDeploymentAnnotation] != manifests.MigratedAgentName {
+	if a := c.GetAnnotations(); a[kubesphere.AgentProtocolAnnotation] != "ks-mc" || a[kubesphere.AgentDeploymentAnnotation] != kubesphere.MigratedAgentName {
 		t.Errorf("annotations %v", a)
 	}
 	// Order: agent applied, session evidence, annotation, then the Tower agent removed.
@@ -157,7 +157,7 @@ func TestMigrateMovesTowerMemberToKsMcAgent(t *testing.T) {
 	}
 	// join and unjoin understand the migrated member.
 	p, st := split(f.join(JoinOptions{CACertHash: "sha256:" + strings.Repeat("ab", 32)}, nil).Preflight(ctx))
-	if st == nil || st.agentName != manifests.MigratedAgentName || agentNameFor(st) != manifests.MigratedAgentName {
+	if st == nil || st.agentName != kubesphere.MigratedAgentName || agentNameFor(st) != kubesphere.MigratedAgentName {
 		t.Fatalf("join of a migrated member: %s", checkLines(p))
 	}
 }
@@ -209,7 +209,7 @@ func TestMigrateFailureLeavesTowerAgent(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 	r := res.Members[0]
-	if r.Result != MigrateFailed || r.Protocol != manifests.AgentProtocolTower || !strings.Contains(r.Reason, "did not come up") || !strings.Contains(r.Advice, "re-run migrate") {
+	if r.Result != MigrateFailed || r.Protocol != string(kubesphere.TunnelTower) || !strings.Contains(r.Reason, "did not come up") || !strings.Contains(r.Advice, "re-run migrate") {
 		t.Fatalf("result %+v", r)
 	}
 	if !strings.Contains(err.Error(), "stay on their Tower agent") || strings.Contains(err.Error(), migrateToken) {
@@ -218,7 +218,7 @@ func TestMigrateFailureLeavesTowerAgent(t *testing.T) {
 	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.AgentName, metav1.GetOptions{}); err != nil {
 		t.Errorf("the Tower agent is gone: %v", err)
 	}
-	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, manifests.MigratedAgentName, metav1.GetOptions{}); err == nil {
+	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.MigratedAgentName, metav1.GetOptions{}); err == nil {
 		t.Error("the ks-mc agent was not rolled back")
 	}
 	if _, err := f.member.kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{}); err == nil {

@@ -236,7 +236,7 @@ func (u *Unjoiner) deleteAgent(ctx context.Context, st *unjoinState) error {
 	member := u.member
 	for _, name := range st.agents {
 		tun := st.agent.Tunnel
-		if name == manifests.MigratedAgentName {
+		if name == kubesphere.MigratedAgentName {
 			tun = kubesphere.TunnelKsMc
 		}
 		u.log.Record(Change{Object: fmt.Sprintf("member deployment %s/%s", kubesphere.Namespace, name), Action: "delete", Summary: fmt.Sprintf("the %s agent", tun)})

@@ -53,7 +53,7 @@ type AgentValues struct {
 	// CACertHash pins the proxy CA for the bundled agent ("sha256:<hex>"); required with https.
 	CACertHash string
 	// DeploymentName is the bundled agent's Deployment: "" or kubesphere.AgentName, or
-	// MigratedAgentName on a member moved from Tower by migrate (then with MigratedAgentSelector).
+	// kubesphere.MigratedAgentName on a member moved from Tower by migrate (then with MigratedAgentSelector).
 	// Tower agents are always kubesphere.AgentName.
 	DeploymentName string
 }
@@ -76,7 +76,7 @@ func (v AgentValues) Validate(t kubesphere.Tunnel) error {
 			return fmt.Errorf("agent: the Tower agent is always Deployment %s", kubesphere.AgentName)
 		}
 	case kubesphere.TunnelKsMc:
-		if v.DeploymentName != "" && v.DeploymentName != kubesphere.AgentName && v.DeploymentName != MigratedAgentName {
+		if v.DeploymentName != "" && v.DeploymentName != kubesphere.AgentName && v.DeploymentName != kubesphere.MigratedAgentName {
 			return fmt.Errorf("agent: unknown agent Deployment name %q", v.DeploymentName)
 		}
 		if u.Scheme == "https" && v.CACertHash == "" {
@@ -125,8 +125,8 @@ func RenderAgent(t kubesphere.Tunnel, v AgentValues) ([]*unstructured.Unstructur
 		if d.Image == "" {
 			d.Image = version.Image()
 		}
-		if v.DeploymentName == MigratedAgentName {
-			d.Name, d.Selector = MigratedAgentName, MigratedAgentSelector()
+		if v.DeploymentName == kubesphere.MigratedAgentName {
+			d.Name, d.Selector = kubesphere.MigratedAgentName, MigratedAgentSelector()
 		}
 		d.Labels = AgentSelectorFor(d.Name)
 		d.Labels[kubesphere.ManagedByLabel] = kubesphere.ManagedByValue

@@ -14,7 +14,7 @@ import (
 func TestRenderMigratedAgentGolden(t *testing.T) {
 	v := AgentValues{ClusterName: "member1", Token: testToken, ProxyServer: "https://172.16.0.10:30080",
 		CACertHash: "sha256:" + "ab" + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd", Image: "ghcr.io/ks-mc/ks-mc:v0.1.0",
-		DeploymentName: MigratedAgentName}
+		DeploymentName: kubesphere.MigratedAgentName}
 	got := mustYAML(t, v, kubesphere.TunnelKsMc)
 	golden(t, "agent-ksmc-migrated", got)
 	objs, err := RenderAgent(kubesphere.TunnelKsMc, v)
@@ -25,7 +25,7 @@ func TestRenderMigratedAgentGolden(t *testing.T) {
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[1].Object, &d); err != nil {
 		t.Fatal(err)
 	}
-	if d.Name != MigratedAgentName {
+	if d.Name != kubesphere.MigratedAgentName {
 		t.Errorf("name %s", d.Name)
 	}
 	tower := AgentSelector()
@@ -39,7 +39,7 @@ func TestRenderMigratedAgentGolden(t *testing.T) {
 }
 
 func TestRenderAgentDeploymentNameValidated(t *testing.T) {
-	v := AgentValues{ClusterName: "m", Token: testToken, ProxyServer: "http://1.2.3.4:8080", DeploymentName: MigratedAgentName}
+	v := AgentValues{ClusterName: "m", Token: testToken, ProxyServer: "http://1.2.3.4:8080", DeploymentName: kubesphere.MigratedAgentName}
 	if _, err := RenderAgent(kubesphere.TunnelTower, v); err == nil {
 		t.Error("a Tower agent under the migrated name was rendered")
 	}
