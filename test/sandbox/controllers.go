@@ -129,7 +129,7 @@ func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 			(&fakeks.LoadBalancer{Clients: cl, NodeIP: c.NodeIP, Log: prefix("stand-in")}).Run,
 			(&fakeks.Tower{Host: cl, NodeIP: c.NodeIP, Peers: others, Log: prefix("stand-in")}).Run,
 			(&PodRunner{
-				Kube: cl.Kube, Cluster: c, Binary: st.Binary, ImageRepository: st.ImageRepository,
+				Kube: cl.Kube, Cluster: c, Binary: st.Binary, ImageRepository: st.ImageRepository, TowerAgentBinary: st.TowerAgentBinary,
 				Kubeconfig: c.ownKubeconfig(st), Dir: filepath.Join(st.Dir, "pods", c.Name),
 				LogDir: filepath.Join(st.Dir, "logs"), PIDDir: filepath.Join(st.Dir, "pids"),
 				Log: prefix("pods"),
