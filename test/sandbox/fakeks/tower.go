@@ -35,6 +35,22 @@ type Peer struct {
 // tunnel: an agent "connects" when a peer cluster runs an available cluster-agent Deployment of
 // the Tower image whose --name, --token and --proxy-server match the host (what the real agent
 // needs to get through), and the Cluster's kubeconfig then points at the peer directly.
+//
+// The sandbox runs those agent Deployments for real (test/toweragent's tower-agent, see
+// sandbox.PodRunner): while this stand-in plays Tower nothing listens at the published address, so
+// the real agents retry (Tower's backoff) and are told apart from it only by the checks below;
+// once init-host puts the ks-mc proxy into the tower Deployment, the same agents connect to it
+// over Tower's protocol. Each rule follows kubesphere/tower v0.2.1:
+//   - a Cluster is served while spec.connection.type is proxy and joinFederation is true, until it
+//     is gone (pkg/proxy/proxy.go addCluster/delete);
+//   - port from 6000-7000, kubesphereAPIServerPort = port + 10000, a token when the Cluster has
+//     none (64 hex digits), Service mc-<name> selecting the tower pods, Initialized
+//     (pkg/proxy/proxy.go addCluster, allocatePort, generateToken);
+//   - an agent whose --token differs from spec.connection.token is refused ("Unauthorized agent",
+//     pkg/proxy/proxy.go handleWebsocket), one that dials another address never reaches the proxy;
+//   - on connect AgentAvailable=True "Agent has connected to proxy successfully." and the
+//     kubeconfig is issued; with no agent AgentAvailable=False "Agent has not connected to proxy."
+//     (pkg/proxy/proxy.go Update).
 type Tower struct {
 	Host   *Clients
 	NodeIP string
