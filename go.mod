@@ -3,8 +3,10 @@ module github.com/ks-mc/ks-mc
 go 1.26.0
 
 require (
+	github.com/gorilla/websocket v1.5.4-0.20250319132907-e064f32e3674
 	github.com/spf13/cobra v1.10.1
 	github.com/spf13/pflag v1.1.0
+	golang.org/x/crypto v0.36.0
 	k8s.io/cli-runtime v0.34.2
 	k8s.io/client-go v0.34.2
 	k8s.io/klog/v2 v2.140.0

@@ -35,11 +35,14 @@ type ProxyOptions struct {
 	TLS                  bool
 	TLSSANs              []string
 	AllowPlaintextAgents bool
-	KeepAlive            time.Duration
-	KeepAliveTimeout     time.Duration
-	DrainTimeout         time.Duration
-	LeaderElect          bool
-	LeaseName            string
+	// TowerAgents is "auto" (serve kubesphere/tower v0.2.x agents of Clusters not moved to the
+	// ks-mc agent) or "never".
+	TowerAgents      string
+	KeepAlive        time.Duration
+	KeepAliveTimeout time.Duration
+	DrainTimeout     time.Duration
+	LeaderElect      bool
+	LeaseName        string
 	// Caps of the proxy port and of the sessions (tunnel.Config, tunnel.ProxyConfig).
 	MaxStreamsPerSession int
 	MaxStreamsPerCluster int
@@ -60,7 +63,7 @@ func NewProxyOptions(streams genericiooptions.IOStreams) *ProxyOptions {
 		ns = kubesphere.Namespace
 	}
 	return &ProxyOptions{IOStreams: streams, BindAddress: "0.0.0.0", Port: 8080, Namespace: ns,
-		CASecret: kubesphere.CASecretName, TLS: true, AllowPlaintextAgents: false,
+		CASecret: kubesphere.CASecretName, TLS: true, AllowPlaintextAgents: false, TowerAgents: tunnel.TowerAgentsAuto,
 		KeepAlive: d.KeepAliveInterval, KeepAliveTimeout: d.KeepAliveTimeout, DrainTimeout: d.DrainTimeout,
 		LeaseName:            "ks-mc-proxy",
 		MaxStreamsPerSession: d.MaxStreamsPerSession, MaxStreamsPerCluster: tunnel.DefaultMaxStreamsPerCluster,
@@ -105,6 +108,7 @@ agents' --ca-cert-hash is in that Secret's annotation ks-mc.io/ca-cert-hash.`,
 	fl.BoolVar(&o.TLS, "tls", o.TLS, "Serve TLS on the proxy port (certificate from the proxy CA); plain HTTP is still answered")
 	fl.StringSliceVar(&o.TLSSANs, "tls-san", o.TLSSANs, "Extra DNS names or IPs of the proxy's serving certificate")
 	fl.BoolVar(&o.AllowPlaintextAgents, "allow-plaintext-agents", o.AllowPlaintextAgents, "Accept agents that connect over plain http:// (their token travels in clear text); refused by default")
+	fl.StringVar(&o.TowerAgents, "tower-agents", o.TowerAgents, "Serve KubeSphere's Tower agents (kubesphere/tower v0.2.x, ws:// or wss://) on the proxy port: auto (for every Cluster without annotation ks-mc.io/agent-protocol=ks-mc) or never")
 	fl.DurationVar(&o.KeepAlive, "keepalive", o.KeepAlive, "Interval of keepalive pings to agents")
 	fl.DurationVar(&o.KeepAliveTimeout, "keepalive-timeout", o.KeepAliveTimeout, "How long a ping may go unanswered before an agent is dropped")
 	fl.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "On SIGTERM, how long open streams may finish")
@@ -137,6 +141,9 @@ func (o *ProxyOptions) Validate() error {
 	}
 	if !o.TLS && !o.AllowPlaintextAgents {
 		return usageErrorf("--tls=false needs --allow-plaintext-agents: agents could not connect at all")
+	}
+	if o.TowerAgents != tunnel.TowerAgentsAuto && o.TowerAgents != tunnel.TowerAgentsNever {
+		return usageErrorf("--tower-agents must be %s or %s", tunnel.TowerAgentsAuto, tunnel.TowerAgentsNever)
 	}
 	if o.MaxStreamsPerSession <= 0 || o.MaxStreamsPerCluster <= 0 {
 		return usageErrorf("--max-streams-per-session and --max-streams-per-cluster must be positive")
@@ -182,7 +189,7 @@ func (o *ProxyOptions) Run(ctx context.Context) error {
 	pc := tunnel.DefaultProxyConfig()
 	pc.Config.KeepAliveInterval, pc.Config.KeepAliveTimeout, pc.Config.DrainTimeout = o.KeepAlive, o.KeepAliveTimeout, o.DrainTimeout
 	pc.Authenticator, pc.OnAgentChange, pc.Version = ctrl, ctrl.AgentChanged, version.Version
-	pc.AllowPlaintextAgents = o.AllowPlaintextAgents
+	pc.AllowPlaintextAgents, pc.TowerAgents = o.AllowPlaintextAgents, o.TowerAgents
 	pc.Config.MaxStreamsPerSession, pc.Config.StreamWindowSize = o.MaxStreamsPerSession, o.StreamWindow
 	pc.MaxStreamsPerCluster, pc.MaxHeaderBytes = o.MaxStreamsPerCluster, o.MaxHeaderBytes
 	if o.TLS {

@@ -216,6 +216,8 @@ type harness struct {
 	limit   [2]float64 // failure rate, burst (0: defaults)
 	// tweak, when set, adjusts the ProxyConfig before the proxy starts.
 	tweak func(*ProxyConfig)
+	// dialHook, when set, wraps every connection dialed to the proxy.
+	dialHook func(net.Conn) net.Conn
 
 	mu       sync.Mutex
 	proxy    *Proxy
@@ -415,7 +417,11 @@ func (h *harness) dial(ctx context.Context) (net.Conn, error) {
 	fc := &faultConn{Conn: c, closed: make(chan struct{})}
 	h.mu.Lock()
 	h.conns = append(h.conns, fc)
+	hook := h.dialHook
 	h.mu.Unlock()
+	if hook != nil {
+		return hook(fc), nil
+	}
 	return fc, nil
 }
 

@@ -20,6 +20,10 @@ import (
 // The heartbeat Lease's names are in pkg/kubesphere (HeartbeatLeaseName and the Heartbeat* labels
 // and annotations).
 
+// HeartbeatProtocolAnnotation (AgentProtocolAnnotation) is the protocol of the session that
+// serves: ProtocolKsMC or ProtocolTower; kept from the last beat with a session.
+const HeartbeatProtocolAnnotation = AgentProtocolAnnotation
+
 // DefaultHeartbeatInterval is how often the Leases are renewed; the Lease lasts three intervals.
 const DefaultHeartbeatInterval = 10 * time.Second
 
@@ -38,12 +42,24 @@ func (p *Proxy) PingAgents(cluster string) (int, time.Duration, error) {
 		ok++
 		worst = max(worst, rtt)
 	}
+	for _, s := range p.tower.reg.sessions(cluster) {
+		rtt, err := pingTower(s, p.cfg.Config.KeepAliveTimeout)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ok++
+		worst = max(worst, rtt)
+	}
 	return ok, worst, lastErr
 }
 
 // ConnectedClusters lists the clusters with at least one agent session.
 func (p *Proxy) ConnectedClusters() []string {
 	snap := p.reg.snapshot()
+	for k, n := range p.tower.reg.snapshot() {
+		snap[k] += n
+	}
 	out := make([]string, 0, len(snap))
 	for k, n := range snap {
 		if n > 0 {
@@ -112,7 +128,11 @@ func (h *Heartbeat) Beat(ctx context.Context, log logr.Logger) {
 		if n > 0 {
 			next[cluster] = true
 		}
-		if werr := h.write(ctx, cluster, n, rtt, err); werr != nil {
+		proto := ""
+		if pp, ok := h.Proxy.(interface{ Protocol(string) string }); ok {
+			proto = pp.Protocol(cluster)
+		}
+		if werr := h.write(ctx, cluster, n, rtt, err, proto); werr != nil {
 			log.V(1).Info("heartbeat lease not written", "cluster", cluster, "err", werr.Error())
 		}
 	}
@@ -121,7 +141,7 @@ func (h *Heartbeat) Beat(ctx context.Context, log logr.Logger) {
 	h.mu.Unlock()
 }
 
-func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt time.Duration, pingErr error) error {
+func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt time.Duration, pingErr error, proto string) error {
 	leases := h.Kube.CoordinationV1().Leases(h.Namespace)
 	name := kubesphere.HeartbeatLeaseName(cluster)
 	ctx, cancel := context.WithTimeout(ctx, h.Interval)
@@ -133,6 +153,9 @@ func (h *Heartbeat) write(ctx context.Context, cluster string, agents int, rtt t
 	ann := map[string]string{kubesphere.HeartbeatAgentsAnnotation: strconv.Itoa(agents), kubesphere.HeartbeatRTTAnnotation: rtt.String()}
 	if pingErr != nil && agents == 0 {
 		ann[kubesphere.HeartbeatErrorAnnotation] = pingErr.Error()
+	}
+	if proto != "" {
+		ann[HeartbeatProtocolAnnotation] = proto
 	}
 	renew := metav1.NewMicroTime(time.Now())
 	id := h.Identity

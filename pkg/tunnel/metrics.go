@@ -17,6 +17,9 @@ type proxyMetrics struct {
 	authFailures        labeledCounter
 	streamLimited       labeledCounter // by scope: session, cluster, agent
 	revokedSessions     labeledCounter // by reason
+	protoSessions       labeledCounter // sessions accepted, by protocol
+	protoStreams        labeledCounter // streams opened, by protocol
+	towerDropped        atomic.Int64   // Tower sessions dropped by the proxy's keepalive
 }
 
 type labeledCounter struct {
@@ -58,12 +61,46 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-func (m *proxyMetrics) write(w io.Writer, agents map[string]int) {
-	fmt.Fprintln(w, "# HELP ksmc_proxy_agents Connected agent sessions per cluster.")
-	fmt.Fprintln(w, "# TYPE ksmc_proxy_agents gauge")
-	for _, k := range sortedKeys(agents) {
-		fmt.Fprintf(w, "ksmc_proxy_agents{cluster=%q} %d\n", k, agents[k])
+func (m *proxyMetrics) write(w io.Writer, agents, towers map[string]int) {
+	total := make(map[string]int, len(agents)+len(towers))
+	for k, n := range agents {
+		total[k] += n
 	}
+	for k, n := range towers {
+		total[k] += n
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_agents Connected agent sessions per cluster (both protocols).")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_agents gauge")
+	for _, k := range sortedKeys(total) {
+		fmt.Fprintf(w, "ksmc_proxy_agents{cluster=%q} %d\n", k, total[k])
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_agent_sessions Connected agent sessions per cluster and protocol (ks-mc, tower).")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_agent_sessions gauge")
+	for _, k := range sortedKeys(total) {
+		for _, pr := range []struct {
+			name string
+			m    map[string]int
+		}{{ProtocolKsMC, agents}, {ProtocolTower, towers}} {
+			if n := pr.m[k]; n > 0 {
+				fmt.Fprintf(w, "ksmc_proxy_agent_sessions{cluster=%q,protocol=%q} %d\n", k, pr.name, n)
+			}
+		}
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_protocol_sessions_total Agent sessions accepted, by protocol.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_protocol_sessions_total counter")
+	ps := m.protoSessions.snapshot()
+	for _, k := range sortedKeys(ps) {
+		fmt.Fprintf(w, "ksmc_proxy_protocol_sessions_total{protocol=%q} %d\n", k, ps[k])
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_protocol_streams_total Streams opened to agents, by protocol.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_protocol_streams_total counter")
+	pst := m.protoStreams.snapshot()
+	for _, k := range sortedKeys(pst) {
+		fmt.Fprintf(w, "ksmc_proxy_protocol_streams_total{protocol=%q} %d\n", k, pst[k])
+	}
+	fmt.Fprintln(w, "# HELP ksmc_proxy_tower_keepalive_dropped_total Tower agent sessions dropped because the proxy's keepalive went unanswered.")
+	fmt.Fprintln(w, "# TYPE ksmc_proxy_tower_keepalive_dropped_total counter")
+	fmt.Fprintf(w, "ksmc_proxy_tower_keepalive_dropped_total %d\n", m.towerDropped.Load())
 	fmt.Fprintln(w, "# HELP ksmc_proxy_sessions_total Agent sessions accepted.")
 	fmt.Fprintln(w, "# TYPE ksmc_proxy_sessions_total counter")
 	fmt.Fprintf(w, "ksmc_proxy_sessions_total %d\n", m.sessionsTotal.Load())

@@ -96,7 +96,10 @@ type ProxyConfig struct {
 	// OnAgentChange is called (outside any lock) after an agent of cluster connected or left;
 	// read the current number with Proxy.Agents.
 	OnAgentChange func(cluster string)
-	Logger        *logr.Logger
+	// TowerAgents is TowerAgentsAuto ("" too: serve Tower v0.2.x agents of Clusters not moved to
+	// the ks-mc agent, over plain HTTP and TLS) or TowerAgentsNever (refuse them all).
+	TowerAgents string
+	Logger      *logr.Logger
 }
 
 // Proxy port defaults.
@@ -134,6 +137,9 @@ func (c *ProxyConfig) Validate() error {
 	if c.MaxStreamsPerCluster <= 0 {
 		return fmt.Errorf("%w: max streams per cluster must be positive", ErrInvalidConfig)
 	}
+	if c.TowerAgents != "" && c.TowerAgents != TowerAgentsAuto && c.TowerAgents != TowerAgentsNever {
+		return fmt.Errorf("%w: tower agents must be %s or %s", ErrInvalidConfig, TowerAgentsAuto, TowerAgentsNever)
+	}
 	if c.TLS == nil && !c.AllowPlaintextAgents {
 		return fmt.Errorf("%w: without TLS the proxy must allow plaintext agents explicitly", ErrInvalidConfig)
 	}
@@ -150,6 +156,7 @@ type Proxy struct {
 	metrics *proxyMetrics
 	limiter *failureLimiter
 	mux     *http.ServeMux
+	tower   *towerState
 
 	mu       sync.Mutex
 	servers  []*http.Server
@@ -178,6 +185,10 @@ func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
 		p.log = *cfg.Logger
 	}
 	p.limiter = newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.FailureKeys)
+	var err error
+	if p.tower, err = newTowerState(); err != nil {
+		return nil, err
+	}
 	p.mux = http.NewServeMux()
 	p.mux.HandleFunc("/health", p.serveHealth)
 	p.mux.HandleFunc("/healthz", p.serveHealth)
@@ -187,20 +198,29 @@ func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
 	return p, nil
 }
 
-// Handler serves the proxy port's HTTP routes (anything else is 404).
-func (p *Proxy) Handler() http.Handler { return p.mux }
+// Handler serves the proxy port's HTTP routes (anything else is 404), and Tower agents' websocket
+// upgrades on any path (as Tower's proxy does) unless ProxyConfig.TowerAgents is never.
+func (p *Proxy) Handler() http.Handler { return http.HandlerFunc(p.serveHTTP) }
+
+func (p *Proxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.towerEnabled() && isTowerUpgrade(r) {
+		p.serveTower(w, r)
+		return
+	}
+	p.mux.ServeHTTP(w, r)
+}
 
 // MetricsHandler serves the Prometheus metrics. It is not on the proxy port: the metrics name every
 // connected cluster, and the proxy port answers anyone who can reach it (no name oracle, spec §6).
 func (p *Proxy) MetricsHandler() http.Handler { return http.HandlerFunc(p.serveMetrics) }
 
-// Agents returns how many agents of cluster are connected.
-func (p *Proxy) Agents(cluster string) int { return p.reg.count(cluster) }
+// Agents returns how many agents of cluster are connected (ks-mc and Tower agents).
+func (p *Proxy) Agents(cluster string) int { return p.reg.count(cluster) + p.tower.reg.count(cluster) }
 
 // Serve accepts connections on l until it is closed (TLS and plain HTTP, see ProxyConfig.TLS).
 func (p *Proxy) Serve(l net.Listener) error {
 	srv := &http.Server{
-		Handler:           p.mux,
+		Handler:           p.Handler(),
 		ReadHeaderTimeout: p.cfg.Config.HandshakeTimeout,
 		// A request (an upgrade has no body) must arrive and be answered within the handshake
 		// timeout; the deadlines are cleared once a connection becomes a tunnel session.
@@ -244,7 +264,7 @@ func (p *Proxy) serveVersion(w http.ResponseWriter, _ *http.Request) {
 
 func (p *Proxy) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	p.metrics.write(w, p.reg.snapshot())
+	p.metrics.write(w, p.reg.snapshot(), p.tower.reg.snapshot())
 }
 
 func headerHasToken(h http.Header, name, token string) bool {
@@ -371,12 +391,15 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		sess: sess, token: token, identity: identity}
 	n := p.reg.add(as)
 	p.metrics.sessionsTotal.Add(1)
+	p.metrics.protoSessions.add(ProtocolKsMC)
+	p.ksmcSessionsChanged(cluster)
 	log.Info("agent connected", "agent", as.agentID, "agents", n)
 	p.notify(cluster)
 	go p.refuseAgentStreams(as, log)
 	go func() {
 		<-sess.CloseChan()
 		n := p.reg.remove(as)
+		p.ksmcSessionsChanged(cluster)
 		log.Info("agent disconnected", "agent", as.agentID, "agents", n, "after", time.Since(as.since).Round(time.Millisecond))
 		p.notify(cluster)
 	}()
@@ -403,12 +426,19 @@ func (p *Proxy) refuseAgentStreams(as *agentSession, log logr.Logger) {
 }
 
 // DialStream opens a stream to an agent of cluster for target with the given auth mode (see
-// StreamHeader). The agent's answer is checked on the first Read of the returned conn.
+// StreamHeader). The agent's answer is checked on the first Read of the returned conn. A ks-mc
+// session is preferred; the cluster's Tower session serves only while no ks-mc session can.
 func (p *Proxy) DialStream(ctx context.Context, cluster string, h StreamHeader) (net.Conn, error) {
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}
-	return p.openStream(ctx, cluster, h.encode())
+	c, err := p.openStream(ctx, cluster, h.encode())
+	if err != nil && (errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway)) && p.tower.reg.count(cluster) > 0 {
+		if tc, terr := p.dialTower(cluster, h); terr == nil || !errors.Is(terr, ErrNoAgent) {
+			return tc, terr
+		}
+	}
+	return c, err
 }
 
 // openStream writes a raw header (tests use it to send what DialStream refuses to).
@@ -426,6 +456,7 @@ func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte) (
 		return nil, fmt.Errorf("cluster %q: %w", cluster, err)
 	}
 	p.metrics.streamsTotal.Add(1)
+	p.metrics.protoStreams.add(ProtocolKsMC)
 	p.metrics.streamsOpen.Add(1)
 	// The header leaves with the first payload (one frame instead of two), or before the first
 	// Read when the caller reads first.
@@ -454,9 +485,18 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 		_ = s.sess.GoAway()
 	}
+	towers := p.tower.reg.all()
+	for _, s := range towers {
+		s.draining.Store(true)
+		s.setKeepAlives(false)
+	}
 	drainSessions(ctx, sessions)
+	drainTowerSessions(ctx, towers)
 	for _, s := range sessions {
 		_ = s.sess.Close()
+	}
+	for _, s := range towers {
+		s.close()
 	}
 	return nil
 }

@@ -33,7 +33,7 @@ func (p *Proxy) Revalidate(cluster string) int {
 		_ = s.sess.Close()
 		closed++
 	}
-	return closed
+	return closed + p.revalidateTower(cluster)
 }
 
 func revokeReason(err error) string {
