@@ -277,3 +277,33 @@ func TestMigratePreflight(t *testing.T) {
 		t.Errorf("no agent: %v %+v", err, res.Members)
 	}
 }
+
+// unjoin of a member stopped half-way through migrate (both agents) removes both Deployments.
+func TestUnjoinMigratedMember(t *testing.T) {
+	f := migrateFixture(t)
+	ctx := context.Background()
+	objs, err := manifests.RenderAgent(kubesphere.TunnelKsMc, manifests.AgentValues{ClusterName: "member1", Token: migrateToken,
+		ProxyServer: "https://203.0.113.10:30881", CACertHash: "sha256:" + strings.Repeat("ab", 32), DeploymentName: kubesphere.MigratedAgentName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.member.kube.AppsV1().Deployments(kubesphere.Namespace).Create(ctx, agentFromObject(t, objs[1].Object), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Unjoin(ctx, f.host.c, f.member.c, UnjoinOptions{PollInterval: 10 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds, _ := GetAgentDeployments(ctx, f.member.c); len(ds) != 0 {
+		t.Errorf("agents left: %d", len(ds))
+	}
+	var deleted []string
+	for _, c := range res.Changes {
+		if c.Action == "delete" && strings.Contains(c.Object, "deployment") {
+			deleted = append(deleted, c.Object)
+		}
+	}
+	if len(deleted) != 2 {
+		t.Errorf("deleted %v", deleted)
+	}
+}
