@@ -56,10 +56,19 @@ type Tower struct {
 	NodeIP string
 	Peers  []Peer
 	Log    io.Writer
+	// RealAgents: the sandbox runs the Tower agents (test/toweragent): the stand-in accepts them
+	// where Tower listens (towerSessions) and an agent is connected while its session is up.
+	RealAgents bool
+
+	sess towerSessions
 }
 
 // Run loops until ctx ends.
 func (tw *Tower) Run(ctx context.Context) {
+	if tw.RealAgents {
+		tw.sess.tw = tw
+		go tw.runListener(ctx)
+	}
 	for {
 		if err := tw.reconcile(ctx); err != nil && ctx.Err() == nil {
 			fmt.Fprintf(tw.Log, "tower: %v\n", err)
@@ -73,6 +82,22 @@ func (tw *Tower) Run(ctx context.Context) {
 }
 
 const towerRepository = "kubesphere/tower"
+
+// runListener keeps the agent listener open exactly while the tower Deployment runs KubeSphere's
+// image (checked often: a replaced pod frees its port at once, and the ks-mc proxy takes it).
+func (tw *Tower) runListener(ctx context.Context) {
+	for {
+		if err := tw.sess.sync(tw.active(ctx)); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(tw.Log, "tower: %v\n", err)
+		}
+		select {
+		case <-ctx.Done():
+			_ = tw.sess.sync(false)
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
 
 func (tw *Tower) active(ctx context.Context) bool {
 	d, err := tw.Host.Kube.AppsV1().Deployments(Namespace).Get(ctx, "tower", metav1.GetOptions{})
@@ -235,6 +260,13 @@ func (tw *Tower) serve(ctx context.Context, name string, used map[int64]bool, pu
 				continue
 			}
 			switch {
+			case tw.RealAgents:
+				// The agent says for itself whether it got through: a session that passed the
+				// config request (token, name) at the address it dials.
+				if tw.sess.connected(name) {
+					connected = true
+					conn["kubeconfig"] = base64.StdEncoding.EncodeToString(a.peer.Kubeconfig)
+				}
 			case a.token != conn["token"]:
 				fmt.Fprintf(tw.Log, "tower: agent in %s for cluster %s refused: token mismatch\n", a.peer.Name, name)
 			case a.proxyServer != published:
