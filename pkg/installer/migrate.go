@@ -524,10 +524,6 @@ func (m *Migrate) change(mm *migrateMember, obj, action, summary string, patch m
 	mm.log.Record(Change{Object: obj, Action: action, Summary: summary, Patch: patch})
 }
 
-func (m *Migrate) remaining(mm *migrateMember) time.Duration {
-	return max(time.Until(mm.deadline), time.Second)
-}
-
 // steps: render the ks-mc agent next to the Tower one, wait for its session to serve, annotate
 // the Cluster, remove the Tower agent.
 func (m *Migrate) steps(ctx context.Context, hs *migrateHost, mm *migrateMember) error {
