@@ -181,11 +181,11 @@ func (r *PodRunner) stop(key string, p *podProc) {
 
 // start resolves the container's command, env and volumes and starts the process.
 func (r *PodRunner) start(ctx context.Context, key string, d *appsv1.Deployment) (*podProc, error) {
-	if r.Binary == "" {
-		return nil, fmt.Errorf("no ks-mc binary configured (set KSMC_BINARY) to run image %s", r.ImageRepository)
-	}
 	spec := d.Spec.Template.Spec
 	c := r.ourContainer(&spec)
+	if r.Binary == "" && !r.isTowerAgent(c) {
+		return nil, fmt.Errorf("no ks-mc binary configured (set KSMC_BINARY) to run image %s", r.ImageRepository)
+	}
 	parts := strings.Split(key, "/")
 	podName := fmt.Sprintf("%s-%s-%s", d.Name, templateHash(d)[:6], parts[2])
 	podDir := filepath.Join(r.Dir, d.Namespace+"_"+d.Name+"_"+parts[2])
