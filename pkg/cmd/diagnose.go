@@ -240,17 +240,8 @@ type DiagnoseView struct {
 	Summary  installer.DiagnoseSummary `json:"summary"`
 }
 
-// CheckView is one check.
-type CheckView struct {
-	ID        string               `json:"id"`
-	Status    installer.DiagStatus `json:"status"`
-	Subject   string               `json:"subject"`
-	Summary   string               `json:"summary"`
-	Evidence  []string             `json:"evidence"`
-	Sources   []string             `json:"sources,omitempty"`
-	LatencyMS *float64             `json:"latencyMs,omitempty"`
-	Fix       *FixView             `json:"fix"`
-}
+// CheckView is one check as printed: the finding with its fix rendered.
+type CheckView = installer.FindingOf[FixView]
 
 // FixView is a fix with its command rendered.
 type FixView struct {

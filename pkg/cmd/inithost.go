@@ -187,11 +187,8 @@ func (o *InitHostOptions) Run(parent context.Context) error {
 	if o.File != "" {
 		return o.runFile(parent)
 	}
-	ctx, stop := interruptible(parent)
-	defer stop()
-
-	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
-	defer rep.Close()
+	ctx, rep, done := o.startRun(parent, o.IOStreams)
+	defer done()
 
 	clients, err := o.factory.TargetClients()
 	if err != nil {

@@ -190,10 +190,8 @@ func (o *JoinOptions) Run(parent context.Context) error {
 	if o.File != "" {
 		return o.runFile(parent)
 	}
-	ctx, stop := interruptible(parent)
-	defer stop()
-	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
-	defer rep.Close()
+	ctx, rep, done := o.startRun(parent, o.IOStreams)
+	defer done()
 
 	member, err := o.factory.TargetClients()
 	if err != nil {

@@ -105,10 +105,8 @@ func (o *UnjoinOptions) Complete(f *Factory) error {
 
 // Run performs the unjoin.
 func (o *UnjoinOptions) Run(parent context.Context) error {
-	ctx, stop := interruptible(parent)
-	defer stop()
-	rep := newProgressReporter(o.ErrOut, o.StderrIsTerminal(o.IOStreams))
-	defer rep.Close()
+	ctx, rep, done := o.startRun(parent, o.IOStreams)
+	defer done()
 	host, err := o.factory.HostClients(o.Host)
 	if err != nil {
 		return err

@@ -112,10 +112,26 @@ func (k *checker) joinFix(m *memberData, action string) *Fix {
 	return &Fix{Action: action, KsMc: args}
 }
 
+// hostChecks: role and multicluster, installer, Clusters, the proxy (Deployment, Service,
+// published address), ks-apiserver's restart and /health.
 func (k *checker) hostChecks() {
-	h := k.h
+	k.hostRoleChecks()
+	k.hostInstallerCheck()
+	k.hostTowerCheck()
+	ports := k.hostServiceCheck()
+	k.hostAddressCheck(ports)
+	k.hostRestartCheck()
+	k.hostHealthCheck()
+}
+
+// initHostArgs is "init-host" with the host's context.
+func (k *checker) initHostArgs() []string {
+	return append([]string{"init-host"}, hostCtxArgs(k.h.c)...)
+}
+
+func (k *checker) hostRoleChecks() {
+	h, initHost := k.h, k.initHostArgs()
 	const subj = "host"
-	initHost := append([]string{"init-host"}, hostCtxArgs(h.c)...)
 	switch {
 	case h.ccErr != nil:
 		k.add(Finding{ID: CheckHostRole, Status: DiagFail, Subject: subj, Summary: "cannot read the host's ClusterConfiguration",
@@ -139,6 +155,11 @@ func (k *checker) hostChecks() {
 				Fix:      &Fix{Action: "wait for ks-installer or re-run init-host, which waits and reports installer failures", KsMc: initHost}})
 		}
 	}
+}
+
+func (k *checker) hostInstallerCheck() {
+	h := k.h
+	const subj = "host"
 	switch {
 	case h.installer.Phase == InstallerFailed:
 		ev := []string{h.installer.Describe()}
@@ -158,6 +179,11 @@ func (k *checker) hostChecks() {
 			Evidence: []string{errText(h.clustersErr)}, Fix: &Fix{Action: "check that the context may list clusters.cluster.kubesphere.io",
 				Kubectl: append([]string{"auth", "can-i", "list", "clusters.cluster.kubesphere.io"}, hostCtxArgs(h.c)...)}})
 	}
+}
+
+func (k *checker) hostTowerCheck() {
+	h, initHost := k.h, k.initHostArgs()
+	const subj = "host"
 	tunnelKind := TunnelOf(h.tower)
 	switch {
 	case h.towerErr != nil:
@@ -177,7 +203,12 @@ func (k *checker) hostChecks() {
 				Fix: &Fix{Action: "look at the proxy's pods and logs", Kubectl: append([]string{"-n", kubesphere.Namespace, "logs", "deployment/tower"}, hostCtxArgs(h.c)...)}})
 		}
 	}
-	addr := h.healthAddr
+}
+
+// hostServiceCheck checks Service tower and returns its ports (port, nodePort, targetPort).
+func (k *checker) hostServiceCheck() []int32 {
+	h, initHost, addr := k.h, k.initHostArgs(), k.h.healthAddr
+	const subj = "host"
 	var ports []int32
 	switch {
 	case h.svcErr != nil:
@@ -210,6 +241,12 @@ func (k *checker) hostChecks() {
 			k.add(Finding{ID: CheckHostService, Status: DiagOK, Subject: subj, Summary: "Service type " + string(h.svc.Spec.Type), Evidence: ev})
 		}
 	}
+	return ports
+}
+
+func (k *checker) hostAddressCheck(ports []int32) {
+	h, initHost, addr := k.h, k.initHostArgs(), k.h.healthAddr
+	const subj = "host"
 	switch {
 	case addr == "":
 		k.add(Finding{ID: CheckHostAddress, Status: DiagFail, Subject: subj, Summary: "no proxyPublishAddress: agents have nowhere to connect (\"waiting for the cluster to join\")",
@@ -239,6 +276,11 @@ func (k *checker) hostChecks() {
 					KsMc: append(append([]string{}, initHost...), "--proxy-publish-address="+ProxyAddressExample)}})
 		}
 	}
+}
+
+func (k *checker) hostRestartCheck() {
+	h := k.h
+	const subj = "host"
 	switch {
 	case h.restartErr != nil:
 		k.add(Finding{ID: CheckHostRestart, Status: DiagWarn, Subject: subj, Summary: "cannot tell whether ks-apiserver picked up the settings", Evidence: []string{errText(h.restartErr)}})
@@ -248,6 +290,11 @@ func (k *checker) hostChecks() {
 	case h.cc != nil:
 		k.add(Finding{ID: CheckHostRestart, Status: DiagOK, Subject: subj, Summary: "ks-apiserver restarted after the settings changed"})
 	}
+}
+
+func (k *checker) hostHealthCheck() {
+	h, addr := k.h, k.h.healthAddr
+	const subj = "host"
 	if addr != "" {
 		if h.health == nil {
 			k.add(Finding{ID: CheckHostHealth, Status: DiagOK, Subject: subj, Summary: "GET " + addr + "/health answers from this machine", LatencyMS: ms(h.healthRTT)})

@@ -16,35 +16,6 @@ import (
 // maxHeartbeatSkew: a renewTime up to this far in the future is the clock estimate's error.
 const maxHeartbeatSkew = 3 * time.Second
 
-// agentLogCause reads the agent's recent logs and names the likeliest cause of a dead tunnel and
-// the check that holds its fix ("" when the logs say nothing known).
-func agentLogCause(logs string) (cause, see string) {
-	l := strings.ToLower(logs)
-	has := func(subs ...string) bool {
-		for _, s := range subs {
-			if strings.Contains(l, s) {
-				return true
-			}
-		}
-		return false
-	}
-	switch {
-	case has("token rejected", "unauthorized", " 401", "(401)", "too many failed attempts"):
-		return "the proxy rejects the agent's token (unauthorized)", CheckMemberAgent
-	case has("unknown cluster"):
-		return "the proxy does not know the cluster (unknown cluster): no served Cluster of the agent's --name on the host", CheckMemberAgent
-	case has("ca-cert-hash", "x509", "certificate"):
-		return "the proxy's certificate does not match the agent's pinned CA (--ca-cert-hash)", CheckMemberAgent
-	case has("bad handshake", "handshake failed", "upgrade"):
-		return "bad handshake: what answers at the proxy address is not the proxy (wrong port?) or an L7 proxy drops the Upgrade header", CheckHostAddress
-	case has("no such host", "server misbehaving"):
-		return "DNS: the proxy address's host name does not resolve on the member", CheckHostAddress
-	case has("connection refused", "i/o timeout", "no route to host", "network is unreachable", "dial proxy", "deadline exceeded"):
-		return "dial error: the proxy address is not reachable from the member", CheckHostAddress
-	}
-	return "", ""
-}
-
 // agentProblems compares the member's agent Deployment with the Cluster and the host (never
 // printing the token).
 func (k *checker) agentProblems(m *memberData, c *unstructured.Unstructured) []string {
@@ -111,100 +82,13 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 	agentAvail := conditionTrue(conds, kubesphere.ConditionAgentAvailable)
 	kind := TunnelOf(k.h.tower)
 	if kind == kubesphere.TunnelKsMc {
-		f.Sources = append(f.Sources, SourceHeartbeat)
-		lease := k.h.leases[name]
-		switch {
-		case k.h.leasesErr != nil:
-			f.Evidence = append(f.Evidence, "heartbeat: cannot read Leases: "+errText(k.h.leasesErr))
-		case lease == nil && len(k.h.leases) == 0:
-			f.Evidence = append(f.Evidence, "heartbeat: the proxy writes no heartbeat Leases (an older ks-mc proxy?)")
-		case lease == nil:
-			dead = true
-			f.Evidence = append(f.Evidence, "heartbeat: no Lease "+kubesphere.HeartbeatLeaseName(name)+": the proxy has held no session of this cluster")
-		default:
-			agents, _ := strconv.Atoi(lease.Annotations[kubesphere.HeartbeatAgentsAnnotation])
-			var age time.Duration = -1
-			if lease.Spec.RenewTime != nil {
-				// The proxy's clock is the host's: compare in the host apiserver's time.
-				age = k.now.Add(k.h.clock).Sub(lease.Spec.RenewTime.Time)
-			}
-			dur := 30 * time.Second
-			if lease.Spec.LeaseDurationSeconds != nil {
-				dur = time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second
-			}
-			if age < 0 && age > -maxHeartbeatSkew && lease.Spec.RenewTime != nil {
-				age = 0 // within the error of the clock offset estimate
-			}
-			switch {
-			case age < 0 || age > dur:
-				dead = true
-				f.Evidence = append(f.Evidence, fmt.Sprintf("heartbeat: stale, last renewed %s ago (lasts %s): the proxy holds no session or is down", fmtAge(age), dur))
-			case agents == 0:
-				dead = true
-				msg := fmt.Sprintf("heartbeat %s ago: 0 agent sessions", fmtAge(age))
-				if e := lease.Annotations[kubesphere.HeartbeatErrorAnnotation]; e != "" {
-					msg += " (" + e + ")"
-				}
-				f.Evidence = append(f.Evidence, msg)
-			default:
-				live = true
-				f.Evidence = append(f.Evidence, fmt.Sprintf("heartbeat %s ago: %d agent session(s) answered a ping through the tunnel", fmtAge(age), agents))
-				if d, err := time.ParseDuration(lease.Annotations[kubesphere.HeartbeatRTTAnnotation]); err == nil && d > 0 {
-					f.LatencyMS = ms(d)
-				}
-			}
-		}
+		live, dead = k.heartbeatEvidence(&f, name)
 	}
 	if m != nil {
-		f.Sources = append(f.Sources, SourceMemberAgent)
-		switch {
-		case m.agentErr != nil:
-			f.Evidence = append(f.Evidence, "member: cannot read the agent Deployment: "+errText(m.agentErr))
-		case m.agent == nil:
-			dead, cause = true, "no agent Deployment on the member"
-			f.Evidence = append(f.Evidence, "member: no Deployment kubesphere-system/cluster-agent")
-		case replicas(m.agent) == 0:
-			dead, cause = true, "the agent Deployment is scaled to 0"
-			f.Evidence = append(f.Evidence, "member: cluster-agent has replicas 0")
-			f.Fix = &Fix{Action: "scale the agent back up", Kubectl: append([]string{"-n", kubesphere.Namespace, "scale", "deployment/" + kubesphere.AgentName, "--replicas=1"}, hostCtxArgs(m.c)...)}
-		case m.agent.Status.ReadyReplicas == 0:
-			dead = true
-			f.Evidence = append(f.Evidence, fmt.Sprintf("member: cluster-agent 0/%d ready", replicas(m.agent)))
-		default:
-			f.Evidence = append(f.Evidence, fmt.Sprintf("member: cluster-agent %d/%d ready", m.agent.Status.ReadyReplicas, replicas(m.agent)))
-		}
-		probs, _, crash := podProblems(m.pods)
-		if crash {
-			dead = true
-		}
-		for _, p := range probs {
-			f.Evidence = append(f.Evidence, "member: pod "+p)
-		}
-		var logs []string
-		for _, l := range m.logs {
-			logs = append(logs, l)
-		}
-		if lc, ls := agentLogCause(strings.Join(logs, "\n")); lc != "" && (dead || !live) {
-			if cause == "" {
-				cause, see = lc, ls
-			}
-			f.Evidence = append(f.Evidence, "member: agent logs: "+lc)
-		}
-		if probs := k.agentProblems(m, c); len(probs) > 0 && cause == "" {
-			cause, see = probs[0], CheckMemberAgent
-		}
+		dead, cause, see = k.memberAgentEvidence(&f, m, c, live, dead)
 	}
-	if r, ok := k.h.svcProxy[name]; ok {
-		if r.err == nil {
-			live = true
-			f.Sources = append(f.Sources, SourceServiceProxy)
-			f.Evidence = append(f.Evidence, "service proxy: the member answered GET /version through mc-"+name)
-			if f.LatencyMS == nil {
-				f.LatencyMS = ms(r.rtt)
-			}
-		} else {
-			f.Evidence = append(f.Evidence, "service proxy: no answer through mc-"+name+" (inconclusive: "+firstLine(errText(r.err))+")")
-		}
+	if k.serviceProxyEvidence(&f, name) {
+		live = true
 	}
 	if kind == kubesphere.TunnelTower && !live && !dead && agentAvail {
 		// Tower writes no heartbeat: a ready agent that does not crash, with AgentAvailable=True,
@@ -261,6 +145,116 @@ func (k *checker) tunnelCheck(c *unstructured.Unstructured, subj string, conds [
 	k.add(f)
 }
 
+// heartbeatEvidence reads the proxy's heartbeat Lease of the Cluster (ks-mc proxy).
+func (k *checker) heartbeatEvidence(f *Finding, name string) (live, dead bool) {
+	f.Sources = append(f.Sources, SourceHeartbeat)
+	lease := k.h.leases[name]
+	switch {
+	case k.h.leasesErr != nil:
+		f.Evidence = append(f.Evidence, "heartbeat: cannot read Leases: "+errText(k.h.leasesErr))
+	case lease == nil && len(k.h.leases) == 0:
+		f.Evidence = append(f.Evidence, "heartbeat: the proxy writes no heartbeat Leases (an older ks-mc proxy?)")
+	case lease == nil:
+		dead = true
+		f.Evidence = append(f.Evidence, "heartbeat: no Lease "+kubesphere.HeartbeatLeaseName(name)+": the proxy has held no session of this cluster")
+	default:
+		agents, _ := strconv.Atoi(lease.Annotations[kubesphere.HeartbeatAgentsAnnotation])
+		var age time.Duration = -1
+		if lease.Spec.RenewTime != nil {
+			// The proxy's clock is the host's: compare in the host apiserver's time.
+			age = k.now.Add(k.h.clock).Sub(lease.Spec.RenewTime.Time)
+		}
+		dur := 30 * time.Second
+		if lease.Spec.LeaseDurationSeconds != nil {
+			dur = time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second
+		}
+		if age < 0 && age > -maxHeartbeatSkew && lease.Spec.RenewTime != nil {
+			age = 0 // within the error of the clock offset estimate
+		}
+		switch {
+		case age < 0 || age > dur:
+			dead = true
+			f.Evidence = append(f.Evidence, fmt.Sprintf("heartbeat: stale, last renewed %s ago (lasts %s): the proxy holds no session or is down", fmtAge(age), dur))
+		case agents == 0:
+			dead = true
+			msg := fmt.Sprintf("heartbeat %s ago: 0 agent sessions", fmtAge(age))
+			if e := lease.Annotations[kubesphere.HeartbeatErrorAnnotation]; e != "" {
+				msg += " (" + e + ")"
+			}
+			f.Evidence = append(f.Evidence, msg)
+		default:
+			live = true
+			f.Evidence = append(f.Evidence, fmt.Sprintf("heartbeat %s ago: %d agent session(s) answered a ping through the tunnel", fmtAge(age), agents))
+			if d, err := time.ParseDuration(lease.Annotations[kubesphere.HeartbeatRTTAnnotation]); err == nil && d > 0 {
+				f.LatencyMS = ms(d)
+			}
+		}
+	}
+	return live, dead
+}
+
+// memberAgentEvidence reads the agent side: Deployment, pods, logs, and what the agent is
+// configured with; dead is passed in and returned, possibly set.
+func (k *checker) memberAgentEvidence(f *Finding, m *memberData, c *unstructured.Unstructured, live, dead bool) (_ bool, cause, see string) {
+	f.Sources = append(f.Sources, SourceMemberAgent)
+	switch {
+	case m.agentErr != nil:
+		f.Evidence = append(f.Evidence, "member: cannot read the agent Deployment: "+errText(m.agentErr))
+	case m.agent == nil:
+		dead, cause = true, "no agent Deployment on the member"
+		f.Evidence = append(f.Evidence, "member: no Deployment kubesphere-system/cluster-agent")
+	case replicas(m.agent) == 0:
+		dead, cause = true, "the agent Deployment is scaled to 0"
+		f.Evidence = append(f.Evidence, "member: cluster-agent has replicas 0")
+		f.Fix = &Fix{Action: "scale the agent back up", Kubectl: append([]string{"-n", kubesphere.Namespace, "scale", "deployment/" + kubesphere.AgentName, "--replicas=1"}, hostCtxArgs(m.c)...)}
+	case m.agent.Status.ReadyReplicas == 0:
+		dead = true
+		f.Evidence = append(f.Evidence, fmt.Sprintf("member: cluster-agent 0/%d ready", replicas(m.agent)))
+	default:
+		f.Evidence = append(f.Evidence, fmt.Sprintf("member: cluster-agent %d/%d ready", m.agent.Status.ReadyReplicas, replicas(m.agent)))
+	}
+	probs, _, crash := podProblems(m.pods)
+	if crash {
+		dead = true
+	}
+	for _, p := range probs {
+		f.Evidence = append(f.Evidence, "member: pod "+p)
+	}
+	var logs []string
+	for _, l := range m.logs {
+		logs = append(logs, l)
+	}
+	if lc, ls := agentLogCause(strings.Join(logs, "\n")); lc != "" && (dead || !live) {
+		if cause == "" {
+			cause, see = lc, ls
+		}
+		f.Evidence = append(f.Evidence, "member: agent logs: "+lc)
+	}
+	if probs := k.agentProblems(m, c); len(probs) > 0 && cause == "" {
+		cause, see = probs[0], CheckMemberAgent
+	}
+	return dead, cause, see
+}
+
+// serviceProxyEvidence: the member answered through the host's service proxy (mc-NAME).
+func (k *checker) serviceProxyEvidence(f *Finding, name string) (live bool) {
+	r, ok := k.h.svcProxy[name]
+	if !ok {
+		return false
+	}
+	if r.err == nil {
+		live = true
+		f.Sources = append(f.Sources, SourceServiceProxy)
+		f.Evidence = append(f.Evidence, "service proxy: the member answered GET /version through mc-"+name)
+		if f.LatencyMS == nil {
+			f.LatencyMS = ms(r.rtt)
+		}
+	} else {
+		f.Evidence = append(f.Evidence, "service proxy: no answer through mc-"+name+" (inconclusive: "+firstLine(errText(r.err))+")")
+	}
+	return live
+}
+
 func (k *checker) addressFailed() bool {
 	for _, f := range k.out {
 		if f.ID == CheckHostAddress && f.Status == DiagFail {
@@ -280,16 +274,35 @@ func firstLine(s string) string {
 	return s
 }
 
+// memberChecks: the member context matched to a Cluster, its settings (role, installer,
+// jwtSecret, accessTokenMaxAge), clock, identity and agent.
 func (k *checker) memberChecks(m *memberData) {
-	subj := "context/" + m.c.Context
-	if m.cluster != "" {
-		subj = "cluster/" + m.cluster
+	subj := memberSubject(m)
+	if !k.memberMatchCheck(m, subj) {
+		return
 	}
-	ctxArgs := hostCtxArgs(m.c)
-	cc := "ClusterConfiguration " + kubesphere.Namespace + "/" + kubesphere.ClusterConfigurationName + " (context " + m.c.Context + ")"
+	k.memberSettingsChecks(m, subj)
+	k.memberClockCheck(m, subj)
+	if m.cluster == "" {
+		return
+	}
+	cl := k.clusterByName(m.cluster)
+	k.memberUIDCheck(m, subj, cl)
+	k.memberAgentCheck(m, subj, cl)
+}
+
+func memberSubject(m *memberData) string {
+	if m.cluster != "" {
+		return "cluster/" + m.cluster
+	}
+	return "context/" + m.c.Context
+}
+
+// memberMatchCheck: false when the member cannot be reached at all (no further checks).
+func (k *checker) memberMatchCheck(m *memberData, subj string) bool {
 	if m.ccErr != nil && m.cfgErr != nil && m.uidErr != nil {
 		k.add(Finding{ID: CheckMemberMatch, Status: DiagFail, Subject: subj, Summary: "cannot reach the member through context " + m.c.Context, Evidence: []string{firstLine(errText(m.uidErr))}})
-		return
+		return false
 	}
 	switch {
 	case m.cluster == "":
@@ -298,6 +311,11 @@ func (k *checker) memberChecks(m *memberData) {
 	default:
 		k.add(Finding{ID: CheckMemberMatch, Status: DiagOK, Subject: subj, Summary: "context " + m.c.Context + " is Cluster " + m.cluster + " (by " + m.matchedBy + ")"})
 	}
+	return true
+}
+
+func (k *checker) memberSettingsChecks(m *memberData, subj string) {
+	cc := "ClusterConfiguration " + kubesphere.Namespace + "/" + kubesphere.ClusterConfigurationName + " (context " + m.c.Context + ")"
 	join := func(action string) *Fix { return k.joinFix(m, action) }
 	switch {
 	case m.ccErr != nil:
@@ -343,6 +361,9 @@ func (k *checker) memberChecks(m *memberData) {
 			k.add(Finding{ID: CheckMemberTokenAge, Status: DiagOK, Subject: subj, Summary: "accessTokenMaxAge 0"})
 		}
 	}
+}
+
+func (k *checker) memberClockCheck(m *memberData, subj string) {
 	limit := 10 * time.Second
 	if k.h.cfg != nil {
 		if d, err := k.h.cfg.MaximumClockSkewDuration(); err == nil {
@@ -365,10 +386,9 @@ func (k *checker) memberChecks(m *memberData) {
 			k.add(Finding{ID: CheckMemberClock, Status: DiagOK, Subject: subj, Summary: "clock skew within maximumClockSkew", Evidence: ev})
 		}
 	}
-	if m.cluster == "" {
-		return
-	}
-	cl := k.clusterByName(m.cluster)
+}
+
+func (k *checker) memberUIDCheck(m *memberData, subj string, cl *unstructured.Unstructured) {
 	want := ClusterMemberUID(cl)
 	switch {
 	case m.uidErr != nil:
@@ -381,6 +401,10 @@ func (k *checker) memberChecks(m *memberData) {
 	default:
 		k.add(Finding{ID: CheckMemberUID, Status: DiagOK, Subject: subj, Summary: "kube-system UID equals the Cluster's status.uid"})
 	}
+}
+
+func (k *checker) memberAgentCheck(m *memberData, subj string, cl *unstructured.Unstructured) {
+	join := func(action string) *Fix { return k.joinFix(m, action) }
 	switch {
 	case m.agentErr != nil:
 		k.add(Finding{ID: CheckMemberAgent, Status: DiagFail, Subject: subj, Summary: "cannot read the agent Deployment", Evidence: []string{errText(m.agentErr)}})
@@ -396,39 +420,44 @@ func (k *checker) memberChecks(m *memberData) {
 		} else {
 			k.add(Finding{ID: CheckMemberAgent, Status: DiagOK, Subject: subj, Summary: fmt.Sprintf("agent (%s) for %s dials %s with the Cluster's token", info.Tunnel, info.ClusterName, info.ProxyServer)})
 		}
-		probs, restarts, crash := podProblems(m.pods)
-		var logs []string
-		names := make([]string, 0, len(m.logs))
-		for n := range m.logs {
-			names = append(names, n)
+		k.agentPodsCheck(m, subj)
+	}
+}
+
+func (k *checker) agentPodsCheck(m *memberData, subj string) {
+	ctxArgs := hostCtxArgs(m.c)
+	probs, restarts, crash := podProblems(m.pods)
+	var logs []string
+	names := make([]string, 0, len(m.logs))
+	for n := range m.logs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		logs = append(logs, m.logs[n])
+	}
+	cause, see := agentLogCause(strings.Join(logs, "\n"))
+	ev := append([]string{}, probs...)
+	if restarts > 0 {
+		ev = append(ev, fmt.Sprintf("%d restarts", restarts))
+	}
+	if m.podsErr != nil {
+		ev = append(ev, "cannot list the agent pods: "+errText(m.podsErr))
+	}
+	switch {
+	case crash || (len(probs) > 0 && replicas(m.agent) > 0):
+		f := Finding{ID: CheckMemberAgentPods, Status: DiagFail, Subject: subj, Summary: "agent pods not running", Evidence: ev}
+		if cause != "" {
+			f.Summary += ": " + cause
+			f.Fix = &Fix{Action: "fix " + see + " first", See: see}
+		} else {
+			f.Fix = &Fix{Action: "read the agent's logs", Kubectl: append([]string{"-n", kubesphere.Namespace, "logs", "deployment/" + kubesphere.AgentName}, ctxArgs...)}
 		}
-		sort.Strings(names)
-		for _, n := range names {
-			logs = append(logs, m.logs[n])
-		}
-		cause, see := agentLogCause(strings.Join(logs, "\n"))
-		ev := append([]string{}, probs...)
-		if restarts > 0 {
-			ev = append(ev, fmt.Sprintf("%d restarts", restarts))
-		}
-		if m.podsErr != nil {
-			ev = append(ev, "cannot list the agent pods: "+errText(m.podsErr))
-		}
-		switch {
-		case crash || (len(probs) > 0 && replicas(m.agent) > 0):
-			f := Finding{ID: CheckMemberAgentPods, Status: DiagFail, Subject: subj, Summary: "agent pods not running", Evidence: ev}
-			if cause != "" {
-				f.Summary += ": " + cause
-				f.Fix = &Fix{Action: "fix " + see + " first", See: see}
-			} else {
-				f.Fix = &Fix{Action: "read the agent's logs", Kubectl: append([]string{"-n", kubesphere.Namespace, "logs", "deployment/" + kubesphere.AgentName}, ctxArgs...)}
-			}
-			k.add(f)
-		case restarts > 3:
-			k.add(Finding{ID: CheckMemberAgentPods, Status: DiagWarn, Subject: subj, Summary: "the agent restarts often" + suffix(cause), Evidence: ev})
-		default:
-			k.add(Finding{ID: CheckMemberAgentPods, Status: DiagOK, Subject: subj, Summary: fmt.Sprintf("%d agent pod(s), %d restarts", len(m.pods), restarts), Evidence: ev})
-		}
+		k.add(f)
+	case restarts > 3:
+		k.add(Finding{ID: CheckMemberAgentPods, Status: DiagWarn, Subject: subj, Summary: "the agent restarts often" + suffix(cause), Evidence: ev})
+	default:
+		k.add(Finding{ID: CheckMemberAgentPods, Status: DiagOK, Subject: subj, Summary: fmt.Sprintf("%d agent pod(s), %d restarts", len(m.pods), restarts), Evidence: ev})
 	}
 }
 

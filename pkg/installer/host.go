@@ -121,21 +121,11 @@ type Host struct {
 
 // NewHost prepares an init-host run. ask may be nil (then a needed address is an error).
 func NewHost(c *Clients, opts HostOptions, rep Reporter, ask AddressFunc) *Host {
-	if opts.Timeout <= 0 {
-		opts.Timeout = 15 * time.Minute
-	}
-	if opts.LoadBalancerWait <= 0 {
-		opts.LoadBalancerWait = 30 * time.Second
-	}
-	if opts.HealthTimeout <= 0 {
-		opts.HealthTimeout = 5 * time.Second
-	}
-	if opts.HealthWait <= 0 {
-		opts.HealthWait = 20 * time.Second
-	}
-	if opts.PollInterval <= 0 {
-		opts.PollInterval = 2 * time.Second
-	}
+	defaultDuration(&opts.Timeout, 15*time.Minute)
+	defaultDuration(&opts.LoadBalancerWait, 30*time.Second)
+	defaultDuration(&opts.HealthTimeout, 5*time.Second)
+	defaultDuration(&opts.HealthWait, 20*time.Second)
+	defaultDuration(&opts.PollInterval, 2*time.Second)
 	if opts.DryRun == "" {
 		opts.DryRun = DryRunNone
 	}

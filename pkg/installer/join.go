@@ -95,12 +95,8 @@ type Join struct {
 
 // NewJoin prepares a join.
 func NewJoin(host, member *Clients, opts JoinOptions, rep Reporter) *Join {
-	if opts.Timeout <= 0 {
-		opts.Timeout = 10 * time.Minute
-	}
-	if opts.PollInterval <= 0 {
-		opts.PollInterval = 2 * time.Second
-	}
+	defaultDuration(&opts.Timeout, 10*time.Minute)
+	defaultDuration(&opts.PollInterval, 2*time.Second)
 	if opts.Clock == nil {
 		opts.Clock = APIServerClock
 	}

@@ -33,19 +33,11 @@ func (j *Join) Preflight(ctx context.Context) *Plan[*joinState] {
 
 func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) bool {
 	h := side(j.host, "host")
-	ver, err := j.host.Kube.Discovery().ServerVersion()
-	if err != nil {
-		p.Error("check --host-context/--host-kubeconfig and that the API server is up", "%s: unreachable: %v", h, err)
+	if !reachableCheck(p, j.host, h, "check --host-context/--host-kubeconfig and that the API server is up") {
 		return false
 	}
-	p.OK("%s: reachable, Kubernetes %s", h, ver.GitVersion)
-	cc, err := GetClusterConfiguration(ctx, j.host)
-	if err != nil {
-		if errors.Is(err, ErrKubeSphereNotInstalled) {
-			p.Error(InstallKubeSphereHint, "%s: KubeSphere is not installed (no %s)", h, ccObject)
-		} else {
-			p.Error("", "%s: %v", h, err)
-		}
+	cc := readClusterConfiguration(ctx, p, j.host, h)
+	if cc == nil {
 		return false
 	}
 	st.hostCC = cc
@@ -94,25 +86,17 @@ func (j *Join) hostPreflight(ctx context.Context, p *Preflight, st *joinState) b
 
 func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState) bool {
 	m := side(j.member, "member")
-	ver, err := j.member.Kube.Discovery().ServerVersion()
-	if err != nil {
-		p.Error("check --context/--kubeconfig and that the API server is up", "%s: unreachable: %v", m, err)
+	if !reachableCheck(p, j.member, m, "check --context/--kubeconfig and that the API server is up") {
 		return false
 	}
-	p.OK("%s: reachable, Kubernetes %s", m, ver.GitVersion)
 	uid, err := KubeSystemUID(ctx, j.member)
 	if err != nil {
 		p.Error("", "%s: %v", m, err)
 		return false
 	}
 	st.memberUID = uid
-	cc, err := GetClusterConfiguration(ctx, j.member)
-	if err != nil {
-		if errors.Is(err, ErrKubeSphereNotInstalled) {
-			p.Error(InstallKubeSphereHint, "%s: KubeSphere is not installed (no %s)", m, ccObject)
-		} else {
-			p.Error("", "%s: %v", m, err)
-		}
+	cc := readClusterConfiguration(ctx, p, j.member, m)
+	if cc == nil {
 		return false
 	}
 	st.memberCC = cc
@@ -204,6 +188,32 @@ func (j *Join) agentTargetCheck(ctx context.Context, p *Preflight, st *joinState
 		p.OK("%s: proxy CA pinned (%s)", h, t.CACertHash)
 	}
 	return true
+}
+
+// reachableCheck: the side's API server answers (its version is reported).
+func reachableCheck(p *Preflight, c *Clients, side, hint string) bool {
+	ver, err := c.Kube.Discovery().ServerVersion()
+	if err != nil {
+		p.Error(hint, "%s: unreachable: %v", side, err)
+		return false
+	}
+	p.OK("%s: reachable, Kubernetes %s", side, ver.GitVersion)
+	return true
+}
+
+// readClusterConfiguration reads the side's ClusterConfiguration; nil (with the error as a
+// check) when KubeSphere is not installed or it cannot be read.
+func readClusterConfiguration(ctx context.Context, p *Preflight, c *Clients, side string) *ClusterConfiguration {
+	cc, err := GetClusterConfiguration(ctx, c)
+	switch {
+	case errors.Is(err, ErrKubeSphereNotInstalled):
+		p.Error(InstallKubeSphereHint, "%s: KubeSphere is not installed (no %s)", side, ccObject)
+		return nil
+	case err != nil:
+		p.Error("", "%s: %v", side, err)
+		return nil
+	}
+	return cc
 }
 
 // checkAccessSide runs CheckAccessInto and prefixes its lines with the side ("host (ctx): ").

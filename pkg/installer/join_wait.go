@@ -165,15 +165,7 @@ func (j *Join) diagnose(ctx context.Context, st *joinState, conds []kubesphere.C
 
 // likelyCause maps what was observed to the most probable reason a member did not connect.
 func likelyCause(conds []kubesphere.ClusterCondition, notRunning, logs, proxy, hostFlag, memberFlag string) string {
-	l := strings.ToLower(logs)
-	has := func(subs ...string) bool {
-		for _, s := range subs {
-			if strings.Contains(l, s) {
-				return true
-			}
-		}
-		return false
-	}
+	kind := classifyAgentLogs(logs)
 	switch {
 	case notRunning != "":
 		return notRunning + ": check kubectl -n kubesphere-system describe pods -l app=agent" + memberFlag
@@ -184,11 +176,11 @@ func likelyCause(conds []kubesphere.ClusterCondition, notRunning, logs, proxy, h
 		}
 		return "the agent is connected but KubeSphere cannot reach the member through the tunnel" + msg +
 			": check ks-controller-manager's logs on the host (kubectl -n kubesphere-system logs deployment/ks-controller-manager" + hostFlag + ")"
-	case has("ca-cert-hash", "certificate", "x509"):
+	case kind == logCertificate:
 		return "the proxy's TLS certificate does not match the pinned CA hash: re-run join so the current pin is used"
-	case has("401", "403", "unauthorized", "forbidden", "token"):
+	case kind == logTokenRejected || kind == logUnknownCluster:
 		return "token mismatch: the agent's token is not the one in the host's Cluster spec.connection.token; re-run join to re-render the agent"
-	case has("connection refused", "i/o timeout", "no route to host", "no such host", "deadline exceeded", "timeout", "eof", "bad handshake"):
+	case kind == logDial || kind == logDNS || kind == logHandshake:
 		return "the proxy address " + proxy + " is not reachable from the member (firewall, NodePort, load balancer, or an L7 proxy dropping the Upgrade header): " +
 			"check it from a member node with curl " + proxy + "/health; fix it with kubectl ks-mc init-host --proxy-publish-address" + hostFlag
 	case FindCondition(conds, kubesphere.ConditionInitialized) == nil && FindCondition(conds, kubesphere.ConditionAgentAvailable) == nil:

@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -60,6 +61,13 @@ func (p *Plan[S]) Err() error {
 		return p.blocked
 	}
 	return p.Preflight.Err()
+}
+
+// defaultDuration sets *d to def when it is not positive (the options of an operation).
+func defaultDuration(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
 }
 
 // Change is one change a flow made (or, in a dry run, would make).

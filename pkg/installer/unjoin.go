@@ -75,12 +75,8 @@ type unjoinState struct {
 
 // NewUnjoin prepares an unjoin.
 func NewUnjoin(host, member *Clients, opts UnjoinOptions, rep Reporter) *Unjoiner {
-	if opts.Timeout <= 0 {
-		opts.Timeout = 5 * time.Minute
-	}
-	if opts.PollInterval <= 0 {
-		opts.PollInterval = 2 * time.Second
-	}
+	defaultDuration(&opts.Timeout, 5*time.Minute)
+	defaultDuration(&opts.PollInterval, 2*time.Second)
 	u := &Unjoiner{host: host, member: member, opts: opts, rep: reporterOrNop(rep), w: Writer{DryRun: opts.DryRun}}
 	u.res = &UnjoinResult{Name: opts.Name}
 	if opts.DryRun.Enabled() {

@@ -3,14 +3,11 @@ package cfgfile
 import (
 	"bytes"
 	"fmt"
-	"reflect"
 	"sort"
 	"strconv"
 	"strings"
-	"unicode"
 
 	yaml "go.yaml.in/yaml/v3"
-	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // RedactedValue replaces secret values in what is shown (diffs, printed results).
@@ -178,45 +175,7 @@ func (ed *editor) entry(kn, vn *yaml.Node, sub *tree, path []string, flow, jsoni
 		return fmt.Errorf("%w: %s has an anchor, alias or tag: edit it by hand", ErrUnsupported, name)
 	}
 	if sub.leaf != nil {
-		if vn.Kind != yaml.ScalarNode {
-			return fmt.Errorf("%w: %s is not a single value", ErrUnsupported, name)
-		}
-		if isEmptyNull(vn) {
-			text, err := renderScalar(sub.leaf.Value, 0, flow, jsonish, name)
-			if err != nil {
-				return err
-			}
-			c, err := f.colonEnd(kn, flow)
-			if err != nil {
-				return err
-			}
-			ed.add(c, c, " "+text)
-			return nil
-		}
-		if vn.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
-			return fmt.Errorf("%w: %s is a block scalar: edit it by hand", ErrUnsupported, name)
-		}
-		start, err := f.nodeStart(vn)
-		if err != nil {
-			return err
-		}
-		end, err := f.scalarEnd(start, vn, kn.Column-1, flow)
-		if err != nil {
-			return err
-		}
-		if f.lineOf(start) != f.lineOf(end) {
-			return fmt.Errorf("%w: %s spans lines: edit it by hand", ErrUnsupported, name)
-		}
-		style := vn.Style
-		if vn.Tag == "!!null" {
-			style = 0 // "~" or "null": write the new value as a new one
-		}
-		text, err := renderScalar(sub.leaf.Value, style, flow, jsonish, name)
-		if err != nil {
-			return err
-		}
-		ed.add(start, end, text)
-		return nil
+		return ed.leafEntry(kn, vn, sub, name, flow, jsonish)
 	}
 	switch {
 	case vn.Kind == yaml.MappingNode:
@@ -242,11 +201,7 @@ func (ed *editor) entry(kn, vn *yaml.Node, sub *tree, path []string, flow, jsoni
 		ed.add(le, le, f.nl+strings.Join(lines, f.nl))
 		return nil
 	case vn.Kind == yaml.ScalarNode && vn.Tag == "!!null" && vn.Style&(yaml.LiteralStyle|yaml.FoldedStyle) == 0:
-		start, err := f.nodeStart(vn)
-		if err != nil {
-			return err
-		}
-		end, err := f.scalarEnd(start, vn, kn.Column-1, flow)
+		start, end, err := f.scalarSpan(kn, vn, flow)
 		if err != nil {
 			return err
 		}
@@ -258,6 +213,70 @@ func (ed *editor) entry(kn, vn *yaml.Node, sub *tree, path []string, flow, jsoni
 		return nil
 	}
 	return fmt.Errorf("%w: %s is not a mapping", ErrUnsupported, name)
+}
+
+// scalarSpan is where the scalar value vn of key kn starts and ends in the file.
+func (f *File) scalarSpan(kn, vn *yaml.Node, flow bool) (start, end int, err error) {
+	if start, err = f.nodeStart(vn); err != nil {
+		return 0, 0, err
+	}
+	end, err = f.scalarEnd(start, vn, kn.Column-1, flow)
+	return start, end, err
+}
+
+// leafEntry replaces (or fills in) the single value of key kn.
+func (ed *editor) leafEntry(kn, vn *yaml.Node, sub *tree, name string, flow, jsonish bool) error {
+	f := ed.f
+	if vn.Kind != yaml.ScalarNode {
+		return fmt.Errorf("%w: %s is not a single value", ErrUnsupported, name)
+	}
+	if isEmptyNull(vn) {
+		text, err := renderScalar(sub.leaf.Value, 0, flow, jsonish, name)
+		if err != nil {
+			return err
+		}
+		c, err := f.colonEnd(kn, flow)
+		if err != nil {
+			return err
+		}
+		ed.add(c, c, " "+text)
+		return nil
+	}
+	if vn.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+		return fmt.Errorf("%w: %s is a block scalar: edit it by hand", ErrUnsupported, name)
+	}
+	start, end, err := f.scalarSpan(kn, vn, flow)
+	if err != nil {
+		return err
+	}
+	if f.lineOf(start) != f.lineOf(end) {
+		return fmt.Errorf("%w: %s spans lines: edit it by hand", ErrUnsupported, name)
+	}
+	style := vn.Style
+	if vn.Tag == "!!null" {
+		style = 0 // "~" or "null": write the new value as a new one
+	}
+	text, err := renderScalar(sub.leaf.Value, style, flow, jsonish, name)
+	if err != nil {
+		return err
+	}
+	ed.add(start, end, text)
+	return nil
+}
+
+// laterKey is the first key of m that KubeSphere's order puts after rank r (nil when none).
+func laterKey(m *yaml.Node, rank func(string) int, r int) *yaml.Node {
+	if r < 0 {
+		return nil
+	}
+	var next *yaml.Node
+	best := -1
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if kr := rank(m.Content[i].Value); kr > r && (best < 0 || kr < best) {
+			best, next = kr, m.Content[i]
+		}
+	}
+	return next
 }
 
 // insertBlock adds the missing keys to block mapping m, each where KubeSphere's files put it.
@@ -283,15 +302,7 @@ func (ed *editor) insertBlock(m *yaml.Node, t *tree, missing, path []string) err
 		}
 		r := rank(k)
 		// Before the first existing key that KubeSphere puts after it...
-		var next *yaml.Node
-		if r >= 0 {
-			best := -1
-			for i := 0; i+1 < len(m.Content); i += 2 {
-				if kr := rank(m.Content[i].Value); kr > r && (best < 0 || kr < best) {
-					best, next = kr, m.Content[i]
-				}
-			}
-		}
+		next := laterKey(m, rank, r)
 		if next != nil {
 			at := f.lines[next.Line-1]
 			// Comment lines right above it, at its indentation, belong to it.
@@ -449,277 +460,4 @@ func (ed *editor) renderFlowEntry(k string, sub *tree, jsonish bool, path []stri
 		return "", err
 	}
 	return key + ": " + text, nil
-}
-
-// newStyle is the quoting of a value ks-mc adds: the jwtSecret double-quoted, as in
-// KubeSphere's files; the rest plain when that reads back as the same value.
-func newStyle(path []string) yaml.Style {
-	if len(path) > 0 && path[len(path)-1] == "jwtSecret" {
-		return yaml.DoubleQuotedStyle
-	}
-	return 0
-}
-
-func checkKey(k string) error {
-	for _, r := range k {
-		if !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '_' || r == '-') {
-			return fmt.Errorf("%w: key %q", ErrUnsupported, k)
-		}
-	}
-	return nil
-}
-
-// renderScalar renders v in the given style (the replaced value's), falling back to double
-// quotes when a plain scalar would read back as something else. name is for errors.
-func renderScalar(v any, style yaml.Style, flow, jsonish bool, name string) (string, error) {
-	var text string
-	switch t := v.(type) {
-	case string:
-		switch {
-		case style&yaml.DoubleQuotedStyle != 0 || jsonish:
-			text = doubleQuote(t)
-		case style&yaml.SingleQuotedStyle != 0 && !strings.ContainsAny(t, "\n\r\t"):
-			text = "'" + strings.ReplaceAll(t, "'", "''") + "'"
-		case plainSafe(t, flow):
-			text = t
-		default:
-			text = doubleQuote(t)
-		}
-	case int64:
-		text = strconv.FormatInt(t, 10)
-	case int:
-		text = strconv.Itoa(t)
-	case bool:
-		text = strconv.FormatBool(t)
-	default:
-		return "", fmt.Errorf("%w: %s: unsupported value type %T", ErrUnsupported, name, v)
-	}
-	if !readsBack(text, v, flow) {
-		return "", fmt.Errorf("%w: %s: the new value cannot be written in this place", ErrUnsupported, name)
-	}
-	return text, nil
-}
-
-func doubleQuote(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r == '\n':
-			b.WriteString(`\n`)
-		case r == '\t':
-			b.WriteString(`\t`)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, `\x%02x`, r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
-}
-
-func plainSafe(s string, flow bool) bool {
-	if s == "" || strings.TrimSpace(s) != s || strings.ContainsAny(s, "\n\r\t") {
-		return false
-	}
-	if strings.ContainsRune("-?:,[]{}#&*!|>'\"%@`", rune(s[0])) {
-		return false
-	}
-	if strings.Contains(s, ": ") || strings.Contains(s, " #") || strings.HasSuffix(s, ":") {
-		return false
-	}
-	if flow && strings.ContainsAny(s, ",[]{}") {
-		return false
-	}
-	return readsBack(s, s, flow)
-}
-
-// readsBack reports whether text, as the value of a key, reads back as v with both YAML
-// readers involved: yaml.v3 (this package) and sigs.k8s.io/yaml (kubectl, YAML 1.1 booleans).
-func readsBack(text string, v any, flow bool) bool {
-	doc := "k: " + text + "\n"
-	if flow {
-		doc = "{k: " + text + "}\n"
-	}
-	var a map[string]any
-	if err := yaml.Unmarshal([]byte(doc), &a); err != nil {
-		return false
-	}
-	var b map[string]any
-	if err := sigsyaml.Unmarshal([]byte(doc), &b); err != nil {
-		return false
-	}
-	want := normalize(v)
-	return reflect.DeepEqual(normalize(a["k"]), want) && reflect.DeepEqual(normalize(b["k"]), want)
-}
-
-func normalize(v any) any {
-	switch t := v.(type) {
-	case int:
-		return float64(t)
-	case int64:
-		return float64(t)
-	case uint64:
-		return float64(t)
-	case float64:
-		return t
-	}
-	return v
-}
-
-// verify parses the result again: the other documents read the same, and the
-// ClusterConfiguration reads as the original with the edits made.
-func (f *File) verify(out []byte, edits []Edit) error {
-	g, err := Parse(out)
-	if err != nil && !strings.Contains(err.Error(), ErrVersion.Error()) {
-		return fmt.Errorf("%w: the edited file does not parse again (%v)", ErrUnsupported, err)
-	}
-	if g == nil {
-		return fmt.Errorf("%w: the edited file does not parse again", ErrUnsupported)
-	}
-	if len(g.docs) != len(f.docs) || g.ccDoc != f.ccDoc {
-		return fmt.Errorf("%w: the edit would change the documents of the file", ErrUnsupported)
-	}
-	for i := range f.docs {
-		if i == f.ccDoc {
-			continue
-		}
-		a, err1 := nodeObject(f.docs[i])
-		b, err2 := nodeObject(g.docs[i])
-		if err1 != nil || err2 != nil || !reflect.DeepEqual(a, b) {
-			return fmt.Errorf("%w: the edit would change another document", ErrUnsupported)
-		}
-	}
-	want, err := nodeObject(f.docs[f.ccDoc])
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnsupported, err)
-	}
-	for _, e := range edits {
-		if err := setPath(want, e.Path, e.Value); err != nil {
-			return err
-		}
-	}
-	if !reflect.DeepEqual(normalizeAll(want), normalizeAll(g.obj)) {
-		return fmt.Errorf("%w: the edit would change more than the intended values", ErrUnsupported)
-	}
-	return nil
-}
-
-func setPath(obj any, path []string, v any) error {
-	m, ok := obj.(map[string]any)
-	if !ok {
-		return fmt.Errorf("%w: not a mapping", ErrUnsupported)
-	}
-	for i, k := range path {
-		if i == len(path)-1 {
-			m[k] = v
-			return nil
-		}
-		next, ok := m[k].(map[string]any)
-		if !ok {
-			if m[k] != nil {
-				return fmt.Errorf("%w: %s is not a mapping", ErrUnsupported, strings.Join(path[:i+1], "."))
-			}
-			next = map[string]any{}
-			m[k] = next
-		}
-		m = next
-	}
-	return nil
-}
-
-func normalizeAll(v any) any {
-	switch t := v.(type) {
-	case map[string]any:
-		out := make(map[string]any, len(t))
-		for k, e := range t {
-			out[k] = normalizeAll(e)
-		}
-		return out
-	case []any:
-		out := make([]any, len(t))
-		for i, e := range t {
-			out[i] = normalizeAll(e)
-		}
-		return out
-	}
-	return normalize(v)
-}
-
-// Get returns the ClusterConfiguration's value at path (nil, false when absent).
-func (f *File) Get(path ...string) (any, bool) {
-	var cur any = f.obj
-	for _, k := range path {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil, false
-		}
-		if cur, ok = m[k]; !ok {
-			return nil, false
-		}
-	}
-	return cur, true
-}
-
-// Redacted returns the original file and the edited one with the values at the secret paths
-// replaced by RedactedValue (where the file or the edits have a value), for showing them.
-func (f *File) Redacted(edits []Edit, secretPaths ...[]string) (before, after []byte, err error) {
-	isSecret := func(p []string) bool {
-		for _, s := range secretPaths {
-			if slicesEqual(s, p) {
-				return true
-			}
-		}
-		return false
-	}
-	var hide []Edit
-	for _, p := range secretPaths {
-		if v, ok := f.Get(p...); ok && v != nil && v != "" {
-			hide = append(hide, Edit{Path: p, Value: RedactedValue})
-		}
-	}
-	before = f.data
-	if len(hide) > 0 {
-		if before, err = f.Apply(hide); err != nil {
-			return nil, nil, err
-		}
-	}
-	var shown []Edit
-	for _, e := range edits {
-		if isSecret(e.Path) {
-			e.Value = RedactedValue
-		}
-		shown = append(shown, e)
-	}
-	for _, h := range hide {
-		found := false
-		for _, e := range shown {
-			if slicesEqual(e.Path, h.Path) {
-				found = true
-			}
-		}
-		if !found {
-			shown = append(shown, h)
-		}
-	}
-	if after, err = f.Apply(shown); err != nil {
-		return nil, nil, err
-	}
-	return before, after, nil
-}
-
-func slicesEqual(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

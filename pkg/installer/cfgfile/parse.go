@@ -87,17 +87,8 @@ func Parse(data []byte) (*File, error) {
 			f.lines = append(f.lines, i+1)
 		}
 	}
-	if len(data) > MaxSize {
-		return nil, fmt.Errorf("%w: the file is larger than %d bytes", ErrUnsupported, MaxSize)
-	}
-	if bytes.ContainsRune(data, '\u0085') || bytes.ContainsRune(data, '\u2028') || bytes.ContainsRune(data, '\u2029') {
-		return nil, fmt.Errorf("%w: the file has Unicode line separators (NEL, LS or PS)", ErrUnsupported)
-	}
-	if bytes.HasPrefix(data, []byte("\xef\xbb\xbf")) {
-		return nil, fmt.Errorf("%w: the file starts with a byte order mark", ErrUnsupported)
-	}
-	if bytes.IndexByte(data, '\r') >= 0 && bytes.Count(data, []byte("\r\n")) != bytes.Count(data, []byte("\r")) {
-		return nil, fmt.Errorf("%w: the file has carriage returns outside CRLF line endings", ErrUnsupported)
+	if err := checkBytes(data); err != nil {
+		return nil, err
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
@@ -164,6 +155,24 @@ func Parse(data []byte) (*File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// checkBytes refuses what ks-mc does not edit safely: a large file, Unicode line separators, a
+// byte order mark, carriage returns outside CRLF.
+func checkBytes(data []byte) error {
+	if len(data) > MaxSize {
+		return fmt.Errorf("%w: the file is larger than %d bytes", ErrUnsupported, MaxSize)
+	}
+	if bytes.ContainsRune(data, '\u0085') || bytes.ContainsRune(data, '\u2028') || bytes.ContainsRune(data, '\u2029') {
+		return fmt.Errorf("%w: the file has Unicode line separators (NEL, LS or PS)", ErrUnsupported)
+	}
+	if bytes.HasPrefix(data, []byte("\xef\xbb\xbf")) {
+		return fmt.Errorf("%w: the file starts with a byte order mark", ErrUnsupported)
+	}
+	if bytes.IndexByte(data, '\r') >= 0 && bytes.Count(data, []byte("\r\n")) != bytes.Count(data, []byte("\r")) {
+		return fmt.Errorf("%w: the file has carriage returns outside CRLF line endings", ErrUnsupported)
+	}
+	return nil
 }
 
 // checkVersion accepts KubeSphere 3.x. KubeKey takes the version from metadata.labels.version
