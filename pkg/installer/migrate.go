@@ -753,26 +753,20 @@ func (m *Migrate) rollback(ctx context.Context, mm *migrateMember) {
 	m.rep.Warn(fmt.Sprintf("%s: left on its Tower agent", ms))
 }
 
-// ErrListenerUnreachable marks a probe that could not reach the per-cluster listener at all from
-// this machine (as opposed to one the listener answered with an error).
+// ErrListenerUnreachable marks a probe whose request did not reach the per-cluster listener from
+// this machine at all (as opposed to one the member answered).
 var ErrListenerUnreachable = errors.New("per-cluster listener unreachable")
 
 // ProbeClusterListener sends GET /version through the per-cluster listener of cluster, the way
 // ks-apiserver reaches a member: through the host apiserver's service proxy to Service mc-<cluster>.
-// An answer of the member's apiserver (also 401/403) proves the tunnel. When the service proxy has
-// no route (no endpoints, or an address the apiserver does not proxy to) the error wraps
-// ErrListenerUnreachable.
+// An answer of the member's apiserver (also 401/403 for the anonymous request) proves the tunnel.
+// Any other error is inconclusive and wraps ErrListenerUnreachable: the service proxy may have no
+// route to the proxy pod at all (no endpoints, an egress policy, "address not allowed"), and a
+// listener without a session would have failed ks-apiserver's requests already.
 func ProbeClusterListener(ctx context.Context, host *Clients, cluster string) error {
 	err := serviceProxyVersion(ctx, host, cluster)
 	if err == nil {
 		return nil
 	}
-	var se *apierrors.StatusError
-	if errors.As(err, &se) {
-		msg := strings.ToLower(se.ErrStatus.Message)
-		if strings.Contains(msg, "no endpoints available") || strings.Contains(msg, "address not allowed") {
-			return fmt.Errorf("%w: %v", ErrListenerUnreachable, err)
-		}
-	}
-	return err
+	return fmt.Errorf("%w: %v", ErrListenerUnreachable, err)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -305,5 +306,24 @@ func TestUnjoinMigratedMember(t *testing.T) {
 	}
 	if len(deleted) != 2 {
 		t.Errorf("deleted %v", deleted)
+	}
+}
+
+// The host apiserver's service proxy cannot reach the proxy pod (no route from here): the
+// heartbeat is the evidence, said so, and the member is migrated.
+func TestMigrateListenerUnreachableFromHere(t *testing.T) {
+	f := migrateFixture(t)
+	stop := f.simulateKsMcAgent(t, false)
+	defer stop()
+	probe := func(context.Context, *Clients, string) error {
+		return fmt.Errorf("%w: Forbidden: resolve_deny", ErrListenerUnreachable)
+	}
+	res, err := f.migrate(MigrateOptions{Probe: probe}, nil).Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := res.Members[0]
+	if r.Result != MigrateMigrated || !strings.Contains(strings.Join(r.Evidence, "\n"), "the heartbeat is the evidence") {
+		t.Errorf("result %+v", r)
 	}
 }
