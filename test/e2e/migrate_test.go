@@ -69,6 +69,21 @@ func TestMigrateTower(t *testing.T) {
 		loops[m] = l
 		t.Cleanup(l.stop)
 	}
+	var switchStart time.Time
+	// The figures are logged whatever happens (they go into the lead's note).
+	t.Cleanup(func() {
+		for _, m := range members {
+			l := loops[m]
+			for _, ph := range l.phases() {
+				st := l.stats(ph)
+				t.Logf("figures %s phase %-16s requests %4d failed %3d longest gap %s", m, ph, st.total, st.failed, st.longestGap.Round(time.Millisecond))
+			}
+			if !switchStart.IsZero() {
+				w := l.window(switchStart)
+				t.Logf("figures %s proxy-replacement window: %d failed requests in %s (from the first failure to the first answer through the ks-mc proxy)", m, w.failed, w.length.Round(time.Millisecond))
+			}
+		}
+	})
 	for _, m := range members {
 		loops[m].waitAnswered(t, time.Minute)
 	}
@@ -85,7 +100,7 @@ func TestMigrateTower(t *testing.T) {
 
 	// 1. The host switches to the ks-mc proxy: the Tower agents stay connected through it.
 	phase("init-host")
-	switchStart := time.Now()
+	switchStart = time.Now()
 	r := outs.add(ksmc(t, s, "init-host", "--context", "host", "--tunnel=ks-mc", "--timeout", "5m"))
 	if r.code != 0 {
 		t.Fatalf("init-host --tunnel=ks-mc: %s", r)
@@ -201,10 +216,6 @@ func TestMigrateTower(t *testing.T) {
 	// Figures, and the request-loop assertions.
 	for _, m := range members {
 		l := loops[m]
-		for _, ph := range l.phases() {
-			st := l.stats(ph)
-			t.Logf("figures %s phase %-16s requests %4d failed %3d longest gap %s", m, ph, st.total, st.failed, st.longestGap.Round(time.Millisecond))
-		}
 		if st := l.stats("migrate"); st.failed > 0 || st.total == 0 {
 			t.Errorf("%s: %d of %d requests failed during migrate (first: %s)", m, st.failed, st.total, st.firstErr)
 		}
@@ -216,9 +227,7 @@ func TestMigrateTower(t *testing.T) {
 				t.Errorf("%s: %d requests failed in phase %s (first: %s)", m, st.failed, ph, st.firstErr)
 			}
 		}
-		w := l.window(switchStart)
-		t.Logf("figures %s proxy-replacement window: %d failed requests in %s (from the first failure to the first answer through the ks-mc proxy)", m, w.failed, w.length.Round(time.Millisecond))
-		if w.failedAfter > 0 {
+		if w := l.window(switchStart); w.failedAfter > 0 {
 			t.Errorf("%s: %d requests failed after the proxy-replacement window (the member was served through the ks-mc proxy already)", m, w.failedAfter)
 		}
 	}
