@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ks-mc/ks-mc/pkg/tunnel"
+	"github.com/ks-mc/ks-mc/pkg/tunnel/kube"
 	"github.com/ks-mc/ks-mc/pkg/version"
 )
 
@@ -164,10 +165,9 @@ func (o *AgentOptions) Run(ctx context.Context) error {
 	cfg.Config.MaxStreamsPerSession, cfg.Config.StreamWindowSize = o.MaxStreamsPerSession, o.StreamWindow
 	cfg.ProxyURL, cfg.ClusterName, cfg.CACertHash = o.ProxyServer, o.Name, o.CACertHash
 	cfg.Token = o.tokenSource()
-	cfg.Kubernetes = o.restConfig
 	cfg.KubeSphereService = o.KubeSphereService
 	cfg.Version = version.Version
-	a, err := tunnel.NewAgent(cfg)
+	a, err := kube.NewAgent(cfg, o.restConfig)
 	if err != nil {
 		if errors.Is(err, tunnel.ErrInvalidConfig) {
 			return usageErrorf("%v", err)

@@ -2,25 +2,18 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
-	"k8s.io/klog/v2"
 
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/pkg/tunnel"
+	"github.com/ks-mc/ks-mc/pkg/tunnel/kube"
 	"github.com/ks-mc/ks-mc/pkg/version"
 )
 
@@ -163,169 +156,19 @@ func (o *ProxyOptions) Validate() error {
 }
 
 // Run serves until SIGTERM/SIGINT, then drains: listeners stop accepting, agents get GoAway, open
-// streams finish within --drain-timeout.
+// streams finish within --drain-timeout (pkg/tunnel/kube.RunProxy owns the wiring).
 func (o *ProxyOptions) Run(ctx context.Context) error {
 	ctx, stop := interruptible(ctx)
 	defer stop()
-	log := klog.Background().WithName("proxy")
-	kube, err := kubernetes.NewForConfig(o.restConfig)
-	if err != nil {
-		return err
-	}
-	dyn, err := dynamic.NewForConfig(o.restConfig)
-	if err != nil {
-		return err
-	}
-	ca, err := tunnel.LoadOrCreateCA(ctx, kube, o.Namespace, o.CASecret, log)
-	if err != nil {
-		return err
-	}
-	cc := tunnel.DefaultControllerConfig()
-	cc.Dynamic, cc.Kube, cc.CA, cc.Namespace, cc.BindAddress = dyn, kube, ca, o.Namespace, o.BindAddress
-	ctrl, err := tunnel.NewController(cc)
-	if err != nil {
-		return err
-	}
 	pc := tunnel.DefaultProxyConfig()
 	pc.Config.KeepAliveInterval, pc.Config.KeepAliveTimeout, pc.Config.DrainTimeout = o.KeepAlive, o.KeepAliveTimeout, o.DrainTimeout
-	pc.Authenticator, pc.OnAgentChange, pc.Version = ctrl, ctrl.AgentChanged, version.Version
+	pc.Version = version.Version
 	pc.AllowPlaintextAgents, pc.TowerAgents = o.AllowPlaintextAgents, o.TowerAgents
 	pc.Config.MaxStreamsPerSession, pc.Config.StreamWindowSize = o.MaxStreamsPerSession, o.StreamWindow
 	pc.MaxStreamsPerCluster, pc.MaxHeaderBytes = o.MaxStreamsPerCluster, o.MaxHeaderBytes
-	if o.TLS {
-		dns := []string{"tower", "tower." + o.Namespace, "tower." + o.Namespace + ".svc", "localhost"}
-		ips := []net.IP{net.ParseIP("127.0.0.1")}
-		if ip := net.ParseIP(o.BindAddress); ip != nil && !ip.IsUnspecified() {
-			ips = append(ips, ip)
-		}
-		for _, s := range o.TLSSANs {
-			if ip := net.ParseIP(s); ip != nil {
-				ips = append(ips, ip)
-			} else {
-				dns = append(dns, s)
-			}
-		}
-		rc, err := tunnel.NewRenewingCert(ca, "ks-mc-proxy", dns, ips, tunnel.ServingValidity)
-		if err != nil {
-			return err
-		}
-		pc.TLS = rc.ServerTLS(nil)
-	}
-	p, err := tunnel.NewProxy(pc)
-	if err != nil {
-		return err
-	}
-	ctrl.SetProxy(p)
-	ln, err := net.Listen("tcp", net.JoinHostPort(o.BindAddress, strconv.Itoa(o.Port)))
-	if err != nil {
-		return fmt.Errorf("listen on the proxy port: %w", err)
-	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- p.Serve(ln) }()
-	klog.InfoS("ks-mc proxy listening", "address", ln.Addr().String(), "tls", o.TLS, "caCertHash", ca.Hash(), "version", version.Version)
-	if o.MetricsBindAddress != "" {
-		ml, err := net.Listen("tcp", o.MetricsBindAddress)
-		if err != nil {
-			_ = ln.Close()
-			return fmt.Errorf("listen on the metrics address: %w", err)
-		}
-		msrv := metricsServer(p.MetricsHandler())
-		go func() { _ = msrv.Serve(ml) }()
-		defer msrv.Close()
-		klog.InfoS("ks-mc proxy metrics", "address", ml.Addr().String())
-	}
-
-	ctrlErr := make(chan error, 1)
-	// Agents are answered 503 "starting" until the Cluster cache has synced: a starting proxy must
-	// not refuse them as unknown.
-	p.SetStarting(true)
-	runController := func(ctx context.Context) {
-		// Per-cluster heartbeat Leases for "kubectl ks-mc diagnose" (pkg/tunnel/heartbeat.go).
-		go (&tunnel.Heartbeat{Kube: kube, Namespace: o.Namespace, Identity: os.Getenv("POD_NAME"), Proxy: p}).Run(ctx)
-		go func() {
-			for !ctrl.HasSynced() {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
-			}
-			p.SetStarting(false)
-		}()
-		ctrlErr <- ctrl.Run(ctx, 2)
-	}
-	leDone := make(chan struct{})
-	if o.LeaderElect {
-		p.SetStandby(true) // until the Lease is ours (OnStartedLeading)
-		go func() {
-			defer close(leDone)
-			o.leaderElect(ctx, kube, p, runController, ctrlErr)
-		}()
-	} else {
-		close(leDone)
-		go runController(ctx)
-	}
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-serveErr:
-	case runErr = <-ctrlErr:
-	}
-	klog.InfoS("ks-mc proxy shutting down", "drainTimeout", o.DrainTimeout)
-	ctrl.StopAccepting()
-	sctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
-	defer cancel()
-	_ = p.Shutdown(sctx)
-	ctrl.Close()
-	// Release the Lease before exiting, so a standby takes over at once instead of after the
-	// lease duration.
-	stop()
-	select {
-	case <-leDone:
-	case <-time.After(5 * time.Second):
-	}
-	if runErr != nil && !errors.Is(runErr, context.Canceled) {
-		return runErr
-	}
-	return nil
-}
-
-// leaderElect runs the controller and accepts agents only while holding the Lease; losing it
-// ends the process (the pod restarts as a standby).
-func (o *ProxyOptions) leaderElect(ctx context.Context, kube kubernetes.Interface, p *tunnel.Proxy, run func(context.Context), errc chan<- error) {
-	id, _ := os.Hostname()
-	if n := os.Getenv("POD_NAME"); n != "" {
-		id = n
-	}
-	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.Namespace, o.LeaseName, nil, kube.CoordinationV1(),
-		resourcelock.ResourceLockConfig{Identity: id})
-	if err != nil {
-		errc <- err
-		return
-	}
-	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-		Lock: lock, LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
-		ReleaseOnCancel: true, Name: o.LeaseName,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				klog.InfoS("leading: serving agents", "lease", o.Namespace+"/"+o.LeaseName, "identity", id)
-				p.SetStandby(false)
-				run(ctx)
-			},
-			OnStoppedLeading: func() {
-				p.SetStandby(true)
-				if ctx.Err() == nil {
-					errc <- errors.New("lost the proxy Lease")
-				}
-			},
-		},
+	return kube.RunProxy(ctx, kube.ProxyOptions{
+		RESTConfig: o.restConfig, Namespace: o.Namespace, CASecret: o.CASecret,
+		BindAddress: o.BindAddress, Port: o.Port, TLS: o.TLS, TLSSANs: o.TLSSANs, Proxy: pc,
+		MetricsBindAddress: o.MetricsBindAddress, LeaderElect: o.LeaderElect, LeaseName: o.LeaseName,
 	})
-}
-
-// metricsServer serves h at /metrics with the proxy port's bounds (small headers, short timeouts).
-func metricsServer(h http.Handler) *http.Server {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", h)
-	return &http.Server{Handler: mux, MaxHeaderBytes: tunnel.DefaultMaxHeaderBytes,
-		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -22,8 +21,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/hashicorp/yamux"
-	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 )
 
 // AgentConfig configures the member side.
@@ -40,8 +37,9 @@ type AgentConfig struct {
 	// system roots) with host name verification.
 	CACertHash string
 	RootCAs    *x509.CertPool
-	// Kubernetes is how the agent reaches and authenticates to its kube-apiserver.
-	Kubernetes *rest.Config
+	// Kubernetes is how the agent reaches and authenticates to its kube-apiserver (built from a
+	// client configuration by pkg/tunnel/kube.AgentUpstream).
+	Kubernetes *KubeUpstream
 	// KubeSphereService is ks-apiserver's host:port (plain HTTP).
 	KubeSphereService string
 	// Dial overrides how the proxy connection is dialed (tests); by default TCP, through
@@ -51,7 +49,9 @@ type AgentConfig struct {
 	// and every disconnect.
 	OnState func(AgentEvent)
 	Version string
-	Logger  *logr.Logger
+	// Logger receives the agent's logs (discarded when nil); "kubectl ks-mc agent" hands in
+	// klog.Background().WithName("agent"), so --v and --vmodule apply.
+	Logger *logr.Logger
 }
 
 // AgentEvent reports a state change of the agent's connection.
@@ -125,7 +125,7 @@ func NewAgent(cfg *AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: *cfg}
-	a.log = klog.Background().WithName("agent")
+	a.log = logr.Discard()
 	if cfg.Logger != nil {
 		a.log = *cfg.Logger
 	}
@@ -381,25 +381,7 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 		return nil, fmt.Errorf("%w: read upgrade response from %s: %w", ErrHandshake, a.proxyURL.Host, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		_ = resp.Body.Close()
-		msg := strings.TrimSpace(string(body))
-		switch resp.StatusCode {
-		case http.StatusUnauthorized:
-			return nil, fmt.Errorf("%w by proxy %s (401): %s", ErrUnauthorized, a.proxyURL.Host, msg)
-		case http.StatusServiceUnavailable:
-			// The proxy is starting, a standby replica or draining: its body says which.
-			return nil, fmt.Errorf("%w (%w): proxy %s answered 503: %s", ErrProxyUnavailable, ErrHandshake, a.proxyURL.Host, msg)
-		case http.StatusForbidden:
-			if strings.Contains(msg, "unknown_cluster") {
-				return nil, fmt.Errorf("%w %q at proxy %s (403)", ErrUnknownCluster, a.cfg.ClusterName, a.proxyURL.Host)
-			}
-			return nil, fmt.Errorf("%w: proxy %s answered 403: %s", ErrHandshake, a.proxyURL.Host, msg)
-		case http.StatusTooManyRequests:
-			return nil, fmt.Errorf("%w: proxy %s answered 429", ErrRateLimited, a.proxyURL.Host)
-		}
-		return nil, fmt.Errorf("%w: proxy %s answered %s to the upgrade (an L7 proxy that drops Upgrade?): %s",
-			ErrHandshake, a.proxyURL.Host, resp.Status, msg)
+		return nil, a.upgradeRefused(resp)
 	}
 	if !headerHasToken(resp.Header, "Upgrade", UpgradeProtocol) {
 		return nil, fmt.Errorf("%w: proxy %s switched to %q", ErrHandshake, a.proxyURL.Host, resp.Header.Get("Upgrade"))
@@ -414,105 +396,25 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 	return sess, nil
 }
 
-// dial opens the TCP connection to the proxy, through an HTTP CONNECT proxy when the environment
-// names one.
-func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
-	if a.cfg.Dial != nil {
-		return a.cfg.Dial(ctx)
-	}
-	addr := a.proxyURL.Host
-	if a.proxyURL.Port() == "" {
-		port := "80"
-		if a.proxyURL.Scheme == "https" {
-			port = "443"
+// upgradeRefused is the error of an upgrade the proxy did not switch (connect).
+func (a *Agent) upgradeRefused(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	_ = resp.Body.Close()
+	msg := strings.TrimSpace(string(body))
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%w by proxy %s (401): %s", ErrUnauthorized, a.proxyURL.Host, msg)
+	case http.StatusServiceUnavailable:
+		// The proxy is starting, a standby replica or draining: its body says which.
+		return fmt.Errorf("%w (%w): proxy %s answered 503: %s", ErrProxyUnavailable, ErrHandshake, a.proxyURL.Host, msg)
+	case http.StatusForbidden:
+		if strings.Contains(msg, "unknown_cluster") {
+			return fmt.Errorf("%w %q at proxy %s (403)", ErrUnknownCluster, a.cfg.ClusterName, a.proxyURL.Host)
 		}
-		addr = net.JoinHostPort(a.proxyURL.Hostname(), port)
+		return fmt.Errorf("%w: proxy %s answered 403: %s", ErrHandshake, a.proxyURL.Host, msg)
+	case http.StatusTooManyRequests:
+		return fmt.Errorf("%w: proxy %s answered 429", ErrRateLimited, a.proxyURL.Host)
 	}
-	var d net.Dialer
-	via, err := http.ProxyFromEnvironment(&http.Request{URL: a.proxyURL})
-	if err != nil || via == nil {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("dial proxy %s: %w", addr, err)
-		}
-		return c, nil
-	}
-	return dialConnect(ctx, &d, via, addr)
+	return fmt.Errorf("%w: proxy %s answered %s to the upgrade (an L7 proxy that drops Upgrade?): %s",
+		ErrHandshake, a.proxyURL.Host, resp.Status, msg)
 }
-
-// dialConnect tunnels to addr through an HTTP proxy with CONNECT.
-func dialConnect(ctx context.Context, d *net.Dialer, via *url.URL, addr string) (net.Conn, error) {
-	viaAddr := via.Host
-	if via.Port() == "" {
-		viaAddr = net.JoinHostPort(via.Hostname(), "80")
-	}
-	c, err := d.DialContext(ctx, "tcp", viaAddr)
-	if err != nil {
-		return nil, fmt.Errorf("dial HTTP proxy %s: %w", viaAddr, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
-	req := "CONNECT " + addr + " HTTP/1.1\r\nHost: " + addr + "\r\n"
-	if u := via.User; u != nil {
-		p, _ := u.Password()
-		req += "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+p)) + "\r\n"
-	}
-	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("CONNECT via %s: %w", viaAddr, err)
-	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("CONNECT via %s: %w", viaAddr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		_ = c.Close()
-		return nil, fmt.Errorf("CONNECT %s via %s: %s", addr, viaAddr, resp.Status)
-	}
-	_ = c.SetDeadline(time.Time{})
-	return &bufferedConn{Conn: c, r: br}, nil
-}
-
-// connListener is a net.Listener fed by push (the accepted, header-checked streams).
-type connListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	closed sync.Once
-}
-
-func newConnListener() *connListener {
-	return &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *connListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *connListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *connListener) Close() error {
-	l.closed.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *connListener) Addr() net.Addr { return tunnelAddr{} }
-
-type tunnelAddr struct{}
-
-func (tunnelAddr) Network() string { return "ksmc-tunnel" }
-func (tunnelAddr) String() string  { return "ksmc-tunnel" }

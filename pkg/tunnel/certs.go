@@ -181,8 +181,8 @@ func (ca *CA) IssueClusterClient(cluster, cn string, orgs []string, validity tim
 	return certPEM, keyPEM, err
 }
 
-// boundToCluster reports whether cert carries cluster's URI SAN.
-func boundToCluster(cert *x509.Certificate, cluster string) bool {
+// BoundToCluster reports whether cert carries cluster's URI SAN.
+func BoundToCluster(cert *x509.Certificate, cluster string) bool {
 	want := ClusterURI(cluster).String()
 	for _, u := range cert.URIs {
 		if u.String() == want {

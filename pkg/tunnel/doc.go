@@ -3,22 +3,33 @@
 // the HTTP/1.1 connection and runs a yamux session on it; the proxy opens one stream per client
 // connection to the member's kube-apiserver or ks-apiserver. spec.md describes the wire format.
 //
+// This package is the wire code: it needs no Kubernetes and imports no k8s.io package (names of
+// the contract come from pkg/kubesphere, which imports only the standard library). Logs go to the
+// logr.Logger its callers hand in (klog's, from the Kubernetes side). The Kubernetes side lives in
+// pkg/tunnel/kube: the Controller over the Clusters, the heartbeat Leases, the CA Secret, the
+// agent's kube-apiserver transports from a rest.Config, and the proxy process (kube.RunProxy).
+// kube imports this package, never the reverse; hack/deps_test.go enforces it.
+//
 // Files, one concern each:
 //
 //	config.go      Config, DefaultConfig, Validate (session tuning shared by both sides)
 //	errors.go      sentinel errors
 //	protocol.go    upgrade constants, stream header and answer, splice helpers
 //	backoff.go     full-jitter exponential backoff
-//	agent.go       Agent: dial, TLS pin, upgrade, reconnect, serve streams, drain
+//	agent.go       Agent: TLS pin, upgrade, reconnect, serve streams, drain
+//	dial.go        the agent's dial (HTTP CONNECT proxies) and its stream listener
 //	pin.go         kubeadm-style CA pinning (sha256 of the SubjectPublicKeyInfo)
-//	forward.go     the agent's forwarder to kube-apiserver / ks-apiserver (credential injection)
+//	forward.go     the agent's forwarder to kube-apiserver / ks-apiserver (credential injection),
+//	               KubeUpstream (the transports, built by kube.AgentUpstream)
 //	proxy.go       Proxy: the proxy port (health, version, metrics, agent endpoint), DialStream
+//	auth.go        Authenticator, StaticAuthenticator, TokenEqual
+//	server.go      RunProxy, ServerOptions: a proxy process (port, TLS, metrics, drain order)
 //	registry.go    connected agents per cluster (several per cluster, round robin, one mutex)
+//	revoke.go      Revalidate: close sessions whose token or identity no longer authenticates
+//	ping.go        PingAgents, ConnectedClusters (for kube.Heartbeat)
 //	ratelimit.go   rate limit of failed agent authentications
 //	listener.go    per-cluster listeners (kube TLS with client certificates, ks plain HTTP)
 //	certs.go       per-installation CA, serving and client certificates, renewal
-//	cluster.go     the Cluster type and its conditions
-//	controller.go  the Kubernetes-side contract (ports, token, Service, kubeconfig, conditions)
 //	sniff.go       TLS and plain HTTP on one port
 //	metrics.go     Prometheus text metrics
 //

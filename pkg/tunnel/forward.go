@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"k8s.io/client-go/rest"
 )
 
 // streamConn is an accepted stream with its header; the forwarder reads the header from the
@@ -85,38 +84,22 @@ func (t *kubeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 }
 
-func newForwarder(kc *rest.Config, ksService string, log logr.Logger) (*forwarder, error) {
-	base, _, err := rest.DefaultServerUrlFor(kc)
-	if err != nil {
-		return nil, fmt.Errorf("kube-apiserver address: %w", err)
+// KubeUpstream is how the agent reaches its kube-apiserver: the address and the round trippers,
+// built from a client configuration on the Kubernetes side (pkg/tunnel/kube.AgentUpstream). Creds
+// authenticate as the agent; Anon carries no credentials of its own, so the caller's pass through.
+// CredsH1 and AnonH1 are pinned to HTTP/1.1 (every request but watches, see kubeTransport).
+type KubeUpstream struct {
+	URL                          *url.URL
+	Creds, CredsH1, Anon, AnonH1 http.RoundTripper
+}
+
+func newForwarder(up *KubeUpstream, ksService string, log logr.Logger) (*forwarder, error) {
+	if up.URL == nil || up.Creds == nil || up.CredsH1 == nil || up.Anon == nil || up.AnonH1 == nil {
+		return nil, fmt.Errorf("%w: incomplete kube-apiserver upstream", ErrInvalidConfig)
 	}
-	mk := func(c *rest.Config, h1 bool) (http.RoundTripper, error) {
-		c = rest.CopyConfig(c)
-		// The agent forwards any volume of traffic: client-side throttling belongs to the caller.
-		c.QPS, c.Burst, c.RateLimiter = -1, 0, nil
-		// A tunnel is transparent: Accept-Encoding reaches the upstream exactly as the client
-		// sent it and bodies are never re-encoded. With compression enabled, Go's transport
-		// would ask for gzip on a request that did not and decode the answer again.
-		c.DisableCompression = true
-		if h1 {
-			c.TLSClientConfig.NextProtos = []string{"http/1.1"}
-			return h1Transport(c)
-		}
-		return rest.TransportFor(c)
-	}
-	anonCfg := rest.AnonymousClientConfig(kc)
-	kt := &kubeTransport{}
-	for _, x := range []struct {
-		dst *http.RoundTripper
-		cfg *rest.Config
-		h1  bool
-	}{{&kt.creds, kc, false}, {&kt.credsH1, kc, true}, {&kt.anon, anonCfg, false}, {&kt.anonH1, anonCfg, true}} {
-		if *x.dst, err = mk(x.cfg, x.h1); err != nil {
-			return nil, fmt.Errorf("kube-apiserver transport: %w", err)
-		}
-	}
+	kt := &kubeTransport{creds: up.Creds, credsH1: up.CredsH1, anon: up.Anon, anonH1: up.AnonH1}
 	f := &forwarder{log: log}
-	f.kube = newReverseProxy(base, kt, log, "kube-apiserver")
+	f.kube = newReverseProxy(up.URL, kt, log, "kube-apiserver")
 	ksURL := &url.URL{Scheme: "http", Host: ksService}
 	ksTransport := &http.Transport{
 		Proxy:               nil,
@@ -128,41 +111,6 @@ func newForwarder(kc *rest.Config, ksService string, log logr.Logger) (*forwarde
 	}
 	f.ks = newReverseProxy(ksURL, ksTransport, log, "ks-apiserver")
 	return f, nil
-}
-
-// h1IdleConnsPerHost is the HTTP/1.1 idle pool: it holds a burst of concurrent requests (the
-// proxy forwards whole controllers' worth), where client-go's default of 25 would close and
-// re-handshake connections after every burst.
-const h1IdleConnsPerHost = 256
-
-// h1Transport builds what rest.TransportFor builds (TLS from c, then client-go's auth, user agent
-// and impersonation wrappers), with a larger idle pool. Configs whose transport client-go must
-// manage itself (exec or auth-provider plugins, reloaded certificate files, custom dialers or
-// transports) keep rest.TransportFor.
-func h1Transport(c *rest.Config) (http.RoundTripper, error) {
-	if c.ExecProvider != nil || c.AuthProvider != nil || c.CertFile != "" || c.KeyFile != "" ||
-		c.Transport != nil || c.Dial != nil || c.WrapTransport != nil {
-		return rest.TransportFor(c)
-	}
-	tlsCfg, err := rest.TLSConfigFor(c)
-	if err != nil {
-		return nil, err
-	}
-	proxy := http.ProxyFromEnvironment
-	if c.Proxy != nil {
-		proxy = c.Proxy
-	}
-	tr := &http.Transport{
-		Proxy:               proxy,
-		DialContext:         (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:     tlsCfg,
-		TLSHandshakeTimeout: 10 * time.Second,
-		MaxIdleConns:        h1IdleConnsPerHost,
-		MaxIdleConnsPerHost: h1IdleConnsPerHost,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true, // transparency: see newForwarder
-	}
-	return rest.HTTPWrappersForConfig(c, tr)
 }
 
 func newReverseProxy(target *url.URL, rt http.RoundTripper, log logr.Logger, name string) *httputil.ReverseProxy {

@@ -137,8 +137,8 @@ func newAgentFuzzEnv(f *testing.F) *agentFuzzEnv {
 	ac.Config.StreamOpenTimeout = 50 * time.Millisecond
 	ac.ProxyURL, ac.ClusterName = "http://unused.invalid", testCluster
 	ac.Token = func() (string, error) { return testToken, nil }
-	ac.Kubernetes = &rest.Config{Host: kube.URL, BearerToken: agentSAToken,
-		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(kube.Certificate())}}
+	ac.Kubernetes = testUpstream(f, &rest.Config{Host: kube.URL, BearerToken: agentSAToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(kube.Certificate())}})
 	ac.KubeSphereService = strings.TrimPrefix(ks.URL, "http://")
 	discard := logr.Discard()
 	ac.Logger = &discard

@@ -221,7 +221,9 @@ type harness struct {
 
 	mu       sync.Mutex
 	proxy    *Proxy
-	ln       net.Listener
+	ln       *killableListener
+	stopRun  context.CancelFunc // ends the RunProxy of proxy
+	runDone  chan error
 	addr     string
 	pipeLn   *connListener
 	conns    []*faultConn
@@ -277,8 +279,8 @@ func (h *harness) close() {
 // start brings the proxy up (on the same address after a restart).
 func (h *harness) start() *Proxy { return h.startWith(nil) }
 
-// startWith starts the proxy with auth as authenticator (nil: h.auth) and, when auth is a
-// Controller, its OnAgentChange hook.
+// startWith starts the proxy with auth as authenticator (nil: h.auth) and, when auth has one (a
+// pkg/tunnel/kube Controller), its AgentChanged hook.
 func (h *harness) startWith(auth Authenticator) *Proxy {
 	h.t.Helper()
 	log := h.logs.logger()
@@ -287,7 +289,7 @@ func (h *harness) startWith(auth Authenticator) *Proxy {
 	pc.Authenticator = h.auth
 	if auth != nil {
 		pc.Authenticator = auth
-		if c, ok := auth.(*Controller); ok {
+		if c, ok := auth.(interface{ AgentChanged(string) }); ok {
 			pc.OnAgentChange = c.AgentChanged
 		}
 	}
@@ -296,21 +298,11 @@ func (h *harness) startWith(auth Authenticator) *Proxy {
 	if h.limit[0] > 0 {
 		pc.FailureRate, pc.FailureBurst = rate.Limit(h.limit[0]), int(h.limit[1])
 	}
-	if h.kind == "tls" {
-		rc, err := NewRenewingCert(h.ca, "ks-mc-proxy", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, ServingValidity)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		pc.TLS = rc.ServerTLS(nil)
-	} else {
+	if h.kind != "tls" {
 		pc.AllowPlaintextAgents = true
 	}
 	if h.tweak != nil {
 		h.tweak(pc)
-	}
-	p, err := NewProxy(pc)
-	if err != nil {
-		h.t.Fatal(err)
 	}
 	var ln net.Listener
 	if h.kind == "pipe" {
@@ -340,26 +332,67 @@ func (h *harness) startWith(auth Authenticator) *Proxy {
 		h.addr = ln.Addr().String()
 		h.mu.Unlock()
 	}
+	// The proxy runs as a process runs it (RunProxy); kill stops it without the drain.
+	kl := &killableListener{Listener: ln, killed: make(chan struct{}), released: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	started, done := make(chan *Proxy, 1), make(chan error, 1)
+	so := ServerOptions{Proxy: pc, CA: h.ca, TLS: h.kind == "tls", DNSNames: []string{"localhost"}, IPs: []net.IP{net.ParseIP("127.0.0.1")},
+		Listener: kl, Prepare: func(p *Proxy) { started <- p }}
+	go func() { done <- RunProxy(ctx, so) }()
+	var p *Proxy
+	select {
+	case p = <-started:
+	case err := <-done:
+		cancel()
+		h.t.Fatal(err)
+	}
 	h.mu.Lock()
-	h.proxy, h.ln = p, ln
+	h.proxy, h.ln, h.stopRun, h.runDone = p, kl, cancel, done
 	h.mu.Unlock()
-	go func() { _ = p.Serve(ln) }()
 	return p
+}
+
+// killableListener is the proxy port of the harness. After kill its Accept fails only once the
+// sessions were dropped, so that RunProxy does not notice the closed port and drain (send
+// GoAway) first.
+type killableListener struct {
+	net.Listener
+	killed, released chan struct{}
+}
+
+func (l *killableListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		select {
+		case <-l.killed:
+			<-l.released
+		default:
+		}
+	}
+	return c, err
 }
 
 // kill drops the proxy like kill -9: listener and sessions closed, no GoAway.
 func (h *harness) kill() {
 	h.mu.Lock()
-	p, ln := h.proxy, h.ln
-	h.proxy, h.ln, h.pipeLn = nil, nil, nil
+	p, ln, stop, done := h.proxy, h.ln, h.stopRun, h.runDone
+	h.proxy, h.ln, h.pipeLn, h.stopRun, h.runDone = nil, nil, nil, nil, nil
 	h.mu.Unlock()
 	if ln != nil {
-		_ = ln.Close()
+		close(ln.killed)
+		_ = ln.Listener.Close()
 	}
 	if p != nil {
 		for _, s := range p.reg.all() {
 			_ = s.sess.Close()
 		}
+	}
+	if ln != nil {
+		close(ln.released) // Serve returns now: RunProxy finds nothing left to drain
+	}
+	if stop != nil {
+		stop()
+		<-done
 	}
 }
 
@@ -489,8 +522,8 @@ func (h *harness) startAgent(o agentOpts) *runningAgent {
 	if h.kind == "tls" {
 		ac.CACertHash = o.pin
 	}
-	ac.Kubernetes = &rest.Config{Host: h.backend.kube.URL, BearerToken: o.saToken,
-		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(h.backend.kube.Certificate())}}
+	ac.Kubernetes = testUpstream(h.t, &rest.Config{Host: h.backend.kube.URL, BearerToken: o.saToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(h.backend.kube.Certificate())}})
 	ac.KubeSphereService = strings.TrimPrefix(h.backend.ks.URL, "http://")
 	ac.Dial = h.dial
 	ac.Logger = &log

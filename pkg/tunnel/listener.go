@@ -69,7 +69,7 @@ func ListenCluster(cfg ClusterListenerConfig) (*ClusterListener, error) {
 	// issued for (its ClusterURI): the kubeconfig of one Cluster opens no other.
 	cluster, logger := cfg.Cluster, cfg.Logger
 	t.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 || boundToCluster(cs.PeerCertificates[0], cluster) {
+		if len(cs.PeerCertificates) == 0 || BoundToCluster(cs.PeerCertificates[0], cluster) {
 			return nil
 		}
 		logger.Info("refused a client certificate issued for another cluster", "cluster", cluster)

@@ -2,8 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -19,53 +17,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/hashicorp/yamux"
 	"golang.org/x/time/rate"
-	"k8s.io/klog/v2"
 )
-
-// Authenticator decides whether an agent may serve cluster. It returns nil, or an error wrapping
-// ErrUnknownCluster or ErrUnauthorized. Implementations compare tokens with TokenEqual.
-type Authenticator interface {
-	Authenticate(cluster, token string) error
-}
-
-// StaticAuthenticator serves a fixed cluster → token map.
-type StaticAuthenticator map[string]string
-
-// IdentityAuthenticator is an Authenticator that also names what an agent was admitted for (the
-// Controller: the Cluster's UID). The proxy keeps the identity and the token with the session, and
-// Revalidate closes every session whose token no longer authenticates or whose identity changed (a
-// Cluster deleted and created again under the same name).
-type IdentityAuthenticator interface {
-	Authenticator
-	AuthenticateIdentity(cluster, token string) (identity string, err error)
-}
-
-// unknownClusterToken is compared against when the cluster is unknown, so that an unknown name
-// costs the same work as a wrong token (no timing oracle for names).
-const unknownClusterToken = "ks-mc: no such cluster; this value never matches a real token"
-
-// Authenticate implements Authenticator.
-func (m StaticAuthenticator) Authenticate(cluster, token string) error {
-	want, ok := m[cluster]
-	if !ok {
-		_ = TokenEqual(unknownClusterToken, token)
-		return fmt.Errorf("cluster %q: %w", cluster, ErrUnknownCluster)
-	}
-	if !TokenEqual(want, token) {
-		return fmt.Errorf("cluster %q: %w", cluster, ErrUnauthorized)
-	}
-	return nil
-}
-
-// TokenEqual compares two tokens in constant time (also independent of their lengths); an empty
-// expected token never matches.
-func TokenEqual(want, got string) bool {
-	if want == "" {
-		return false
-	}
-	a, b := sha256.Sum256([]byte(want)), sha256.Sum256([]byte(got))
-	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
-}
 
 // ProxyConfig configures the host side.
 type ProxyConfig struct {
@@ -99,7 +51,9 @@ type ProxyConfig struct {
 	// TowerAgents is TowerAgentsAuto ("" too: serve Tower v0.2.x agents of Clusters not moved to
 	// the ks-mc agent, over plain HTTP and TLS) or TowerAgentsNever (refuse them all).
 	TowerAgents string
-	Logger      *logr.Logger
+	// Logger receives the proxy's logs (discarded when nil). The Kubernetes side hands in
+	// klog.Background().WithName("proxy"), so --v and --vmodule apply (pkg/tunnel/kube.RunProxy).
+	Logger *logr.Logger
 }
 
 // Proxy port defaults.
@@ -180,7 +134,7 @@ func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: *cfg, reg: newRegistry(cfg.Config.MaxStreamsPerSession, cfg.MaxStreamsPerCluster), metrics: &proxyMetrics{}}
-	p.log = klog.Background().WithName("proxy")
+	p.log = logr.Discard()
 	if cfg.Logger != nil {
 		p.log = *cfg.Logger
 	}
@@ -361,7 +315,12 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, refusedAnswer, http.StatusUnauthorized)
 		return
 	}
+	p.startSession(w, r, cluster, token, identity, ip, log)
+}
 
+// startSession upgrades an admitted agent's connection (serveTunnel) and runs its yamux session
+// until it closes.
+func (p *Proxy) startSession(w http.ResponseWriter, r *http.Request, cluster, token, identity, ip string, log logr.Logger) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "connection cannot be upgraded", http.StatusInternalServerError)

@@ -216,8 +216,8 @@ func newTowerForwarder(s *towerSession, log logr.Logger) *forwarder {
 			DialContext:         dial(t.kube),
 			TLSClientConfig:     tlsCfg,
 			TLSHandshakeTimeout: 10 * time.Second,
-			MaxIdleConns:        h1IdleConnsPerHost,
-			MaxIdleConnsPerHost: h1IdleConnsPerHost,
+			MaxIdleConns:        towerIdleConns,
+			MaxIdleConnsPerHost: towerIdleConns,
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true, // transparency: see newForwarder
 			ForceAttemptHTTP2:   !h1,
@@ -256,6 +256,9 @@ func (b *bearerRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) 
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return b.rt.RoundTrip(r)
 }
+
+// towerIdleConns is the idle pool towards the member's kube-apiserver (as the ks-mc agent's).
+const towerIdleConns = 256
 
 // towerState is the proxy's Tower side.
 type towerState struct {
@@ -312,7 +315,13 @@ func (p *Proxy) dialTower(cluster string, h StreamHeader) (net.Conn, error) {
 	if s == nil {
 		return nil, ErrNoAgent
 	}
-	c, err := s.stream(h)
+	var c net.Conn
+	var err error
+	if p.cfg.MaxStreamsPerCluster > 0 && p.towerOpen(cluster) >= int64(p.cfg.MaxStreamsPerCluster) {
+		err = &streamLimitError{scope: "cluster"}
+	} else {
+		c, err = s.stream(h)
+	}
 	if err != nil {
 		var sl *streamLimitError
 		if errors.As(err, &sl) {
@@ -325,6 +334,15 @@ func (p *Proxy) dialTower(cluster string, h StreamHeader) (net.Conn, error) {
 	p.metrics.protoStreams.add(ProtocolTower)
 	p.metrics.streamsOpen.Add(1)
 	return &countedConn{Conn: c, dec: &p.metrics.streamsOpen}, nil
+}
+
+// towerOpen is the number of streams open over the cluster's Tower sessions.
+func (p *Proxy) towerOpen(cluster string) int64 {
+	var n int64
+	for _, s := range p.tower.reg.sessions(cluster) {
+		n += s.open.Load()
+	}
+	return n
 }
 
 // ksmcSessionsChanged is called after a ks-mc session of cluster connected or left: while one is

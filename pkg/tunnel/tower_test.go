@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,7 @@ type towerOpts struct {
 	payload        []byte             // overrides the marshalled config
 	mutate         func(*TowerConfig) // adjusts the config before marshalling
 	header         http.Header
+	plain          bool // ws:// even to a TLS proxy port
 }
 
 type towerClient struct {
@@ -90,7 +92,11 @@ func (h *harness) towerDial(o towerOpts) (*towerClient, error) {
 		},
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // Tower agents verify nothing either
 	}
-	ws, resp, err := d.Dial(h.towerURL(), o.header)
+	u := h.towerURL()
+	if o.plain {
+		u = "ws://" + h.addr + "/"
+	}
+	ws, resp, err := d.Dial(u, o.header)
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("upgrade: %s: %w", resp.Status, err)
@@ -298,6 +304,23 @@ func TestTowerAgentServes(t *testing.T) {
 				t.Fatal("a token reached the log")
 			}
 		})
+	}
+}
+
+// TestTowerPlaintextOnTLSPort: a proxy port with TLS that refuses plaintext ks-mc agents still
+// serves Tower agents over ws:// (what every KubeSphere agent Deployment dials).
+func TestTowerPlaintextOnTLSPort(t *testing.T) {
+	h := newHarness(t, "tls")
+	h.tweak = func(pc *ProxyConfig) { pc.AllowPlaintextAgents = false }
+	p := h.start()
+	h.mustTower(towerOpts{plain: true})
+	h.waitAgents(1)
+	if p.Protocol(testCluster) != ProtocolTower {
+		t.Fatal("tower agent over ws:// not served")
+	}
+	resp, _ := rawRequest(t, h.addr, upgradeRequest(testCluster, testToken))
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("plaintext ks-mc agent: %s, want 403", resp.Status)
 	}
 }
 
@@ -515,6 +538,45 @@ func TestTowerAgentChannelRefused(t *testing.T) {
 	}
 }
 
+// TestTowerStreamCaps: the per-session and per-cluster stream caps hold for Tower sessions too
+// (503 with a Status, the session stays).
+func TestTowerStreamCaps(t *testing.T) {
+	for _, scope := range []string{"session", "cluster"} {
+		t.Run(scope, func(t *testing.T) {
+			h := newHarness(t, "tcp")
+			cfg := testConfig()
+			if scope == "session" {
+				cfg.MaxStreamsPerSession = 1
+			}
+			h.cfg = cfg
+			h.tweak = func(pc *ProxyConfig) {
+				if scope == "cluster" {
+					pc.MaxStreamsPerCluster = 1
+				}
+			}
+			p := h.start()
+			h.mustTower(towerOpts{})
+			h.waitAgents(1)
+			h.listen()
+			wr, err := h.client(true).Get(h.kubeURL("/watch"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer wr.Body.Close()
+			if _, err := bufio.NewReader(wr.Body).ReadString('\n'); err != nil {
+				t.Fatal(err)
+			}
+			resp, body, err := h.get(h.client(true), "/api/v1/namespaces/default", "")
+			if err != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "too many open streams") {
+				t.Fatalf("beyond the cap: %v %v %q", resp, err, body)
+			}
+			if p.metrics.streamLimited.get(scope) == 0 || p.TowerAgents(testCluster) != 1 {
+				t.Fatalf("limit %v, agents %d", p.metrics.streamLimited.snapshot(), p.TowerAgents(testCluster))
+			}
+		})
+	}
+}
+
 // TestTowerHalfOpen: a Tower session whose connection goes silent is dropped by the proxy's
 // keepalive (Tower's proxy never pings), and a request then gets 503 instead of hanging.
 func TestTowerHalfOpen(t *testing.T) {
@@ -651,7 +713,7 @@ func TestTowerToKsMCSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})
-	var failures, total int
+	var failures, total atomic.Int64
 	var loopErr error
 	loopDone := make(chan struct{})
 	go func() {
@@ -663,13 +725,14 @@ func TestTowerToKsMCSwitch(t *testing.T) {
 			default:
 			}
 			resp, _, err := h.get(client, "/api/v1/namespaces/default", "")
-			total++
+			total.Add(1)
 			if err != nil || resp.StatusCode != 200 {
-				failures++
+				failures.Add(1)
 				loopErr = fmt.Errorf("%v %v", resp, err)
 			}
 		}
 	}()
+	waitFor(t, "requests through the tower session", func() bool { return total.Load() >= 100 })
 	a := h.startAgent(agentOpts{})
 	h.waitAgents(2)
 	waitFor(t, "ks-mc preferred", func() bool { return p.Protocol(testCluster) == ProtocolKsMC })
@@ -686,13 +749,43 @@ func TestTowerToKsMCSwitch(t *testing.T) {
 	}
 	tw.close()
 	h.waitAgents(1)
+	atSwitch := total.Load()
+	waitFor(t, "requests through the ks-mc session", func() bool { return total.Load() >= atSwitch+100 })
 	close(stop)
 	<-loopDone
-	if failures > 0 {
-		t.Fatalf("%d of %d requests failed across the switch, last: %v", failures, total, loopErr)
+	if failures.Load() > 0 {
+		t.Fatalf("%d of %d requests failed across the switch, last: %v", failures.Load(), total.Load(), loopErr)
 	}
 	if len(tw.dialed()) != n {
 		t.Fatalf("new connections went to the tower agent after the ks-mc agent was up (%d→%d)", n, len(tw.dialed()))
 	}
+	t.Logf("%d requests across the switch, %d failed; the watch on the tower session kept streaming", total.Load(), failures.Load())
 	_ = a
+}
+
+// TestTowerFallbackWhenKsMCLeaves: a migration that fails (the ks-mc agent goes again) leaves the
+// member on its Tower agent: requests are served through the Tower session again.
+func TestTowerFallbackWhenKsMCLeaves(t *testing.T) {
+	h := newHarness(t, "tcp")
+	p := h.start()
+	tw := h.mustTower(towerOpts{})
+	h.waitAgents(1)
+	h.listen()
+	a := h.startAgent(agentOpts{})
+	h.waitAgents(2)
+	client := h.client(true)
+	if resp, _, err := h.get(client, "/api/v1/namespaces/default", ""); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("with both: %v %v", resp, err)
+	}
+	a.stop()
+	h.waitAgents(1)
+	before := len(tw.dialed())
+	for i := 0; i < 3; i++ {
+		if resp, _, err := h.get(client, "/api/v1/namespaces/default", ""); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("after the ks-mc agent left: %v %v", resp, err)
+		}
+	}
+	if p.Protocol(testCluster) != ProtocolTower || len(tw.dialed()) == before {
+		t.Fatalf("protocol %q, tower channels %d→%d", p.Protocol(testCluster), before, len(tw.dialed()))
+	}
 }

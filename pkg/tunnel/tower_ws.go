@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
 // Tower v0.2.x wire constants (kubesphere/tower v0.2.1 pkg/version/version.go, pkg/proxy/proxy.go,
@@ -57,13 +59,12 @@ const (
 // AgentProtocolAnnotation names the agent protocol: on a Cluster ("ks-mc" once its member runs
 // the ks-mc agent: Tower agents of that Cluster are refused) and on the heartbeat Lease (the
 // protocol of the session that serves).
-// TODO(contract): move to pkg/kubesphere once h14a's contract package is in main.
-const AgentProtocolAnnotation = "ks-mc.io/agent-protocol"
+const AgentProtocolAnnotation = kubesphere.AgentProtocolAnnotation
 
 // Protocols, the values of AgentProtocolAnnotation and of the metrics' protocol label.
 const (
-	ProtocolKsMC  = "ks-mc"
-	ProtocolTower = "tower"
+	ProtocolKsMC  = string(kubesphere.TunnelKsMc)
+	ProtocolTower = string(kubesphere.TunnelTower)
 )
 
 // isTowerUpgrade reports a Tower agent's websocket upgrade. Tower's proxy (pkg/proxy/proxy.go

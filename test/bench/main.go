@@ -33,6 +33,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/ks-mc/ks-mc/pkg/tunnel"
+	"github.com/ks-mc/ks-mc/pkg/tunnel/kube"
 	"github.com/ks-mc/ks-mc/test/sandbox"
 )
 
@@ -157,11 +158,10 @@ func (s *stack) startAgent() error {
 	ac.ClusterName = cluster
 	ac.Token = func() (string, error) { return token, nil }
 	ac.CACertHash = s.ca.Hash()
-	ac.Kubernetes = s.member
 	ac.KubeSphereService = "127.0.0.1:1"
 	quiet := logr.Discard()
 	ac.Logger = &quiet
-	a, err := tunnel.NewAgent(ac)
+	a, err := kube.NewAgent(ac, s.member)
 	if err != nil {
 		return err
 	}
@@ -212,7 +212,7 @@ func setup(ctx context.Context, member *rest.Config) (*env, error) {
 	st.cl = cl
 	// The tunnel client uses what the proxy writes into the Cluster: a kubeconfig with the proxy
 	// CA and a kubernetes-admin client certificate, server reached on the listener.
-	certPEM, keyPEM, err := ca.IssueClusterClient(cluster, tunnel.AdminUser, []string{"system:masters"}, tunnel.ClientValidity)
+	certPEM, keyPEM, err := ca.IssueClusterClient(cluster, kube.AdminUser, []string{"system:masters"}, tunnel.ClientValidity)
 	if err != nil {
 		return nil, err
 	}
@@ -778,10 +778,10 @@ func manyAgents(member *rest.Config, n int) (figure, figure, figure, error) {
 		ac := tunnel.DefaultAgentConfig()
 		ac.ProxyURL, ac.ClusterName, ac.CACertHash = "https://"+st.addr, fmt.Sprintf("c%d", i), ca.Hash()
 		ac.Token = func() (string, error) { return token, nil }
-		ac.Kubernetes, ac.KubeSphereService = member, "127.0.0.1:1"
+		ac.KubeSphereService = "127.0.0.1:1"
 		quiet := logr.Discard()
 		ac.Logger = &quiet
-		a, err := tunnel.NewAgent(ac)
+		a, err := kube.NewAgent(ac, member)
 		if err != nil {
 			return figure{}, figure{}, figure{}, err
 		}

@@ -273,18 +273,35 @@ func TestTowerAgentRefusedRetries(t *testing.T) {
 	}
 }
 
+// syncAuth is a StaticAuthenticator the test may change while the proxy reads it.
+type syncAuth struct {
+	mu sync.Mutex
+	m  tunnel.StaticAuthenticator
+}
+
+func (a *syncAuth) Authenticate(c, tok string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.m.Authenticate(c, tok)
+}
+
+func (a *syncAuth) set(c, tok string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.m[c] = tok
+}
+
 // TestTowerAgentReconnects: after the proxy drops the session the agent reconnects on its own.
 func TestTowerAgentReconnects(t *testing.T) {
-	auth := tunnel.StaticAuthenticator{cluster: token}
+	auth := &syncAuth{m: tunnel.StaticAuthenticator{cluster: token}}
 	e := newEnv(t, auth)
 	start(t, e.options())
 	waitFor(t, "connected", func() bool { return e.proxy.TowerAgents(cluster) == 1 })
-	auth[cluster] = "rotated"
+	auth.set(cluster, "rotated")
 	e.proxy.Revalidate(cluster)
 	waitFor(t, "revoked", func() bool { return e.proxy.TowerAgents(cluster) == 0 })
 	waitFor(t, "refused with the old token", func() bool { return e.logged("Connection error: Unauthorized agent") })
-	auth[cluster] = token // the old token is valid again: the agent's retry gets in
-	e.proxy.Revalidate(cluster)
+	auth.set(cluster, token) // the old token is valid again: the agent's retry gets in
 	waitFor(t, "reconnected", func() bool { return e.proxy.TowerAgents(cluster) == 1 })
 }
 

@@ -1,4 +1,4 @@
-package tunnel
+package kube
 
 import (
 	"context"
@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
+	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 func clusterObj(name, connType string, port int64, token string, created time.Time) *unstructured.Unstructured {
@@ -56,7 +57,7 @@ type ctrlEnv struct {
 	ctrl *Controller
 	dyn  *dynamicfake.FakeDynamicClient
 	kube *fake.Clientset
-	ca   *CA
+	ca   *tunnel.CA
 }
 
 func (e *ctrlEnv) get(name string) *Cluster {
@@ -186,10 +187,10 @@ func TestController(t *testing.T) {
 	if err := ctrl.Authenticate("member1", testToken); err != nil {
 		t.Fatal(err)
 	}
-	if err := ctrl.Authenticate("member1", "nope"); !errors.Is(err, ErrUnauthorized) {
+	if err := ctrl.Authenticate("member1", "nope"); !errors.Is(err, tunnel.ErrUnauthorized) {
 		t.Fatalf("wrong token: %v", err)
 	}
-	if err := ctrl.Authenticate("direct1", ""); !errors.Is(err, ErrUnknownCluster) {
+	if err := ctrl.Authenticate("direct1", ""); !errors.Is(err, tunnel.ErrUnknownCluster) {
 		t.Fatalf("direct cluster: %v", err)
 	}
 
@@ -240,7 +241,7 @@ func TestController(t *testing.T) {
 	}
 	// A client certificate of another CA never gains the agent's credentials: the client does not
 	// offer it (the listener names its CA) or the handshake fails; without a token → 401.
-	other, _ := NewCA("other")
+	other, _ := tunnel.NewCA("other")
 	oc, ok, _ := other.IssueClient("kubernetes-admin", []string{"system:masters"}, time.Hour)
 	pair, _ := tls.X509KeyPair(oc, ok)
 	for _, cfg := range []*tls.Config{

@@ -1,4 +1,4 @@
-package tunnel
+package kube
 
 import (
 	"bytes"
@@ -11,282 +11,22 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
-	"k8s.io/client-go/util/workqueue"
-	"k8s.io/klog/v2"
 
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
+	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
-
-// Kubernetes-side names of the contract.
-const (
-	// KubeSpherePortOffset: kubesphereAPIServerPort = kubernetesAPIServerPort + 10000.
-	KubeSpherePortOffset = 10000
-	// AdminUser is the client certificate's CN in the kubeconfig written into the Cluster.
-	AdminUser = "kubernetes-admin"
-)
-
-// AgentDialer is what the controller needs from the proxy.
-type AgentDialer interface {
-	StreamDialer
-	Agents(cluster string) int
-}
-
-// ControllerConfig configures the proxy's Kubernetes side.
-type ControllerConfig struct {
-	Dynamic dynamic.Interface
-	Kube    kubernetes.Interface
-	// Namespace holds the mc-<name> Services (kubesphere-system).
-	Namespace string
-	// BindAddress is where the per-cluster listeners listen.
-	BindAddress string
-	CA          *CA
-	// PortMin..PortMax is the kubernetesAPIServerPort range (6000–7000).
-	PortMin, PortMax int
-	Resync           time.Duration
-	HandshakeTimeout time.Duration
-	Logger           *logr.Logger
-}
-
-// DefaultControllerConfig returns the contract's defaults.
-func DefaultControllerConfig() *ControllerConfig {
-	return &ControllerConfig{Namespace: kubesphere.Namespace, BindAddress: "0.0.0.0", PortMin: 6000, PortMax: 7000,
-		Resync: 10 * time.Minute, HandshakeTimeout: 10 * time.Second}
-}
-
-// Validate reports the first invalid field.
-func (c *ControllerConfig) Validate() error {
-	switch {
-	case c == nil:
-		return fmt.Errorf("%w: nil controller config", ErrInvalidConfig)
-	case c.Dynamic == nil || c.Kube == nil:
-		return fmt.Errorf("%w: controller needs Kubernetes clients", ErrInvalidConfig)
-	case c.CA == nil:
-		return fmt.Errorf("%w: controller needs the proxy CA", ErrInvalidConfig)
-	case c.Namespace == "":
-		return fmt.Errorf("%w: namespace is required", ErrInvalidConfig)
-	case c.PortMin < 1 || c.PortMax < c.PortMin || c.PortMax+KubeSpherePortOffset > 65535:
-		return fmt.Errorf("%w: invalid port range %d-%d", ErrInvalidConfig, c.PortMin, c.PortMax)
-	case c.Resync <= 0:
-		return fmt.Errorf("%w: resync must be positive", ErrInvalidConfig)
-	}
-	return nil
-}
-
-// Controller watches Clusters on the host and implements the Kubernetes-side contract: ports,
-// token, Service, endpoints, conditions, kubeconfig, and the per-cluster listeners while an agent is
-// connected. It is also the proxy's Authenticator.
-type Controller struct {
-	cfg      ControllerConfig
-	log      logr.Logger
-	informer cache.SharedIndexInformer
-	queue    workqueue.TypedRateLimitingInterface[string]
-
-	mu        sync.Mutex
-	proxy     AgentDialer
-	ports     map[string]int // reservations: cluster → kubernetesAPIServerPort
-	listeners map[string]*servedCluster
-	refused   map[string]refusal // Cluster updates the apiserver refused, retried with backoff
-}
-
-// refusal is a Cluster update the apiserver refused (say KubeSphere 3.4's webhook while the
-// member is unreachable): the same update is not retried before until; a different one (the
-// agent came back) is tried at once.
-type refusal struct {
-	connected bool
-	delay     time.Duration
-	until     time.Time
-}
-
-// Backoff of refused Cluster updates.
-const (
-	refusedMinDelay = time.Second
-	refusedMaxDelay = 2 * time.Minute
-)
-
-type servedCluster struct {
-	l         *ClusterListener
-	port      int
-	clusterIP string
-}
-
-// NewController validates cfg and builds the informer; call SetProxy before Run.
-func NewController(cfg *ControllerConfig) (*Controller, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	c := &Controller{cfg: *cfg, ports: map[string]int{}, listeners: map[string]*servedCluster{}, refused: map[string]refusal{}}
-	c.log = klog.Background().WithName("controller")
-	if cfg.Logger != nil {
-		c.log = *cfg.Logger
-	}
-	f := dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync)
-	c.informer = f.ForResource(kubesphere.ClusterGVR).Informer()
-	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
-		workqueue.TypedRateLimitingQueueConfig[string]{Name: "clusters"})
-	_, err := c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    c.enqueueObj,
-		UpdateFunc: func(_, n any) { c.enqueueObj(n) },
-		DeleteFunc: c.enqueueObj,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-// SetProxy connects the controller to the proxy that holds the agent sessions.
-func (c *Controller) SetProxy(p AgentDialer) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.proxy = p
-}
-
-// AgentChanged is the proxy's OnAgentChange hook.
-func (c *Controller) AgentChanged(cluster string) { c.queue.Add(cluster) }
-
-func (c *Controller) enqueueObj(obj any) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err == nil {
-		c.revalidate(key)
-		c.queue.Add(key)
-	}
-}
-
-func (c *Controller) cluster(name string) (*unstructured.Unstructured, *Cluster, error) {
-	obj, ok, err := c.informer.GetStore().GetByKey(name)
-	if err != nil || !ok {
-		return nil, nil, err
-	}
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil, nil, fmt.Errorf("unexpected object %T", obj)
-	}
-	cl, err := ClusterFromUnstructured(u)
-	return u, cl, err
-}
-
-// Authenticate implements Authenticator from the informer cache.
-func (c *Controller) Authenticate(cluster, token string) error {
-	_, err := c.AuthenticateIdentity(cluster, token)
-	return err
-}
-
-// AuthenticateIdentity implements IdentityAuthenticator: the identity is the Cluster's UID, so a
-// Cluster deleted and created again under the same name revokes the sessions of the old one.
-func (c *Controller) AuthenticateIdentity(cluster, token string) (string, error) {
-	_, cl, err := c.cluster(cluster)
-	if err != nil || cl == nil || !cl.Served() {
-		_ = TokenEqual(unknownClusterToken, token) // the same work as a wrong token
-		return "", fmt.Errorf("cluster %q: %w", cluster, ErrUnknownCluster)
-	}
-	if !TokenEqual(cl.Spec.Connection.Token, token) {
-		return "", fmt.Errorf("cluster %q: %w", cluster, ErrUnauthorized)
-	}
-	return string(cl.UID), nil
-}
-
-// sessionRevalidator is implemented by *Proxy.
-type sessionRevalidator interface{ Revalidate(cluster string) int }
-
-// revalidate closes the agent sessions of cluster that its current state no longer admits (token
-// rotated, Cluster deleted or recreated). It runs in the informer's event handler, after the cache
-// was updated, so a revoked agent is cut off as soon as the proxy sees the change.
-func (c *Controller) revalidate(cluster string) {
-	c.mu.Lock()
-	p := c.proxy
-	c.mu.Unlock()
-	if r, ok := p.(sessionRevalidator); ok {
-		r.Revalidate(cluster)
-	}
-}
-
-// HasSynced reports whether the Cluster cache is filled.
-func (c *Controller) HasSynced() bool { return c.informer.HasSynced() }
-
-// Run starts the informer, removes Services of Clusters that are gone, and reconciles until ctx is
-// done. The per-cluster listeners are left open: call Close (or StopAccepting first, to drain).
-func (c *Controller) Run(ctx context.Context, workers int) error {
-	defer c.queue.ShutDown()
-	go c.informer.Run(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced) {
-		return fmt.Errorf("wait for the Cluster cache: %w", ctx.Err())
-	}
-	if err := c.removeOrphans(ctx); err != nil {
-		c.log.Error(err, "remove Services of deleted Clusters")
-	}
-	for i := 0; i < workers; i++ {
-		go wait.UntilWithContext(ctx, c.worker, time.Second)
-	}
-	<-ctx.Done()
-	return nil
-}
-
-func (c *Controller) worker(ctx context.Context) {
-	for {
-		name, quit := c.queue.Get()
-		if quit {
-			return
-		}
-		err := c.reconcile(ctx, name)
-		if err != nil && ctx.Err() == nil {
-			c.log.Error(err, "reconcile", "cluster", name)
-			c.queue.AddRateLimited(name)
-		} else {
-			c.queue.Forget(name)
-		}
-		c.queue.Done(name)
-	}
-}
-
-// StopAccepting closes the listeners of every cluster but lets their connections finish.
-func (c *Controller) StopAccepting() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, s := range c.listeners {
-		s.l.StopAccepting()
-	}
-}
-
-// Close stops every per-cluster listener and its connections.
-func (c *Controller) Close() {
-	c.mu.Lock()
-	ls := c.listeners
-	c.listeners = map[string]*servedCluster{}
-	c.mu.Unlock()
-	for _, s := range ls {
-		_ = s.l.Close()
-	}
-}
-
-// ListenerAddr returns the bound address of a cluster's kube listener (nil when not serving).
-func (c *Controller) ListenerAddr(cluster string) net.Addr {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.listeners[cluster]; s != nil {
-		return s.l.KubeAddr()
-	}
-	return nil
-}
 
 func serviceLabels(name string) map[string]string {
 	return map[string]string{"app": kubesphere.ServicePrefix + name, "app.kubernetes.io/name": kubesphere.ServicePrefix + name,
@@ -450,7 +190,7 @@ func (c *Controller) kubeconfig(name, endpoint string, existing []byte) ([]byte,
 	if len(existing) > 0 && c.kubeconfigValid(name, endpoint, existing) {
 		return existing, false, nil
 	}
-	certPEM, keyPEM, err := c.cfg.CA.IssueClusterClient(name, AdminUser, []string{"system:masters"}, ClientValidity)
+	certPEM, keyPEM, err := c.cfg.CA.IssueClusterClient(name, AdminUser, []string{"system:masters"}, tunnel.ClientValidity)
 	if err != nil {
 		return nil, false, fmt.Errorf("issue client certificate for cluster %s: %w", name, err)
 	}
@@ -491,10 +231,10 @@ func (c *Controller) kubeconfigValid(name, endpoint string, raw []byte) bool {
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: c.cfg.CA.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return false
 	}
-	if !boundToCluster(cert, name) {
+	if !tunnel.BoundToCluster(cert, name) {
 		return false // issued before certificates were bound to their cluster, or for another one
 	}
-	return time.Until(cert.NotAfter) > ClientValidity/3
+	return time.Until(cert.NotAfter) > tunnel.ClientValidity/3
 }
 
 // allocatePort keeps the Cluster's port when it is in range and not taken by an older Cluster,
@@ -592,11 +332,11 @@ func (c *Controller) ensureListener(name string, port int, clusterIP string) err
 	}
 	dns := []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
 		kubesphere.ServicePrefix + name + "." + c.cfg.Namespace + ".svc", "localhost"}
-	rc, err := NewRenewingCert(c.cfg.CA, "kubernetes", dns, ips, ServingValidity)
+	rc, err := tunnel.NewRenewingCert(c.cfg.CA, "kubernetes", dns, ips, tunnel.ServingValidity)
 	if err != nil {
 		return err
 	}
-	l, err := ListenCluster(ClusterListenerConfig{
+	l, err := tunnel.ListenCluster(tunnel.ClusterListenerConfig{
 		Cluster: name, BindAddress: c.cfg.BindAddress, KubePort: port, KubeSpherePort: port + KubeSpherePortOffset,
 		TLS: rc.ServerTLS(c.cfg.CA.Pool()), Dialer: proxy, HandshakeTimeout: c.cfg.HandshakeTimeout, Logger: c.log,
 	})
@@ -656,46 +396,4 @@ func (c *Controller) removeOrphans(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// LoadOrCreateCA reads the proxy CA from Secret namespace/name (type kubernetes.io/tls), creating
-// it on first use. The Secret's annotation ks-mc.io/ca-cert-hash holds the agents' pin.
-func LoadOrCreateCA(ctx context.Context, kube kubernetes.Interface, namespace, name string, log logr.Logger) (*CA, error) {
-	secrets := kube.CoreV1().Secrets(namespace)
-	for i := 0; i < 3; i++ {
-		s, err := secrets.Get(ctx, name, metav1.GetOptions{})
-		if err == nil {
-			ca, err := ParseCA(s.Data[corev1.TLSCertKey], s.Data[corev1.TLSPrivateKeyKey])
-			if err != nil {
-				return nil, fmt.Errorf("secret %s/%s: %w", namespace, name, err)
-			}
-			if left := time.Until(ca.Cert.NotAfter); left < CAValidity/10 {
-				log.Info("WARNING: the proxy CA expires soon; delete the Secret to rotate it, then re-join members (their --ca-cert-hash changes)",
-					"secret", namespace+"/"+name, "notAfter", ca.Cert.NotAfter)
-			}
-			return ca, nil
-		}
-		if !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("get Secret %s/%s: %w", namespace, name, err)
-		}
-		ca, err := NewCA("ks-mc-proxy-ca")
-		if err != nil {
-			return nil, err
-		}
-		_, err = secrets.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace,
-				Labels:      map[string]string{kubesphere.ManagedByLabel: kubesphere.ManagedByValue},
-				Annotations: map[string]string{kubesphere.CAHashAnnotation: ca.Hash()}},
-			Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{corev1.TLSCertKey: ca.CertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM},
-		}, metav1.CreateOptions{FieldManager: kubesphere.FieldManager})
-		if err == nil {
-			log.Info("created the proxy CA", "secret", namespace+"/"+name, "caCertHash", ca.Hash())
-			return ca, nil
-		}
-		if !apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("create Secret %s/%s: %w", namespace, name, err)
-		}
-	}
-	return nil, fmt.Errorf("secret %s/%s: could not read or create the proxy CA", namespace, name)
 }

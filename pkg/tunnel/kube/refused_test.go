@@ -1,4 +1,4 @@
-package tunnel
+package kube
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
+	"github.com/ks-mc/ks-mc/pkg/tunnel"
 )
 
 // While the agent is down, KubeSphere 3.4's webhook refuses every update of the Cluster (it cannot
@@ -37,7 +38,7 @@ func TestRefusedUpdateBacksOff(t *testing.T) {
 		return false, nil, nil
 	})
 	kube := fake.NewClientset(serviceWithIP("member1", "10.96.0.11"))
-	ca, err := NewCA("test-ca")
+	ca, err := tunnel.NewCA("test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +86,7 @@ func (e errorString) Error() string { return string(e) }
 
 type fakeDialer struct{ agents int }
 
-func (f fakeDialer) DialStream(context.Context, string, StreamHeader) (net.Conn, error) {
+func (f fakeDialer) DialStream(context.Context, string, tunnel.StreamHeader) (net.Conn, error) {
 	return nil, errorString("no stream in this test")
 }
 func (f fakeDialer) Agents(string) int { return f.agents }
