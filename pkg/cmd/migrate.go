@@ -216,6 +216,9 @@ func printMigrate(w io.Writer, res *installer.MigrateResult) {
 		if r.Protocol != "" {
 			fmt.Fprintf(w, ", agent protocol %s", r.Protocol)
 		}
+		if r.Elapsed != "" {
+			fmt.Fprintf(w, " (%s)", r.Elapsed)
+		}
 		fmt.Fprintln(w)
 		if r.Reason != "" {
 			fmt.Fprintf(w, "  reason:   %s\n", r.Reason)

@@ -75,6 +75,9 @@ type MigrateMemberResult struct {
 	Pending []string `json:"pending,omitempty"`
 	// Checks are the member's preflight checks.
 	Checks []Check `json:"checks,omitempty"`
+	// Elapsed is how long the member's migration (or its failure) took, rounded to 100ms; empty
+	// for members that were skipped or already migrated.
+	Elapsed string `json:"elapsed,omitempty"`
 }
 
 // MigrateSummary counts the members by result.
@@ -230,7 +233,11 @@ func (m *Migrate) Apply(ctx context.Context, plan *Plan[*MigratePlan]) (*Migrate
 		mm := &migrateMember{c: c, res: &r, deadline: time.Now().Add(m.opts.Timeout)}
 		mm.log = NewChangeLog(&r.Changes, m.opts.DryRun, m.rep)
 		m.rep.Step(fmt.Sprintf("member (%s):", c.Context))
+		start := time.Now()
 		m.migrateOne(ctx, hs, mm, seen)
+		if r.Result == MigrateMigrated || r.Result == MigrateFailed || r.Result == MigrateWouldMigrate {
+			r.Elapsed = time.Since(start).Round(100 * time.Millisecond).String()
+		}
 		if ctx.Err() != nil && r.Result == "" {
 			r.Result, r.Reason = MigrateFailed, "interrupted: "+ctx.Err().Error()
 		}
@@ -764,9 +771,19 @@ var ErrListenerUnreachable = errors.New("per-cluster listener unreachable")
 // route to the proxy pod at all (no endpoints, an egress policy, "address not allowed"), and a
 // listener without a session would have failed ks-apiserver's requests already.
 func ProbeClusterListener(ctx context.Context, host *Clients, cluster string) error {
-	err := serviceProxyVersion(ctx, host, cluster)
+	return classifyProbeError(serviceProxyVersion(ctx, host, cluster))
+}
+
+// classifyProbeError: an answer of the ks-mc proxy's per-cluster listener itself (its 503/502
+// Status "ks-mc proxy: cluster …", pkg/tunnel/listener.go) reached the listener and says no agent
+// served: that is conclusive and returned as is. Any other error is inconclusive (wraps
+// ErrListenerUnreachable).
+func classifyProbeError(err error) error {
 	if err == nil {
 		return nil
+	}
+	if strings.Contains(err.Error(), "ks-mc proxy: cluster ") {
+		return err
 	}
 	return fmt.Errorf("%w: %v", ErrListenerUnreachable, err)
 }

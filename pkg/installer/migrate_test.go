@@ -327,3 +327,20 @@ func TestMigrateListenerUnreachableFromHere(t *testing.T) {
 		t.Errorf("result %+v", r)
 	}
 }
+
+// The probe's errors: the ks-mc listener's own "no agent" answer is conclusive, anything else
+// (the service proxy's own refusal, a resolver's deny) is inconclusive.
+func TestClassifyProbeError(t *testing.T) {
+	if classifyProbeError(nil) != nil {
+		t.Error("nil")
+	}
+	noAgent := errors.New(`the server is currently unable to handle the request: ks-mc proxy: cluster "member1": no agent connected`)
+	if err := classifyProbeError(noAgent); errors.Is(err, ErrListenerUnreachable) {
+		t.Errorf("the listener's 503 counted as unreachable: %v", err)
+	}
+	for _, e := range []error{errors.New("resolve_deny: denied destination (get services https:mc-member1:6443)"), errors.New("no endpoints available for service")} {
+		if err := classifyProbeError(e); !errors.Is(err, ErrListenerUnreachable) {
+			t.Errorf("%v: not inconclusive", e)
+		}
+	}
+}

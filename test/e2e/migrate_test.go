@@ -160,11 +160,14 @@ func TestMigrateTower(t *testing.T) {
 	var res struct {
 		Changed bool `json:"changed"`
 		Members []struct {
-			Context, Name, Result, Protocol string
+			Context, Name, Result, Protocol, Elapsed string
 		} `json:"members"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
 		t.Fatalf("migrate -o json: %v\n%s", err, r.stdout)
+	}
+	for _, m := range res.Members {
+		t.Logf("figures %s migrate took %s (%s)", m.Context, m.Elapsed, m.Result)
 	}
 	if !res.Changed || len(res.Members) != 2 {
 		t.Errorf("migrate result: %s", r.stdout)
