@@ -3,12 +3,15 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -81,6 +84,9 @@ func TestMigrateTower(t *testing.T) {
 			if !switchStart.IsZero() {
 				w := l.window(switchStart)
 				t.Logf("figures %s proxy-replacement window: %d failed requests in %s (from the first failure to the first answer through the ks-mc proxy)", m, w.failed, w.length.Round(time.Millisecond))
+				if d, ok := towerAgentOutage(s, m, switchStart); ok {
+					t.Logf("figures %s Tower agent without a session at init-host: %s (its own log: from the first connection error to Connected, through the ks-mc proxy)", m, d.Round(time.Millisecond))
+				}
 			}
 		}
 	})
@@ -524,4 +530,45 @@ func (l *requestLoop) window(start time.Time) switchWindow {
 		}
 	}
 	return w
+}
+
+// towerAgentOutage reads the member's Tower agent pod log (klog lines of test/toweragent, as
+// Tower's agent logs them) for the time it had no session after since: from its first
+// "Connection error" to the next "Connected". The stand-in Tower's Cluster kubeconfig points at
+// the member directly (test/sandbox/fakeks/tower.go), so the request loop cannot see this outage
+// before the ks-mc proxy serves the member; with KubeSphere's Tower, whose per-cluster listeners
+// go down with its pod, it is the time members are unreachable.
+func towerAgentOutage(s *sandbox.Sandbox, member string, since time.Time) (time.Duration, bool) {
+	paths, _ := filepath.Glob(filepath.Join(s.LogDir(), "pod-"+member+"-"+kubesphere.Namespace+"-"+kubesphere.AgentName+"-*.log"))
+	var down time.Time
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			line := sc.Text()
+			if len(line) < 22 || (line[0] != 'I' && line[0] != 'E' && line[0] != 'W') {
+				continue
+			}
+			at, err := time.ParseInLocation("0102 15:04:05.000000", line[1:21], time.Local)
+			if err != nil {
+				continue
+			}
+			at = at.AddDate(since.Year(), 0, 0)
+			if at.Before(since) {
+				continue
+			}
+			switch {
+			case down.IsZero() && strings.Contains(line, "Connection error"):
+				down = at
+			case !down.IsZero() && strings.Contains(line, "] Connected"):
+				_ = f.Close()
+				return at.Sub(down), true
+			}
+		}
+		_ = f.Close()
+	}
+	return 0, false
 }
