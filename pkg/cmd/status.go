@@ -46,7 +46,8 @@ func NewCmdStatus(f *Factory) *cobra.Command {
 		Use:   "status [--host-context HOST]",
 		Short: "Show the host's member clusters and the roles of the given contexts",
 		Long: `Show one row per Cluster of the host (name, connection, agent, ready, versions, nodes, last
-transition), a LIVE column from a live probe of each tunnel (the ks-mc proxy's heartbeat, the agent
+transition), the agent PROTOCOL of each member (tower or ks-mc, from the ks-mc proxy's heartbeat
+Lease; members still on a Tower agent are flagged as weaker, with the migrate command), a LIVE column from a live probe of each tunnel (the ks-mc proxy's heartbeat, the agent
 pods of the given member contexts, the host apiserver's service proxy: a dead member is "down" even
 when its conditions still say Connected/True; see "kubectl ks-mc diagnose" for the details), and the
 KubeSphere role of the given contexts (the current or --context one, the host, and
@@ -134,14 +135,14 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 		if o.Probe {
 			live = "LIVE\t"
 		}
-		fmt.Fprintln(w, "NAME\tROLE\tCONNECTION\tAGENT\tREADY\t"+live+"KUBERNETES\tKUBESPHERE\tNODES\tLAST TRANSITION")
+		fmt.Fprintln(w, "NAME\tROLE\tCONNECTION\tAGENT\tREADY\t"+live+"KUBERNETES\tKUBESPHERE\tNODES\tLAST TRANSITION\tPROTOCOL")
 		for _, r := range rep.Clusters {
 			col := ""
 			if o.Probe {
 				col = liveColumn(r) + "\t"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s%s\t%s\t%s\t%s\n", r.Name, r.Role, dash(r.Connection), r.Agent, r.Ready, col,
-				dash(r.KubernetesVersion), dash(r.KubeSphereVersion), strconv.FormatInt(r.Nodes, 10), o.age(r.LastTransition))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, dash(r.Connection), r.Agent, r.Ready, col,
+				dash(r.KubernetesVersion), dash(r.KubeSphereVersion), strconv.FormatInt(r.Nodes, 10), o.age(r.LastTransition), dash(r.Protocol))
 		}
 		_ = w.Flush()
 		for _, r := range rep.Clusters {
@@ -150,6 +151,9 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 			}
 			if r.Live == installer.LiveDown && len(r.LiveEvidence) > 0 {
 				fmt.Fprintf(o.Out, "%s: %s\n", r.Name, r.LiveEvidence[0])
+			}
+			if r.Weaker != "" {
+				fmt.Fprintf(o.Out, "%s: warning: %s\n", r.Name, r.Weaker)
 			}
 		}
 		fmt.Fprintln(o.Out)

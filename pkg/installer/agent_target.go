@@ -85,7 +85,12 @@ func RenderAgentFor(ctx context.Context, host *Clients, o RenderAgentOptions) ([
 		}
 		return nil, "", terr.Err
 	}
-	objs, err := manifests.RenderAgent(t.Tunnel, manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: t.Address, Image: t.Image, CACertHash: t.CACertHash})
+	v := manifests.AgentValues{ClusterName: o.Name, Token: token, ProxyServer: t.Address, Image: t.Image, CACertHash: t.CACertHash}
+	if name := c.GetAnnotations()[kubesphere.AgentDeploymentAnnotation]; t.Tunnel == kubesphere.TunnelKsMc && name == kubesphere.MigratedAgentName {
+		// A member moved by migrate keeps its ks-mc agent in the Deployment it was migrated to.
+		v.DeploymentName = name
+	}
+	objs, err := manifests.RenderAgent(t.Tunnel, v)
 	return objs, t.Tunnel, err
 }
 

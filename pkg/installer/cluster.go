@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
+	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
 // Helpers around KubeSphere's Cluster objects, the agent Deployment and cluster identity, shared by
@@ -111,16 +112,31 @@ func KubeSystemUID(ctx context.Context, c *Clients) (string, error) {
 	return string(ns.UID), nil
 }
 
-// GetAgentDeployment reads kubesphere-system/cluster-agent on a member; (nil, nil) when absent.
+// GetAgentDeployment reads the agent Deployment of a member: kubesphere-system/cluster-agent, else
+// the migrated ks-mc agent (kubesphere.MigratedAgentName); (nil, nil) when there is neither. While
+// migrate runs both exist and the Tower agent (cluster-agent) is returned.
 func GetAgentDeployment(ctx context.Context, member *Clients) (*appsv1.Deployment, error) {
-	d, err := member.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.AgentName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil
+	ds, err := GetAgentDeployments(ctx, member)
+	if err != nil || len(ds) == 0 {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, kubesphere.AgentName, err)
+	return ds[0], nil
+}
+
+// GetAgentDeployments reads every agent Deployment of a member (manifests.AgentNames order).
+func GetAgentDeployments(ctx context.Context, member *Clients) ([]*appsv1.Deployment, error) {
+	var out []*appsv1.Deployment
+	for _, name := range manifests.AgentNames() {
+		d, err := member.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get deployment %s/%s: %w", kubesphere.Namespace, name, err)
+		}
+		out = append(out, d)
 	}
-	return d, nil
+	return out, nil
 }
 
 // AgentInfo is what an agent Deployment says about its connection (never the token).

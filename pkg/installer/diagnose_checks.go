@@ -39,6 +39,7 @@ const (
 	CheckClusterPort        = "cluster.port"
 	CheckClusterVersion     = "cluster.versionSkew"
 	CheckClusterMember      = "cluster.memberContext"
+	CheckClusterProtocol    = "cluster.agentProtocol"
 
 	CheckMemberMatch     = "member.match"
 	CheckMemberRole      = "member.role"
@@ -388,6 +389,7 @@ func (k *checker) clusterChecks(c *unstructured.Unstructured) {
 		k.add(Finding{ID: CheckClusterPort, Status: DiagOK, Subject: subj, Summary: fmt.Sprintf("kubernetesAPIServerPort %d is unique", port)})
 	}
 	k.tunnelCheck(c, subj, conds, m)
+	k.protocolCheck(c, subj, m)
 	if m == nil {
 		k.add(Finding{ID: CheckClusterMember, Status: DiagSkip, Subject: subj, Summary: "no member context matched this Cluster: member-side checks did not run",
 			Fix: &Fix{Action: "pass the member's context (or --all-contexts) to run them", KsMc: append(append([]string{"diagnose"}, k.hostFlag...), "--context", "CONTEXT_OF_"+name)}})
@@ -448,4 +450,55 @@ func (k *checker) certCheck(c *unstructured.Unstructured, subj string) {
 	default:
 		k.add(Finding{ID: CheckClusterCertificate, Status: DiagOK, Subject: subj, Summary: "client certificate valid for " + fmtAge(left), Evidence: ev})
 	}
+}
+
+// protocolCheck says which agent protocol the member connects with (the ks-mc proxy's heartbeat
+// Lease; every agent is a Tower agent behind KubeSphere's Tower) and flags a Tower agent as
+// weaker: its token sits in the Deployment's command line, and over ws:// the proxy is not
+// authenticated (a Tower agent verifies no certificate), so anyone on the path can take the token.
+func (k *checker) protocolCheck(c *unstructured.Unstructured, subj string, m *memberData) {
+	name := c.GetName()
+	f := Finding{ID: CheckClusterProtocol, Subject: subj}
+	proto := ""
+	hostTower := TunnelOf(k.h.tower) == kubesphere.TunnelTower
+	switch {
+	case hostTower:
+		proto = string(kubesphere.TunnelTower)
+		f.Sources = append(f.Sources, "host runs KubeSphere's Tower")
+	case k.h.leases[name] != nil && LeaseProtocol(k.h.leases[name]) != "":
+		proto = LeaseProtocol(k.h.leases[name])
+		f.Sources = append(f.Sources, SourceHeartbeat)
+	case m != nil && m.agent != nil:
+		proto = string(InspectAgent(m.agent).Tunnel)
+		f.Sources = append(f.Sources, SourceMemberAgent)
+	case c.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == string(kubesphere.TunnelKsMc):
+		proto = string(kubesphere.TunnelKsMc)
+		f.Sources = append(f.Sources, "Cluster annotation "+kubesphere.AgentProtocolAnnotation)
+	}
+	ctxName := "CONTEXT_OF_" + name
+	if m != nil && m.c.Context != "" {
+		ctxName = m.c.Context
+	}
+	switch proto {
+	case string(kubesphere.TunnelKsMc):
+		f.Status = DiagOK
+		f.Summary = "the member connects with the ks-mc agent"
+	case string(kubesphere.TunnelTower):
+		f.Status = DiagWarn
+		f.Summary = "the member connects with a Tower agent: weaker than the ks-mc agent"
+		f.Evidence = []string{
+			"the agent's token is in its Deployment's command line (readable by anyone who may read Deployments on the member)",
+			"over ws:// the agent does not authenticate the proxy (Tower agents verify no certificate): anyone on the path can take the token and pose as the proxy",
+		}
+		if hostTower {
+			f.Fix = &Fix{Action: "switch the host to the ks-mc proxy (Tower members stay connected), then move each member: kubectl ks-mc migrate " +
+				strings.Join(append(append([]string{}, k.hostFlag...), "--context", ctxName), " "),
+				KsMc: append(append([]string{"init-host"}, hostCtxArgs(k.h.c)...), "--tunnel=ks-mc")}
+		} else {
+			f.Fix = &Fix{Action: "move the member to the ks-mc agent (no failed request)", KsMc: append(append([]string{"migrate"}, k.hostFlag...), "--context", ctxName)}
+		}
+	default:
+		return
+	}
+	k.add(f)
 }

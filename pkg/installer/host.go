@@ -32,7 +32,7 @@ type HostOptions struct {
 	// Force allows a member cluster to become host and patching while ks-installer runs.
 	Force  bool
 	DryRun DryRun
-	// Tunnel is TunnelTower, TunnelKsMc or "" (keep what runs; Tower on a fresh host).
+	// Tunnel is kubesphere.TunnelTower, kubesphere.TunnelKsMc or "" (keep what runs; Tower on a fresh host).
 	Tunnel kubesphere.Tunnel
 	// Proxy renders the ks-mc proxy Deployment (Tunnel == kubesphere.TunnelKsMc).
 	Proxy manifests.ProxyValues
@@ -346,9 +346,11 @@ func (h *Host) tunnelCheck(p *Preflight, st *HostState) {
 	}
 }
 
-// towerMembersCheck: switching a host that runs KubeSphere's Tower to the ks-mc proxy cuts off
-// every member connected by a Tower agent (the ks-mc proxy speaks another protocol). They are
-// listed, and the switch is refused without --force; each must be re-joined afterwards.
+// towerMembersCheck: switching a host that runs KubeSphere's Tower to the ks-mc proxy keeps every
+// member connected by a Tower agent: the ks-mc proxy serves Tower agents on the same port (plain
+// http allowed for them: their Deployments dial the http:// address they were rendered with), so
+// their requests fail at most while the proxy pod is replaced. They are listed, with the weaker
+// security a Tower agent keeps, and migrate moves them to the ks-mc agent one by one.
 func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostState) {
 	// Only a host has members.
 	if h.opts.Tunnel != kubesphere.TunnelKsMc || st.CurrentTunnel != kubesphere.TunnelTower || st.CC.ClusterRole() != kubesphere.RoleHost {
@@ -362,7 +364,7 @@ func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostStat
 		p.Warn("", "cannot list the members connected through Tower: %v", err)
 		return
 	}
-	var names, cmds []string
+	var names []string
 	for i := range clusters {
 		c := &clusters[i]
 		typ, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "type")
@@ -374,19 +376,15 @@ func (h *Host) towerMembersCheck(ctx context.Context, p *Preflight, st *HostStat
 			state = "agent connected"
 		}
 		names = append(names, fmt.Sprintf("%s (%s)", c.GetName(), state))
-		cmds = append(cmds, fmt.Sprintf("kubectl ks-mc join --context <context of %s> --host-context %s --name %s", c.GetName(), hostContextName(h.c), c.GetName()))
 	}
 	if len(names) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("%d member(s) connect through KubeSphere's Tower agents and lose their connection when Deployment tower runs the ks-mc proxy: %s",
+	p.Warn(fmt.Sprintf("then move them to the ks-mc agent one by one, without a failed request: kubectl ks-mc migrate --host-context %s --all-contexts (or --context <context of each member>)", hostContextName(h.c)),
+		"%d member(s) connect through KubeSphere's Tower agents: %s; they stay connected through the ks-mc proxy, which serves Tower agents on the same port "+
+			"(over plain http, as their Deployments dial it); their requests fail only while the proxy pod is replaced. "+
+			"A Tower agent stays weaker: its token is in its command line and over ws:// the proxy is not authenticated",
 		len(names), strings.Join(names, ", "))
-	advice := "after the switch, re-join each member so that it runs the ks-mc agent: " + strings.Join(cmds, "; ")
-	if h.opts.Force {
-		p.Warn(advice, "%s; continuing because of --force", msg)
-		return
-	}
-	p.Error("pass --force to switch anyway; then "+advice, "%s", msg)
 }
 
 func hostContextName(c *Clients) string {

@@ -8,8 +8,9 @@ import (
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 )
 
-// Switching a Tower host to --tunnel=ks-mc cuts off its Tower-connected members: preflight lists
-// them, says how to re-join each, and refuses without --force.
+// Switching a Tower host to --tunnel=ks-mc keeps its Tower-connected members: the ks-mc proxy
+// serves Tower agents. Preflight lists them, says they stay connected (failing only while the
+// proxy pod is replaced) and how to migrate them; no --force is needed.
 func TestHostPreflightTowerMembers(t *testing.T) {
 	f := newJoinFixture(t, memberCluster("member1", "uid-member", false), memberCluster("m2", "uid-2", false))
 	opts := fastOpts()
@@ -18,20 +19,18 @@ func TestHostPreflightTowerMembers(t *testing.T) {
 	if st == nil {
 		t.Fatalf("no state:\n%s", checkLines(p))
 	}
-	errs := errorsOf(p)
-	for _, want := range []string{"member1", "m2", "Tower", "--force",
-		"kubectl ks-mc join --context <context of member1> --host-context host --name member1"} {
-		if !strings.Contains(errs, want) {
-			t.Errorf("preflight errors lack %q:\n%s", want, checkLines(p))
+	if errs := errorsOf(p); strings.Contains(errs, "Tower") || strings.Contains(errs, "--force") {
+		t.Errorf("Tower members refused:\n%s", errs)
+	}
+	lines := checkLines(p)
+	for _, want := range []string{"member1", "m2", "stay connected through the ks-mc proxy", "while the proxy pod is replaced",
+		"token is in its command line", "kubectl ks-mc migrate --host-context host --all-contexts"} {
+		if !strings.Contains(lines, want) {
+			t.Errorf("preflight lacks %q:\n%s", want, lines)
 		}
 	}
-	opts.Force = true
-	p, _ = split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
-	if strings.Contains(errorsOf(p), "Tower agents") || !strings.Contains(checkLines(p), "continuing because of --force") {
-		t.Errorf("--force must turn the refusal into a warning:\n%s", checkLines(p))
-	}
 	// Staying on Tower is no switch: nothing to say.
-	opts.Force, opts.Tunnel = false, ""
+	opts.Tunnel = ""
 	p, _ = split(NewHost(f.host.c, opts, nil, nil).Preflight(context.Background()))
 	if strings.Contains(checkLines(p), "Tower agents") {
 		t.Errorf("warned without a switch:\n%s", checkLines(p))

@@ -72,6 +72,9 @@ type joinState struct {
 	agent              *appsv1.Deployment
 	// caHash pins the bundled proxy's CA (https proxy addresses).
 	caHash string
+	// agentName is the agent Deployment to render: kubesphere.AgentName, or MigratedAgentName on a
+	// member moved by migrate (the ks-mc agent keeps the Deployment it was migrated to).
+	agentName string
 }
 
 // Join connects a member to a host through the agent tunnel. It never prints: progress goes to

@@ -18,7 +18,17 @@ func (j *Join) renderCluster(st *joinState) (*unstructured.Unstructured, error) 
 	return manifests.RenderCluster(manifests.ClusterValues{
 		Name: j.opts.Name, Provider: j.opts.Provider, Description: j.opts.Description, Group: j.opts.Group,
 		Region: j.opts.Region, MemberUID: st.memberUID, Labels: j.opts.Labels,
+		Annotations: clusterAnnotations(st),
 	})
+}
+
+// clusterAnnotations: a member on the ks-mc agent gets ks-mc.io/agent-protocol: ks-mc, so the
+// proxy never serves a Tower agent for its Cluster (downgrade protection).
+func clusterAnnotations(st *joinState) map[string]string {
+	if st.tunnel != kubesphere.TunnelKsMc {
+		return nil
+	}
+	return map[string]string{kubesphere.AgentProtocolAnnotation: string(kubesphere.TunnelKsMc)}
 }
 
 // subsetOf reports whether every field of want is present with the same value in have.
@@ -92,6 +102,7 @@ func (j *Join) applyCluster(ctx context.Context, st *joinState) (*unstructured.U
 func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) error {
 	objs, err := manifests.RenderAgent(st.tunnel, manifests.AgentValues{
 		ClusterName: j.opts.Name, Token: token, ProxyServer: st.proxyAddress, Image: st.agentImage, CACertHash: st.caHash,
+		DeploymentName: agentNameFor(st),
 	})
 	if err != nil {
 		return err
@@ -100,12 +111,13 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	m := side(j.member, "member")
 	// Switching tunnels: the old Deployment's command/args belong to another manager; replace it.
 	if st.agent != nil && InspectAgent(st.agent).Tunnel != st.tunnel {
-		j.log.Record(Change{Object: fmt.Sprintf("%s deployment %s/%s", m, kubesphere.Namespace, kubesphere.AgentName), Action: "delete",
+		j.log.Record(Change{Object: fmt.Sprintf("%s deployment %s/%s", m, kubesphere.Namespace, st.agent.Name), Action: "delete",
 			Summary: fmt.Sprintf("replace the %s agent by the %s agent", InspectAgent(st.agent).Tunnel, st.tunnel)})
-		if err := j.w.Delete(ctx, Deployments(j.member, kubesphere.Namespace), kubesphere.AgentName, metav1.DeleteOptions{}); err != nil {
-			return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, kubesphere.AgentName, err)
+		if err := j.w.Delete(ctx, Deployments(j.member, kubesphere.Namespace), st.agent.Name, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, st.agent.Name, err)
 		}
 		st.agent = nil
+		st.agentName = kubesphere.AgentName
 	}
 	for _, o := range objs {
 		obj := fmt.Sprintf("%s %s %s/%s", m, strings.ToLower(o.GetKind()), o.GetNamespace(), o.GetName())
@@ -131,11 +143,19 @@ func (j *Join) applyAgent(ctx context.Context, st *joinState, token string) erro
 	if j.opts.DryRun.Enabled() {
 		return nil
 	}
-	if err := WaitForRollout(ctx, j.member, kubesphere.Namespace, kubesphere.AgentName, j.remaining(), j.rep); err != nil {
+	if err := WaitForRollout(ctx, j.member, kubesphere.Namespace, agentNameFor(st), j.remaining(), j.rep); err != nil {
 		return fmt.Errorf("member: %w", err)
 	}
 	j.rep.Step(fmt.Sprintf("%s: agent rolled out", m))
 	return nil
+}
+
+// agentNameFor is the agent Deployment join renders (kubesphere.AgentName unless migrated).
+func agentNameFor(st *joinState) string {
+	if st.tunnel == kubesphere.TunnelKsMc && st.agentName != "" {
+		return st.agentName
+	}
+	return kubesphere.AgentName
 }
 
 // agentResource is where a rendered agent object goes on the member (a Secret or a Deployment).

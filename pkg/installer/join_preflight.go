@@ -135,6 +135,10 @@ func (j *Join) memberPreflight(ctx context.Context, p *Preflight, st *joinState)
 		return false
 	}
 	st.agent = agent
+	st.agentName = kubesphere.AgentName
+	if agent != nil && agent.Name == kubesphere.MigratedAgentName {
+		st.agentName = kubesphere.MigratedAgentName
+	}
 	return true
 }
 
@@ -324,6 +328,13 @@ func (j *Join) leftoverAgentCheck(p *Preflight, st *joinState) {
 	if st.agent != nil {
 		info := InspectAgent(st.agent)
 		switch {
+		case info.Tunnel == kubesphere.TunnelTower && st.tunnel == kubesphere.TunnelKsMc && st.existing != nil && info.ClusterName == name &&
+			sameProxy(httpsAddress(info.ProxyServer), httpsAddress(st.proxyAddress)):
+			// The host switched to the ks-mc proxy, which still serves this Tower agent: join
+			// replaces the agent in place (a gap), migrate moves the member without a failed request.
+			p.Warn(fmt.Sprintf("kubectl ks-mc migrate --host-context %s%s moves a Tower member without a failed request", j.host.Context, j.member.contextFlag()),
+				"%s: the member runs KubeSphere's Tower agent (Deployment %s/%s), served by the host's ks-mc proxy: join replaces it in place, so its requests fail until the ks-mc agent connects",
+				m, kubesphere.Namespace, kubesphere.AgentName)
 		case info.ProxyServer != "" && !sameProxy(info.ProxyServer, st.proxyAddress):
 			p.Error(fmt.Sprintf("unjoin it from that host first, or delete it: kubectl -n %s delete deployment %s%s", kubesphere.Namespace, kubesphere.AgentName, j.member.contextFlag()),
 				"%s: Deployment %s/%s connects to another proxy (%s): is the member joined to another host?", m, kubesphere.Namespace, kubesphere.AgentName, info.ProxyServer)

@@ -128,7 +128,7 @@ func (j *Join) waitConnected(ctx context.Context, st *joinState, token string) e
 func (j *Join) diagnose(ctx context.Context, st *joinState, conds []kubesphere.ClusterCondition, token string) error {
 	e := &ConnectTimeoutError{Name: j.opts.Name, Timeout: j.opts.Timeout, Conditions: conds}
 	scrub := func(s string) string { return manifests.Scrub(s, token, j.jwt.Reveal()) }
-	sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: manifests.AgentSelector()})
+	sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: manifests.AgentSelectorFor(agentNameFor(st))})
 	pods, err := j.member.Kube.CoreV1().Pods(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	var notRunning string
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/ks-mc/ks-mc/pkg/kubesphere"
@@ -35,6 +36,11 @@ type ClusterRow struct {
 	LatencyMS    *float64                      `json:"latencyMs,omitempty"`
 	UID          string                        `json:"uid,omitempty"`
 	Conditions   []kubesphere.ClusterCondition `json:"conditions,omitempty"`
+	// Protocol is the agent protocol the member connects with (tower or ks-mc), from the ks-mc
+	// proxy's heartbeat Lease (else: tower when the host runs KubeSphere's Tower); "" unknown.
+	Protocol string `json:"protocol,omitempty"`
+	// Weaker explains why a member on a Tower agent is less protected, with the migrate command.
+	Weaker string `json:"weaker,omitempty"`
 }
 
 // ContextRole is the KubeSphere role of one kubeconfig context.
@@ -101,8 +107,16 @@ func Status(ctx context.Context, host *Clients, contexts []*Clients) (*StatusRep
 		if err != nil {
 			return nil, err
 		}
+		protocols := AgentProtocols(ctx, host, clusters)
+		hostTunnel, _ := HostTunnel(ctx, host)
 		for i := range clusters {
 			row := ClusterRowOf(&clusters[i])
+			if row.Connection == kubesphere.ConnectionTypeProxy && row.Role != kubesphere.RoleHost {
+				row.Protocol = protocols[row.Name]
+				if row.Protocol == string(kubesphere.TunnelTower) {
+					row.Weaker = TowerAgentWeakness(host, row.Name, hostTunnel == kubesphere.TunnelTower)
+				}
+			}
 			rep.Clusters = append(rep.Clusters, row)
 			if row.UID != "" {
 				byUID[row.UID] = row.Name
@@ -180,4 +194,51 @@ func ProbeTunnels(ctx context.Context, host *Clients, members []*Clients, rep *S
 		row.LatencyMS = f.LatencyMS
 	}
 	return nil
+}
+
+// AgentProtocols tells, per Cluster name, which agent protocol its member connects with: what the
+// ks-mc proxy's heartbeat Lease says (annotation ks-mc.io/agent-protocol); without one, tower when
+// the host runs KubeSphere's Tower (every agent is a Tower agent then), ks-mc for a Cluster
+// annotated ks-mc (the proxy refuses Tower agents for it); else nothing is known.
+func AgentProtocols(ctx context.Context, host *Clients, clusters []unstructured.Unstructured) map[string]string {
+	out := map[string]string{}
+	tunnelKind, _ := HostTunnel(ctx, host)
+	leases := map[string]string{}
+	if tunnelKind == kubesphere.TunnelKsMc {
+		if l, err := host.Kube.CoordinationV1().Leases(kubesphere.Namespace).List(ctx, metav1.ListOptions{LabelSelector: kubesphere.HeartbeatClusterLabel}); err == nil {
+			for i := range l.Items {
+				if p := LeaseProtocol(&l.Items[i]); p != "" {
+					leases[l.Items[i].Labels[kubesphere.HeartbeatClusterLabel]] = p
+				}
+			}
+		}
+	}
+	for i := range clusters {
+		c := &clusters[i]
+		name := c.GetName()
+		switch {
+		case tunnelKind == kubesphere.TunnelTower:
+			out[name] = string(kubesphere.TunnelTower)
+		case leases[name] != "":
+			out[name] = leases[name]
+		case c.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == string(kubesphere.TunnelKsMc):
+			out[name] = string(kubesphere.TunnelKsMc)
+		}
+	}
+	return out
+}
+
+// TowerAgentWeakness says what a member on a Tower agent cannot be protected from, and how to
+// move it to the ks-mc agent; hostTower: the host still runs KubeSphere's Tower (switch it first).
+func TowerAgentWeakness(host *Clients, cluster string, hostTower bool) string {
+	h := "HOST"
+	if host != nil && host.Context != "" {
+		h = host.Context
+	}
+	first := ""
+	if hostTower {
+		first = "kubectl ks-mc init-host --context " + h + " --tunnel=ks-mc (Tower members stay connected), then "
+	}
+	return "on a Tower agent: weaker than the ks-mc agent (its token is in the agent's command line, and over ws:// the proxy is not authenticated, so anyone on the path can take the token); " +
+		"move it: " + first + "kubectl ks-mc migrate --host-context " + h + " --context <context of " + cluster + ">"
 }

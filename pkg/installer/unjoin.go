@@ -68,6 +68,9 @@ type unjoinState struct {
 	// agent is the member's agent Deployment when it serves this Cluster.
 	agent        AgentInfo
 	agentPresent bool
+	// agents are every agent Deployment that serves this Cluster: cluster-agent and, on a member
+	// moved by migrate (or stopped half-way), the ks-mc agent next to it.
+	agents []string
 }
 
 // NewUnjoin prepares an unjoin.
@@ -163,21 +166,24 @@ func (u *Unjoiner) findAgent(ctx context.Context, st *unjoinState) error {
 	if st.memberErr != nil {
 		return nil
 	}
-	d, err := GetAgentDeployment(ctx, u.member)
+	ds, err := GetAgentDeployments(ctx, u.member)
 	if err != nil {
 		return fmt.Errorf("member: %w", err)
 	}
-	if d == nil {
-		return nil
-	}
-	st.agent = InspectAgent(d)
-	st.agentPresent = true
-	if u.res.Name == "" {
-		u.res.Name = st.agent.ClusterName
-	}
-	if u.res.Name != "" && st.agent.ClusterName != "" && st.agent.ClusterName != u.res.Name {
-		u.rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", kubesphere.Namespace, kubesphere.AgentName, st.agent.ClusterName, u.res.Name))
-		st.agentPresent = false
+	for _, d := range ds {
+		info := InspectAgent(d)
+		if u.res.Name == "" {
+			u.res.Name = info.ClusterName
+		}
+		if u.res.Name != "" && info.ClusterName != "" && info.ClusterName != u.res.Name {
+			u.rep.Warn(fmt.Sprintf("member: Deployment %s/%s serves cluster %q, not %q: left in place", kubesphere.Namespace, d.Name, info.ClusterName, u.res.Name))
+			continue
+		}
+		if !st.agentPresent {
+			st.agent = info
+		}
+		st.agentPresent = true
+		st.agents = append(st.agents, d.Name)
 	}
 	return nil
 }
@@ -224,10 +230,14 @@ func (u *Unjoiner) deleteAgent(ctx context.Context, st *unjoinState) error {
 		return nil
 	}
 	member := u.member
-	if st.agentPresent {
-		u.log.Record(Change{Object: fmt.Sprintf("member deployment %s/%s", kubesphere.Namespace, kubesphere.AgentName), Action: "delete", Summary: fmt.Sprintf("the %s agent", st.agent.Tunnel)})
-		if err := u.w.Delete(ctx, Deployments(member, kubesphere.Namespace), kubesphere.AgentName, metav1.DeleteOptions{}); err != nil {
-			return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, kubesphere.AgentName, err)
+	for _, name := range st.agents {
+		tun := st.agent.Tunnel
+		if name == kubesphere.MigratedAgentName {
+			tun = kubesphere.TunnelKsMc
+		}
+		u.log.Record(Change{Object: fmt.Sprintf("member deployment %s/%s", kubesphere.Namespace, name), Action: "delete", Summary: fmt.Sprintf("the %s agent", tun)})
+		if err := u.w.Delete(ctx, Deployments(member, kubesphere.Namespace), name, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("member: delete deployment %s/%s: %w", kubesphere.Namespace, name, err)
 		}
 	}
 	sec, err := member.Kube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.AgentTokenSecretName, metav1.GetOptions{})

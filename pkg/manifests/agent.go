@@ -52,6 +52,10 @@ type AgentValues struct {
 	Image string
 	// CACertHash pins the proxy CA for the bundled agent ("sha256:<hex>"); required with https.
 	CACertHash string
+	// DeploymentName is the bundled agent's Deployment: "" or kubesphere.AgentName, or
+	// kubesphere.MigratedAgentName on a member moved from Tower by migrate (then with MigratedAgentSelector).
+	// Tower agents are always kubesphere.AgentName.
+	DeploymentName string
 }
 
 // Validate checks the values for the given tunnel. Errors never quote the token.
@@ -68,7 +72,13 @@ func (v AgentValues) Validate(t kubesphere.Tunnel) error {
 	}
 	switch t {
 	case kubesphere.TunnelTower:
+		if v.DeploymentName != "" && v.DeploymentName != kubesphere.AgentName {
+			return fmt.Errorf("agent: the Tower agent is always Deployment %s", kubesphere.AgentName)
+		}
 	case kubesphere.TunnelKsMc:
+		if v.DeploymentName != "" && v.DeploymentName != kubesphere.AgentName && v.DeploymentName != kubesphere.MigratedAgentName {
+			return fmt.Errorf("agent: unknown agent Deployment name %q", v.DeploymentName)
+		}
 		if u.Scheme == "https" && v.CACertHash == "" {
 			return fmt.Errorf("agent: the proxy address %s is https but no CA hash is known to pin it", v.ProxyServer)
 		}
@@ -115,7 +125,10 @@ func RenderAgent(t kubesphere.Tunnel, v AgentValues) ([]*unstructured.Unstructur
 		if d.Image == "" {
 			d.Image = version.Image()
 		}
-		d.Labels = AgentSelector()
+		if v.DeploymentName == kubesphere.MigratedAgentName {
+			d.Name, d.Selector = kubesphere.MigratedAgentName, MigratedAgentSelector()
+		}
+		d.Labels = AgentSelectorFor(d.Name)
 		d.Labels[kubesphere.ManagedByLabel] = kubesphere.ManagedByValue
 		sum := sha256.Sum256([]byte("ks-mc-agent\x00" + v.Token + "\x00" + v.CACertHash + "\x00" + v.ProxyServer + "\x00" + v.ClusterName))
 		d.ConfigHash = hex.EncodeToString(sum[:8])

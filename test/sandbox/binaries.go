@@ -238,3 +238,40 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TowerAgentPackage is test/toweragent's program with the flags of kubesphere/tower:v0.2.1's /agent.
+const TowerAgentPackage = "github.com/ks-mc/ks-mc/test/toweragent/cmd/tower-agent"
+
+// towerAgentBinary resolves Options.TowerAgentBinary: the option, else $KSMC_TOWER_AGENT_BINARY,
+// else a build of TowerAgentPackage into dir/bin (from this module; "" when it cannot be built,
+// then Tower-image Deployments run no process, as before).
+func towerAgentBinary(ctx context.Context, o Options, dir string, logf func(string, ...any)) string {
+	bin := o.TowerAgentBinary
+	if bin == "" {
+		bin = os.Getenv("KSMC_TOWER_AGENT_BINARY")
+	}
+	switch bin {
+	case "-":
+		return ""
+	case "":
+	default:
+		return bin
+	}
+	out := filepath.Join(dir, "bin", "tower-agent")
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(bctx, "go", "build", "-o", out, TowerAgentPackage)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		logf("no Tower agents: build %s: %v: %s", TowerAgentPackage, err, tailLines(string(b), 5))
+		return ""
+	}
+	return out
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -127,9 +127,9 @@ func RunControllers(ctx context.Context, st *State, log io.Writer) error {
 			// ks-controller-manager's Cluster webhook, served from this process.
 			(&fakeks.ClusterWebhook{Clients: cl, NodeIP: c.NodeIP, BindAddress: webhookBindAddress(st, c), Log: prefix("stand-in")}).Run,
 			(&fakeks.LoadBalancer{Clients: cl, NodeIP: c.NodeIP, Log: prefix("stand-in")}).Run,
-			(&fakeks.Tower{Host: cl, NodeIP: c.NodeIP, Peers: others, Log: prefix("stand-in")}).Run,
+			(&fakeks.Tower{Host: cl, NodeIP: c.NodeIP, Peers: others, Log: prefix("stand-in"), RealAgents: st.TowerAgentBinary != ""}).Run,
 			(&PodRunner{
-				Kube: cl.Kube, Cluster: c, Binary: st.Binary, ImageRepository: st.ImageRepository,
+				Kube: cl.Kube, Cluster: c, Binary: st.Binary, ImageRepository: st.ImageRepository, TowerAgentBinary: st.TowerAgentBinary,
 				Kubeconfig: c.ownKubeconfig(st), Dir: filepath.Join(st.Dir, "pods", c.Name),
 				LogDir: filepath.Join(st.Dir, "logs"), PIDDir: filepath.Join(st.Dir, "pids"),
 				Log: prefix("pods"),

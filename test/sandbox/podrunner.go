@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -15,22 +16,28 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
-// PodRunner runs Deployments that use the ks-mc image as local processes of the ks-mc binary: the
-// sandbox's stand-in for a kubelet and a container runtime, for our own image only.
+// PodRunner runs Deployments that use the ks-mc image as local processes of the ks-mc binary, and
+// the agent container of Deployments of KubeSphere's Tower image (kubesphere/tower, command
+// /agent) as processes of test/toweragent's tower-agent: the sandbox's stand-in for a kubelet and
+// a container runtime, for these two images only.
 type PodRunner struct {
 	Kube            kubernetes.Interface
 	Cluster         *Cluster
 	Binary          string
 	ImageRepository string
-	Kubeconfig      string // the cluster's kubeconfig, handed to pods as KUBECONFIG
-	Dir             string // per-pod working directories (volumes)
-	LogDir, PIDDir  string
-	Log             io.Writer
+	// TowerAgentBinary runs Tower agent containers ("" leaves them without a process).
+	TowerAgentBinary string
+	Kubeconfig       string // the cluster's kubeconfig, handed to pods as KUBECONFIG
+	Dir              string // per-pod working directories (volumes)
+	LogDir, PIDDir   string
+	Log              io.Writer
 
 	running map[string]*podProc
 }
@@ -73,14 +80,31 @@ func ImageRepositoryOf(image string) string {
 	return image
 }
 
-// ourContainer returns the first container of the template that uses the ks-mc image.
+// TowerImageRepository is KubeSphere's Tower image (the agent Deployment KubeSphere renders runs
+// its /agent, kubesphere/kubesphere v3.4.1 pkg/kapis/cluster/v1alpha1 agent template).
+const TowerImageRepository = "kubesphere/tower"
+
+// ourContainer returns the first container of the template that uses the ks-mc image, else (with
+// a TowerAgentBinary) the first Tower agent container.
 func (r *PodRunner) ourContainer(spec *corev1.PodSpec) *corev1.Container {
 	for i := range spec.Containers {
 		if ImageRepositoryOf(spec.Containers[i].Image) == r.ImageRepository {
 			return &spec.Containers[i]
 		}
 	}
+	for i := range spec.Containers {
+		if r.isTowerAgent(&spec.Containers[i]) {
+			return &spec.Containers[i]
+		}
+	}
 	return nil
+}
+
+// isTowerAgent: a container of the Tower image whose command is /agent (the host's tower
+// Deployment runs /proxy of the same image: the stand-in fakeks.Tower plays that one).
+func (r *PodRunner) isTowerAgent(c *corev1.Container) bool {
+	return r.TowerAgentBinary != "" && ImageRepositoryOf(c.Image) == TowerImageRepository &&
+		len(c.Command) > 0 && path.Base(c.Command[0]) == "agent"
 }
 
 func (r *PodRunner) reconcile(ctx context.Context) error {
@@ -157,11 +181,11 @@ func (r *PodRunner) stop(key string, p *podProc) {
 
 // start resolves the container's command, env and volumes and starts the process.
 func (r *PodRunner) start(ctx context.Context, key string, d *appsv1.Deployment) (*podProc, error) {
-	if r.Binary == "" {
-		return nil, fmt.Errorf("no ks-mc binary configured (set KSMC_BINARY) to run image %s", r.ImageRepository)
-	}
 	spec := d.Spec.Template.Spec
 	c := r.ourContainer(&spec)
+	if r.Binary == "" && !r.isTowerAgent(c) {
+		return nil, fmt.Errorf("no ks-mc binary configured (set KSMC_BINARY) to run image %s", r.ImageRepository)
+	}
 	parts := strings.Split(key, "/")
 	podName := fmt.Sprintf("%s-%s-%s", d.Name, templateHash(d)[:6], parts[2])
 	podDir := filepath.Join(r.Dir, d.Namespace+"_"+d.Name+"_"+parts[2])
@@ -182,8 +206,10 @@ func (r *PodRunner) start(ctx context.Context, key string, d *appsv1.Deployment)
 		vars[e.Name] = rewritePaths(e.Value, mounts)
 	}
 	var argv []string
+	binary := r.Binary
+	tower := r.isTowerAgent(c)
 	if len(c.Command) > 0 {
-		if path.Base(c.Command[0]) != "kubectl-ks_mc" {
+		if path.Base(c.Command[0]) != "kubectl-ks_mc" && !tower {
 			return nil, fmt.Errorf("container %s: command %q is not the ks-mc entrypoint", c.Name, c.Command[0])
 		}
 		argv = append(argv, c.Command[1:]...)
@@ -193,18 +219,26 @@ func (r *PodRunner) start(ctx context.Context, key string, d *appsv1.Deployment)
 		argv[i] = rewritePaths(expandVars(a, vars), mounts)
 	}
 	envList := []string{"KUBECONFIG=" + r.Kubeconfig}
+	if tower {
+		binary = r.TowerAgentBinary
+		sa, err := r.towerServiceAccount(ctx, d.Namespace, spec.ServiceAccountName, podDir)
+		if err != nil {
+			return nil, err
+		}
+		envList = append(envList, sa...)
+	}
 	for _, e := range env {
 		envList = append(envList, e.Name+"="+vars[e.Name])
 	}
 	p, err := startProc(procOptions{
-		Name: r.Cluster.Name + "/pod/" + strings.ReplaceAll(key, "/", "_"), Binary: r.Binary, Args: argv, Env: envList,
+		Name: r.Cluster.Name + "/pod/" + strings.ReplaceAll(key, "/", "_"), Binary: binary, Args: argv, Env: envList,
 		Dir: podDir, LogPath: filepath.Join(r.LogDir, "pod-"+r.Cluster.Name+"-"+d.Namespace+"-"+d.Name+"-"+parts[2]+".log"),
 		PIDDir: r.PIDDir, Netns: r.Cluster.Netns, Detach: true,
 	})
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(r.Log, "pod %s: started pid %d: %s %s\n", key, p.PID, filepath.Base(r.Binary), redactArgs(argv))
+	fmt.Fprintf(r.Log, "pod %s: started pid %d: %s %s\n", key, p.PID, filepath.Base(binary), redactArgs(argv))
 	return &podProc{hash: templateHash(d), proc: p}, nil
 }
 
@@ -442,3 +476,55 @@ func expandVars(s string, vars map[string]string) string {
 	}
 	return b.String()
 }
+
+// towerServiceAccount gives a Tower agent process what Tower's agent reads in a pod (kubesphere/tower
+// v0.2.1 pkg/agent/agent.go NewAgent, in-cluster branch): KUBERNETES_SERVICE_HOST/PORT (here the
+// cluster's apiserver, as kube-proxy would route the kubernetes Service) and the service account's
+// token and ca.crt, written to a directory that tower-agent reads instead of
+// /var/run/secrets/kubernetes.io/serviceaccount ($TOWER_AGENT_SERVICE_ACCOUNT_DIR, a test hook of
+// test/toweragent; the flags stay Tower's). The token is a real one of the pod's service account
+// (TokenRequest), as the kubelet projects it.
+func (r *PodRunner) towerServiceAccount(ctx context.Context, ns, sa, podDir string) ([]string, error) {
+	if sa == "" {
+		sa = "default"
+	}
+	tr, err := r.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(24 * 3600))}}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("token of service account %s/%s: %w", ns, sa, err)
+	}
+	u, err := url.Parse(r.Cluster.Server)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s server %q: %w", r.Cluster.Name, r.Cluster.Server, err)
+	}
+	ca, err := r.clusterCA()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(podDir, "serviceaccount")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	for name, data := range map[string][]byte{"token": []byte(tr.Status.Token), "ca.crt": ca, "namespace": []byte(ns)} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	return []string{"KUBERNETES_SERVICE_HOST=" + u.Hostname(), "KUBERNETES_SERVICE_PORT=" + u.Port(), "TOWER_AGENT_SERVICE_ACCOUNT_DIR=" + dir}, nil
+}
+
+// clusterCA is the CA of the cluster's apiserver, from its kubeconfig.
+func (r *PodRunner) clusterCA() ([]byte, error) {
+	cfg, err := clientcmd.LoadFromFile(r.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", r.Kubeconfig, err)
+	}
+	for _, c := range cfg.Clusters {
+		if len(c.CertificateAuthorityData) > 0 {
+			return c.CertificateAuthorityData, nil
+		}
+	}
+	return nil, fmt.Errorf("%s has no certificate-authority-data", r.Kubeconfig)
+}
+
+func ptr[T any](v T) *T { return &v }

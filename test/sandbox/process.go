@@ -69,6 +69,10 @@ func startProc(o procOptions) (*Proc, error) {
 		args = append([]string{"netns", "exec", o.Netns, bin}, args...)
 		bin = "ip"
 	}
+	// A descriptor this process inherited without close-on-exec (the shared flock(1) lock of a
+	// test run) would be held by every component, detached ones too, long after the run: so
+	// `flock LOCK sandbox up --detach` would keep LOCK taken until `sandbox down`.
+	closeInheritedOnExec()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = o.Dir
 	cmd.Stdout = logf
@@ -262,4 +266,20 @@ func stopAllPIDs(pidDir string) {
 		}()
 	}
 	wg.Wait()
+}
+
+// closeInheritedOnExec marks every descriptor above stderr close-on-exec (Go opens its own so).
+func closeInheritedOnExec() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		for fd := 3; fd < 256; fd++ {
+			syscall.CloseOnExec(fd)
+		}
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }

@@ -42,6 +42,10 @@ type Options struct {
 	Binary string
 	// ImageRepository selects the Deployments run as processes (default the ks-mc image repository).
 	ImageRepository string
+	// TowerAgentBinary runs the agent container of Deployments of KubeSphere's Tower image
+	// (kubesphere/tower, command /agent): test/toweragent's tower-agent (default
+	// $KSMC_TOWER_AGENT_BINARY, else built into Dir by Up; "-" runs no Tower agents).
+	TowerAgentBinary string
 	// Isolated clusters run in their own network namespace: they can dial the others, nobody but
 	// this machine's root namespace can dial them (requires root and iproute2 + nftables).
 	Isolated []string
@@ -72,12 +76,14 @@ type Sandbox struct {
 
 // State is what a sandbox records in <Dir>/sandbox.json, so other processes can use or stop it.
 type State struct {
-	Dir             string     `json:"dir"`
-	Kubeconfig      string     `json:"kubeconfig"`
-	BinDir          string     `json:"binDir"`
-	Binary          string     `json:"binary"`
-	ImageRepository string     `json:"imageRepository"`
-	Clusters        []*Cluster `json:"clusters"`
+	Dir             string `json:"dir"`
+	Kubeconfig      string `json:"kubeconfig"`
+	BinDir          string `json:"binDir"`
+	Binary          string `json:"binary"`
+	ImageRepository string `json:"imageRepository"`
+	// TowerAgentBinary is test/toweragent's tower-agent ("" runs no Tower agents).
+	TowerAgentBinary string     `json:"towerAgentBinary,omitempty"`
+	Clusters         []*Cluster `json:"clusters"`
 }
 
 // Cluster is one sandbox cluster.
@@ -200,6 +206,7 @@ func Up(ctx context.Context, o Options) (_ *Sandbox, err error) {
 		Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig"), BinDir: bin,
 		Binary: o.Binary, ImageRepository: o.ImageRepository,
 	}}
+	s.TowerAgentBinary = towerAgentBinary(ctx, o, dir, s.logf)
 	defer func() {
 		if err != nil {
 			s.logf("start failed; stopping what was started")

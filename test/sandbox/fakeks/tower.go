@@ -35,15 +35,40 @@ type Peer struct {
 // tunnel: an agent "connects" when a peer cluster runs an available cluster-agent Deployment of
 // the Tower image whose --name, --token and --proxy-server match the host (what the real agent
 // needs to get through), and the Cluster's kubeconfig then points at the peer directly.
+//
+// The sandbox runs those agent Deployments for real (test/toweragent's tower-agent, see
+// sandbox.PodRunner): while this stand-in plays Tower nothing listens at the published address, so
+// the real agents retry (Tower's backoff) and are told apart from it only by the checks below;
+// once init-host puts the ks-mc proxy into the tower Deployment, the same agents connect to it
+// over Tower's protocol. Each rule follows kubesphere/tower v0.2.1:
+//   - a Cluster is served while spec.connection.type is proxy and joinFederation is true, until it
+//     is gone (pkg/proxy/proxy.go addCluster/delete);
+//   - port from 6000-7000, kubesphereAPIServerPort = port + 10000, a token when the Cluster has
+//     none (64 hex digits), Service mc-<name> selecting the tower pods, Initialized
+//     (pkg/proxy/proxy.go addCluster, allocatePort, generateToken);
+//   - an agent whose --token differs from spec.connection.token is refused ("Unauthorized agent",
+//     pkg/proxy/proxy.go handleWebsocket), one that dials another address never reaches the proxy;
+//   - on connect AgentAvailable=True "Agent has connected to proxy successfully." and the
+//     kubeconfig is issued; with no agent AgentAvailable=False "Agent has not connected to proxy."
+//     (pkg/proxy/proxy.go Update).
 type Tower struct {
 	Host   *Clients
 	NodeIP string
 	Peers  []Peer
 	Log    io.Writer
+	// RealAgents: the sandbox runs the Tower agents (test/toweragent): the stand-in accepts them
+	// where Tower listens (towerSessions) and an agent is connected while its session is up.
+	RealAgents bool
+
+	sess towerSessions
 }
 
 // Run loops until ctx ends.
 func (tw *Tower) Run(ctx context.Context) {
+	if tw.RealAgents {
+		tw.sess.tw = tw
+		go tw.runListener(ctx)
+	}
 	for {
 		if err := tw.reconcile(ctx); err != nil && ctx.Err() == nil {
 			fmt.Fprintf(tw.Log, "tower: %v\n", err)
@@ -57,6 +82,22 @@ func (tw *Tower) Run(ctx context.Context) {
 }
 
 const towerRepository = "kubesphere/tower"
+
+// runListener keeps the agent listener open exactly while the tower Deployment runs KubeSphere's
+// image (checked often: a replaced pod frees its port at once, and the ks-mc proxy takes it).
+func (tw *Tower) runListener(ctx context.Context) {
+	for {
+		if err := tw.sess.sync(tw.active(ctx)); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(tw.Log, "tower: %v\n", err)
+		}
+		select {
+		case <-ctx.Done():
+			_ = tw.sess.sync(false)
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
 
 func (tw *Tower) active(ctx context.Context) bool {
 	d, err := tw.Host.Kube.AppsV1().Deployments(Namespace).Get(ctx, "tower", metav1.GetOptions{})
@@ -219,6 +260,13 @@ func (tw *Tower) serve(ctx context.Context, name string, used map[int64]bool, pu
 				continue
 			}
 			switch {
+			case tw.RealAgents:
+				// The agent says for itself whether it got through: a session that passed the
+				// config request (token, name) at the address it dials.
+				if tw.sess.connected(name) {
+					connected = true
+					conn["kubeconfig"] = base64.StdEncoding.EncodeToString(a.peer.Kubeconfig)
+				}
 			case a.token != conn["token"]:
 				fmt.Fprintf(tw.Log, "tower: agent in %s for cluster %s refused: token mismatch\n", a.peer.Name, name)
 			case a.proxyServer != published:
