@@ -41,8 +41,10 @@ host-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null) || \
 	  echo "warning: nftables missing: network-isolation tests will be skipped"; }
 
-bench: ## Tunnel benchmarks: direct vs through proxy+agent, member = a sandbox kube-apiserver; writes docs/benchmarks.md
-	$(GO) run ./test/bench -out docs/benchmarks.md
+bench: build host-deps ## Tunnel benchmarks, every component its own process (BENCH_FLAGS=-only=lan|wan|scale, -quick); writes docs/benchmarks.md (needs root: network namespaces)
+	$(GO) build -o $(BIN_DIR)/ksmc-bench ./test/bench
+	$(GO) build -o $(BIN_DIR)/tower-agent ./test/toweragent/cmd/tower-agent
+	$(BIN_DIR)/ksmc-bench -binary $(BIN_DIR)/$(BINARY) -out docs/benchmarks.md $(BENCH_FLAGS)
 
 bench-diagnose: build host-deps ## Time diagnose on 1 host + 10 sandbox members (heavy; not part of make test)
 	KSMC_BINARY=$(abspath $(BIN_DIR)/$(BINARY)) KSMC_BENCH_DIAGNOSE=1 KSMC_BENCH_OUT=$(abspath $(BIN_DIR))/bench-diagnose.txt \

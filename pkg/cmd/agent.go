@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -36,6 +37,9 @@ type AgentOptions struct {
 	// Stream caps (tunnel.Config): open streams served per session, per-stream receive window.
 	MaxStreamsPerSession int
 	StreamWindow         uint32
+	// MetricsBindAddress serves the Go runtime metrics on /metrics (off when empty).
+	MetricsBindAddress string
+	profiles           profileFlags
 	// rejectedToken catches Tower's --token: a token on a command line is readable by anyone who
 	// can list pods.
 	rejectedToken string
@@ -92,6 +96,8 @@ pod's service account (its token is re-read when it rotates).`,
 	fl.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "On SIGTERM, how long open streams may finish")
 	fl.IntVar(&o.MaxStreamsPerSession, "max-streams-per-session", o.MaxStreamsPerSession, "Most streams served at once on the proxy session (the surplus is refused, the proxy answers 503)")
 	fl.Uint32Var(&o.StreamWindow, "stream-window", o.StreamWindow, "Per-stream receive window in bytes (256 KiB to 16 MiB): with --max-streams-per-session it bounds the memory slow readers can pin")
+	fl.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "IP:port serving Prometheus /metrics (Go runtime: heap, goroutines) in plain HTTP (off when empty)")
+	o.profiles.addFlags(fl)
 	fl.StringVar(&o.rejectedToken, "token", "", "Not accepted: use --token-file or "+AgentTokenEnv)
 	_ = fl.MarkHidden("token")
 	return cmd
@@ -130,6 +136,11 @@ func (o *AgentOptions) Validate() error {
 	if o.MaxStreamsPerSession <= 0 {
 		return usageErrorf("--max-streams-per-session must be positive")
 	}
+	if o.MetricsBindAddress != "" {
+		if _, port, err := net.SplitHostPort(o.MetricsBindAddress); err != nil || port == "" {
+			return usageErrorf("--metrics-bind-address must be IP:port, e.g. 127.0.0.1:9090")
+		}
+	}
 	if o.StreamWindow < 256<<10 || o.StreamWindow > tunnel.MaxStreamWindowSize {
 		return usageErrorf("--stream-window must be between 262144 (256 KiB) and %d (16 MiB) bytes", tunnel.MaxStreamWindowSize)
 	}
@@ -160,6 +171,11 @@ func (o *AgentOptions) tokenSource() func() (string, error) {
 func (o *AgentOptions) Run(ctx context.Context) error {
 	ctx, stop := interruptible(ctx)
 	defer stop()
+	stopProfiles, err := o.profiles.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopProfiles()
 	cfg := tunnel.DefaultAgentConfig()
 	cfg.Config.KeepAliveInterval, cfg.Config.KeepAliveTimeout, cfg.Config.DrainTimeout = o.KeepAlive, o.KeepAliveTimeout, o.DrainTimeout
 	cfg.Config.MaxStreamsPerSession, cfg.Config.StreamWindowSize = o.MaxStreamsPerSession, o.StreamWindow
@@ -176,6 +192,16 @@ func (o *AgentOptions) Run(ctx context.Context) error {
 	}
 	if strings.HasPrefix(o.ProxyServer, "http://") {
 		klog.InfoS("WARNING: the proxy address is http://: the agent token travels in clear text; publish the proxy over https and pass --ca-cert-hash")
+	}
+	if o.MetricsBindAddress != "" {
+		ml, err := net.Listen("tcp", o.MetricsBindAddress)
+		if err != nil {
+			return fmt.Errorf("listen on the metrics address: %w", err)
+		}
+		msrv := tunnel.NewMetricsServer(tunnel.RuntimeMetricsHandler())
+		go func() { _ = msrv.Serve(ml) }()
+		defer msrv.Close()
+		klog.InfoS("ks-mc agent metrics", "address", ml.Addr().String())
 	}
 	klog.InfoS("ks-mc agent starting", "cluster", o.Name, "proxy", o.ProxyServer, "version", version.Version)
 	return a.Run(ctx)

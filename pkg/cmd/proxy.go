@@ -43,6 +43,7 @@ type ProxyOptions struct {
 	MaxHeaderBytes       int
 	// MetricsBindAddress serves /metrics on its own listener (off when empty).
 	MetricsBindAddress string
+	profiles           profileFlags
 
 	restConfig *rest.Config
 	genericiooptions.IOStreams
@@ -109,6 +110,7 @@ agents' --ca-cert-hash is in that Secret's annotation ks-mc.io/ca-cert-hash.`,
 	fl.IntVar(&o.MaxStreamsPerCluster, "max-streams-per-cluster", o.MaxStreamsPerCluster, "Most streams open at once over all agent sessions of one cluster (clients get 503 beyond it)")
 	fl.Uint32Var(&o.StreamWindow, "stream-window", o.StreamWindow, "Per-stream receive window in bytes (256 KiB to 16 MiB): with --max-streams-per-session it bounds the memory slow readers can pin")
 	fl.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "Largest request header accepted on the proxy port (1 KiB to 1 MiB; 431 beyond it)")
+	o.profiles.addFlags(fl)
 	fl.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Run as one of several replicas: only the Lease holder serves agents")
 	fl.StringVar(&o.LeaseName, "leader-elect-lease", o.LeaseName, "Name of the Lease used with --leader-elect")
 	return cmd
@@ -160,6 +162,11 @@ func (o *ProxyOptions) Validate() error {
 func (o *ProxyOptions) Run(ctx context.Context) error {
 	ctx, stop := interruptible(ctx)
 	defer stop()
+	stopProfiles, err := o.profiles.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopProfiles()
 	pc := tunnel.DefaultProxyConfig()
 	pc.Config.KeepAliveInterval, pc.Config.KeepAliveTimeout, pc.Config.DrainTimeout = o.KeepAlive, o.KeepAliveTimeout, o.DrainTimeout
 	pc.Version = version.Version

@@ -41,6 +41,7 @@ func TestAgentFlagValidation(t *testing.T) {
 		{"no proxy", []string{"agent", "--name=m1", "--token-file=/x"}, "--proxy-server is required"},
 		{"no token", []string{"agent", "--name=m1", "--proxy-server=https://198.51.100.1:8080"}, "no agent token"},
 		{"bad pin", []string{"agent", "--name=m1", "--proxy-server=https://198.51.100.1:8080", "--token-file=/x", "--ca-cert-hash=md5:00"}, "--ca-cert-hash must be sha256"},
+		{"bad metrics address", []string{"agent", "--name=m1", "--proxy-server=https://198.51.100.1:8080", "--token-file=/x", "--metrics-bind-address=9090"}, "--metrics-bind-address must be IP:port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := runRoot(t, tc.args...)

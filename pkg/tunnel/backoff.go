@@ -24,9 +24,10 @@ type Backoff struct {
 	MaxRefused time.Duration
 }
 
-// DefaultBackoff starts at 100ms, caps at 15s and resets after a session lived 10s.
+// DefaultBackoff starts at 100ms, caps at 15s (250ms while the proxy is not up: a restarted proxy
+// has its agents back within about that) and resets after a session lived 10s.
 func DefaultBackoff() Backoff {
-	return Backoff{Initial: 100 * time.Millisecond, Max: 15 * time.Second, ResetAfter: 10 * time.Second, MaxRefused: time.Second}
+	return Backoff{Initial: 100 * time.Millisecond, Max: 15 * time.Second, ResetAfter: 10 * time.Second, MaxRefused: 250 * time.Millisecond}
 }
 
 // Validate reports an unusable backoff.

@@ -39,9 +39,10 @@ func streamInfo(ctx context.Context) (StreamHeader, bool) {
 // forwarder is the agent's HTTP handler: it forwards to the kube-apiserver or ks-apiserver, the
 // only two addresses the agent ever dials on the proxy's behalf.
 type forwarder struct {
-	log  logr.Logger
-	kube *httputil.ReverseProxy
-	ks   *httputil.ReverseProxy
+	log      logr.Logger
+	kube     *httputil.ReverseProxy // watches and upgrades: small buffers (rpBufferPool)
+	kubeBulk *httputil.ReverseProxy // every other request: 32 KiB buffers (bulkBufferPool)
+	ks       *httputil.ReverseProxy
 }
 
 // kubeTransport picks the round tripper: the agent's own credentials only for a request the proxy
@@ -100,6 +101,7 @@ func newForwarder(up *KubeUpstream, ksService string, log logr.Logger) (*forward
 	kt := &kubeTransport{creds: up.Creds, credsH1: up.CredsH1, anon: up.Anon, anonH1: up.AnonH1}
 	f := &forwarder{log: log}
 	f.kube = newReverseProxy(up.URL, kt, log, "kube-apiserver")
+	f.kubeBulk = withBulkBuffers(f.kube)
 	ksURL := &url.URL{Scheme: "http", Host: ksService}
 	ksTransport := &http.Transport{
 		Proxy:               nil,
@@ -153,7 +155,11 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				"ks-mc proxy: present a client certificate issued by the proxy CA (the kubeconfig in the Cluster's spec.connection) or a bearer token")
 			return
 		}
-		f.kube.ServeHTTP(w, r)
+		if longLived(r) || f.kubeBulk == nil {
+			f.kube.ServeHTTP(w, r)
+			return
+		}
+		f.kubeBulk.ServeHTTP(w, r)
 	case TargetKubeSphere:
 		f.ks.ServeHTTP(w, r)
 	default:

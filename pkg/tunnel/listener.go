@@ -49,10 +49,13 @@ type ClusterListener struct {
 	srv      *http.Server
 	certRP   *httputil.ReverseProxy
 	tokenRP  *httputil.ReverseProxy
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	closed   bool
+	// certBulk and tokenBulk are certRP and tokenRP with 32 KiB copy buffers, for every request
+	// but watches and upgrades (see longLived).
+	certBulk, tokenBulk *httputil.ReverseProxy
+	wg                  sync.WaitGroup
+	mu                  sync.Mutex
+	conns               map[net.Conn]struct{}
+	closed              bool
 }
 
 // ListenCluster binds both listeners and starts serving them.
@@ -91,6 +94,7 @@ func ListenCluster(cfg ClusterListenerConfig) (*ClusterListener, error) {
 	l := &ClusterListener{cfg: cfg, kube: kl, ks: kl2, conns: map[net.Conn]struct{}{}}
 	l.certRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
 	l.tokenRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthToken})
+	l.certBulk, l.tokenBulk = withBulkBuffers(l.certRP), withBulkBuffers(l.tokenRP)
 	l.srv = &http.Server{
 		Handler:           l,
 		TLSConfig:         t,
@@ -120,6 +124,9 @@ func (l *ClusterListener) reverseProxy(h StreamHeader) *httputil.ReverseProxy {
 		DisableCompression:  true,
 		// Requests are small and large bodies bypass the buffer: a watch holds 1 KiB, not 4.
 		WriteBufferSize: 1024,
+		// The response is read through this buffer; bulk reads bypass it (the reverse proxy reads
+		// 32 KiB at once), so an idle watch holds 1 KiB, not 4.
+		ReadBufferSize: 1024,
 	}
 	target := &url.URL{Scheme: "http", Host: TargetKubernetes}
 	return &httputil.ReverseProxy{
@@ -159,11 +166,17 @@ func (l *ClusterListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// An HTTP/1.1 client's request body may still be arriving when the response starts: opt in
 	// to reading after writing (HTTP/2 always is), or net/http may cut the body short.
 	_ = http.NewResponseController(w).EnableFullDuplex()
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+	long := longLived(r)
+	switch cert := r.TLS != nil && len(r.TLS.PeerCertificates) > 0; {
+	case cert && long:
 		l.certRP.ServeHTTP(w, r)
-		return
+	case cert:
+		l.certBulk.ServeHTTP(w, r)
+	case long:
+		l.tokenRP.ServeHTTP(w, r)
+	default:
+		l.tokenBulk.ServeHTTP(w, r)
 	}
-	l.tokenRP.ServeHTTP(w, r)
 }
 
 // KubeAddr and KubeSphereAddr are the bound addresses.

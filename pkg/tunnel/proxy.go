@@ -219,6 +219,7 @@ func (p *Proxy) serveVersion(w http.ResponseWriter, _ *http.Request) {
 func (p *Proxy) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	p.metrics.write(w, p.reg.snapshot(), p.tower.reg.snapshot())
+	WriteRuntimeMetrics(w)
 }
 
 func headerHasToken(h http.Header, name, token string) bool {

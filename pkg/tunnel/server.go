@@ -81,7 +81,7 @@ func RunProxy(ctx context.Context, o ServerOptions) error {
 			_ = ln.Close()
 			return fmt.Errorf("listen on the metrics address: %w", err)
 		}
-		msrv := metricsServer(p.MetricsHandler())
+		msrv := NewMetricsServer(p.MetricsHandler())
 		go func() { _ = msrv.Serve(ml) }()
 		defer msrv.Close()
 		log.Info("ks-mc proxy metrics", "address", ml.Addr().String())
@@ -150,8 +150,8 @@ func newServerProxy(o ServerOptions) (*Proxy, error) {
 	return NewProxy(pc)
 }
 
-// metricsServer serves h at /metrics with the proxy port's bounds (small headers, short timeouts).
-func metricsServer(h http.Handler) *http.Server {
+// NewMetricsServer serves h at /metrics with the proxy port's bounds (small headers, short timeouts).
+func NewMetricsServer(h http.Handler) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
 	return &http.Server{Handler: mux, MaxHeaderBytes: DefaultMaxHeaderBytes,

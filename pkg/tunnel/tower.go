@@ -230,6 +230,7 @@ func newTowerForwarder(s *towerSession, log logr.Logger) *forwarder {
 	kt := &kubeTransport{creds: mk(false, true), credsH1: mk(true, true), anon: mk(false, false), anonH1: mk(true, false)}
 	f := &forwarder{log: log}
 	f.kube = newReverseProxy(&url.URL{Scheme: "https", Host: t.kube}, kt, log, "kube-apiserver")
+	f.kubeBulk = withBulkBuffers(f.kube)
 	ksTransport := &http.Transport{
 		DialContext:         dial(t.ks),
 		MaxIdleConns:        100,

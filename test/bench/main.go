@@ -1,249 +1,454 @@
 // Command bench compares direct access to a member's kube-apiserver with access through the ks-mc
-// tunnel (proxy + agent in this process, TLS over loopback, the member a real kube-apiserver of the
-// sandbox), prints a table and writes it to docs/benchmarks.md. Run it with `make bench`.
+// tunnel, every component its own process: the client (this process), `kubectl-ks_mc proxy` and
+// `kubectl-ks_mc agent` (the real binary), the member's kube-apiserver v1.34.2 and etcd (sandbox
+// binaries; the member in a network namespace of its own). It prints every figure beside its goal
+// and writes docs/benchmarks.md. Run it with `make bench`; -only=lan|wan|scale runs a subset.
 //
 // Benchmarks measure; nothing here asserts a time.
 package main
 
 import (
-	"bytes"
 	"context"
+	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/pprof"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/ks-mc/ks-mc/pkg/tunnel"
-	"github.com/ks-mc/ks-mc/pkg/tunnel/kube"
+	"github.com/ks-mc/ks-mc/pkg/kubesphere"
 	"github.com/ks-mc/ks-mc/test/sandbox"
 )
 
-var profilePath string
-
 const (
-	cluster   = "member1"
-	token     = "bench-token-0123456789abcdef0123456789abcdef0123456789abcdef0123"
-	benchNS   = "ksmc-bench"
-	mib       = 1 << 20
-	repeats   = 3
-	clusterIP = "10.96.0.100"
+	cluster = "member1"
+	benchNS = "ksmc-bench"
+	mib     = 1 << 20
+	repeats = 3
+	// maxStreams lifts the stream caps of proxy and agent above the 10,000 idle watches of the
+	// scale figure (the defaults, 2048 per session, would answer 503 beyond them).
+	maxStreams = "12000"
 )
 
+type options struct {
+	out, dir, bin, only string
+	quick               bool
+	downFor             time.Duration
+	profileDir          string
+	wanDelay            time.Duration
+	wanRate             float64
+	wanLoss             float64
+	agents              int
+	watches             int
+	towerAgent          string
+}
+
 func main() {
-	out := flag.String("out", "docs/benchmarks.md", "where to write the table (empty: do not write)")
-	dir := flag.String("dir", "", "sandbox directory (default: a temporary one)")
-	quick := flag.Bool("quick", false, "fewer iterations")
-	downFor := flag.Duration("proxy-down", 10*time.Second, "how long the proxy stays down in the restart figure")
-	only := flag.String("only", "", "comma-separated step numbers (1-7) to run, then stop without the memory, restart and many-agents figures (profiling a change)")
-	profile := flag.String("cpuprofile", "", "write a CPU profile of the small sequential GETs through the tunnel, then exit (with -only: of the chosen steps)")
+	var o options
+	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: do not write)")
+	flag.StringVar(&o.dir, "dir", "", "work directory (default: a temporary one)")
+	flag.StringVar(&o.bin, "binary", "bin/kubectl-ks_mc", "the ks-mc binary run as proxy and agent")
+	flag.StringVar(&o.only, "only", "", "comma-separated subset of lan,wan,scale,restart (default: all; lan includes restart)")
+	flag.BoolVar(&o.quick, "quick", false, "fewer iterations (a smoke run; the figures are noisier)")
+	flag.DurationVar(&o.downFor, "proxy-down", 10*time.Second, "how long the proxy stays down in the restart figure")
+	flag.StringVar(&o.profileDir, "profile", "", "directory for CPU and heap profiles of proxy and agent (written when they stop; -only=lan profiles the LAN loads)")
+	flag.DurationVar(&o.wanDelay, "wan-delay", 25*time.Millisecond, "one-way delay of the WAN link (RTT = 2×)")
+	flag.Float64Var(&o.wanRate, "wan-rate", 100e6, "WAN link rate, bits/s, each direction")
+	flag.Float64Var(&o.wanLoss, "wan-loss", 1, "WAN packet loss in percent, each direction (nftables on the sandbox router)")
+	flag.IntVar(&o.agents, "agents", 1000, "agents on one proxy in the scale figure")
+	flag.IntVar(&o.watches, "watches", 10000, "idle watches through one agent in the scale figure")
+	flag.StringVar(&o.towerAgent, "tower-agent", "bin/tower-agent", "a Tower v0.2.x agent binary (test/toweragent/cmd/tower-agent) for the Tower column (empty: none)")
 	flag.Parse()
-	onlySteps = *only
-	profilePath = *profile
-	if err := run(*out, *dir, *quick, *downFor); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-// onlySteps is the -only flag.
-var onlySteps string
+func (o options) want(part string) bool {
+	return o.only == "" || slices.Contains(strings.Split(o.only, ","), part)
+}
 
-// env is the member apiserver, reached directly and through the tunnel.
+// target is one way to reach the member: direct, or through a tunnel.
+type target struct {
+	name      string
+	base      string
+	plain, gz *http.Client // without and with Accept-Encoding: gzip
+	cfg       *rest.Config
+	procs     []*proc // the tunnel's processes (CPU per request)
+}
+
 type env struct {
-	direct, tunnel *rest.Config
-	dc, tc         *http.Client
-	kube           kubernetes.Interface
-	stack          *stack
+	o          options
+	sb         *sandbox.Sandbox
+	dir        string
+	bin        string
+	rootIP     string
+	kube       kubernetes.Interface
+	memberCfg  *rest.Config
+	apiserver  *proc
+	proxy      *proc
+	agent      *proc
+	agentArgs  func(proxyAddr string) []string
+	proxyAddr  string
+	direct     *target
+	ksmc       *target
+	tower      *target // nil: not measured
+	towerAgent *proc
+	tunnelCfg  *rest.Config
 }
 
-// stack is proxy + agent + per-cluster listener, in process.
-type stack struct {
-	ca       *tunnel.CA
-	member   *rest.Config
-	addr     string
-	mu       sync.Mutex
-	proxy    *tunnel.Proxy
-	ln       net.Listener
-	cl       *tunnel.ClusterListener
-	agentCtx context.CancelFunc
-	agentEnd chan struct{}
-}
-
-func (s *stack) DialStream(ctx context.Context, c string, h tunnel.StreamHeader) (net.Conn, error) {
-	s.mu.Lock()
-	p := s.proxy
-	s.mu.Unlock()
-	if p == nil {
-		return nil, tunnel.ErrNoAgent
-	}
-	return p.DialStream(ctx, c, h)
-}
-
-func (s *stack) startProxy() error {
-	return s.serveProxy(tunnel.StaticAuthenticator{cluster: token}, []string{"localhost"})
-}
-
-// serveProxy starts a proxy with auth on s.addr (a free port the first time, the same port on a
-// restart) and records it in s.
-func (s *stack) serveProxy(auth tunnel.Authenticator, dnsNames []string) error {
-	pc := tunnel.DefaultProxyConfig()
-	pc.Authenticator = auth
-	rc, err := tunnel.NewRenewingCert(s.ca, "ks-mc-proxy", dnsNames, []net.IP{net.ParseIP("127.0.0.1")}, tunnel.ServingValidity)
-	if err != nil {
-		return err
-	}
-	pc.TLS = rc.ServerTLS(nil)
-	quiet := logr.Discard()
-	pc.Logger = &quiet
-	p, err := tunnel.NewProxy(pc)
-	if err != nil {
-		return err
-	}
-	addr := s.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var ln net.Listener
-	for i := 0; i < 100; i++ {
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
+func run(o options) error {
+	ctx := context.Background()
+	if o.dir == "" {
+		d, err := os.MkdirTemp("", "ksmc-bench-")
+		if err != nil {
+			return err
 		}
-		time.Sleep(10 * time.Millisecond)
+		defer os.RemoveAll(d)
+		o.dir = d
 	}
+	bin, err := filepath.Abs(o.bin)
 	if err != nil {
 		return err
 	}
-	s.addr = ln.Addr().String()
-	s.mu.Lock()
-	s.proxy, s.ln = p, ln
-	s.mu.Unlock()
-	go func() { _ = p.Serve(ln) }()
-	return nil
-}
-
-// killProxy drops the proxy like kill -9 (no GoAway).
-func (s *stack) killProxy() {
-	s.mu.Lock()
-	p, ln := s.proxy, s.ln
-	s.proxy, s.ln = nil, nil
-	s.mu.Unlock()
-	_ = ln.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // no drain
-	_ = p.Shutdown(ctx)
-}
-
-func (s *stack) startAgent() error {
-	ac := tunnel.DefaultAgentConfig()
-	ac.ProxyURL = "https://" + s.addr
-	ac.ClusterName = cluster
-	ac.Token = func() (string, error) { return token, nil }
-	ac.CACertHash = s.ca.Hash()
-	ac.KubeSphereService = "127.0.0.1:1"
-	quiet := logr.Discard()
-	ac.Logger = &quiet
-	a, err := kube.NewAgent(ac, s.member)
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("the ks-mc binary (make build): %w", err)
+	}
+	if o.profileDir != "" {
+		if o.profileDir, err = filepath.Abs(o.profileDir); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
+	r := &report{started: time.Now(), load0: loadavg()}
+	e := &env{o: o, dir: o.dir, bin: bin}
+	fmt.Fprintln(os.Stderr, "bench: starting the sandbox (host + member1, member1 in a network namespace)...")
+	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: filepath.Join(o.dir, "sandbox"), Clusters: []string{"host", cluster},
+		Isolated: []string{cluster}, Binary: bin, Log: io.Discard})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.agentCtx, s.agentEnd = cancel, make(chan struct{})
-	go func() { defer close(s.agentEnd); _ = a.Run(ctx) }()
+	e.sb = sb
+	defer sb.Down()
+	if err := e.setup(ctx); err != nil {
+		e.stopAll()
+		return err
+	}
+	defer e.stopAll()
+	fmt.Fprintf(os.Stderr, "bench: ready: direct %s, ks-mc %s (%s)\n", e.direct.base, e.ksmc.base, e.ksmc.cfg.ServerName)
+	if t, err := e.setupTower(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: no Tower column:", err)
+		r.notes = append(r.notes, "Tower agent column: not measured ("+err.Error()+").")
+	} else {
+		e.tower = t
+		fmt.Fprintf(os.Stderr, "bench: Tower agent ready: %s\n", t.base)
+		r.notes = append(r.notes, "Tower agent column: Cluster "+towerCluster+" on the same host, served by the same proxy process through a Tower "+
+			"v0.2.1 agent (test/toweragent/cmd/tower-agent, Tower's /agent flags, websocket + SSH over plain HTTP as Tower does) in the member's "+
+			"network namespace; its CPU is proxy + tower-agent. LAN figures only (the WAN and scale figures are the ks-mc agent's).")
+	}
+	if o.want("lan") {
+		if err := e.lan(ctx, r); err != nil {
+			return fmt.Errorf("lan: %w", err)
+		}
+	}
+	if o.want("wan") {
+		if err := e.wan(ctx, r); err != nil {
+			return fmt.Errorf("wan: %w", err)
+		}
+	}
+	if o.want("scale") {
+		if err := e.scale(ctx, r); err != nil {
+			return fmt.Errorf("scale: %w", err)
+		}
+	}
+	if (o.want("lan") || o.want("restart")) && o.profileDir == "" { // a killed proxy writes no profile
+		if err := e.restart(r); err != nil {
+			return fmt.Errorf("proxy restart: %w", err)
+		}
+	}
+	if o.profileDir != "" {
+		e.stopAll() // profiles are written on SIGTERM
+		fmt.Fprintln(os.Stderr, "bench: profiles in", o.profileDir)
+	}
+	r.load1 = loadavg()
+	r.ended = time.Now()
+	text := r.render(e)
+	fmt.Println(text)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(text), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "bench: wrote", o.out)
+	}
 	return nil
 }
 
-func (s *stack) waitAgent(timeout time.Duration) error {
+// stopAll sends SIGTERM to agent and proxy at once (both write their heap profiles with what is
+// open at that moment), then waits for both.
+func (e *env) stopAll() {
+	var wg sync.WaitGroup
+	for _, p := range []*proc{e.agent, e.towerAgent, e.proxy} {
+		if p != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); p.stop() }()
+		}
+	}
+	wg.Wait()
+}
+
+// freePort returns a port free on ip now.
+func freePort(ip string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func eventually(timeout time.Duration, what string, f func() error) error {
 	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		p := s.proxy
-		s.mu.Unlock()
-		if p != nil && p.Agents(cluster) > 0 {
+	for {
+		err := f()
+		if err == nil {
 			return nil
 		}
-		time.Sleep(2 * time.Millisecond)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("agent did not connect within %s", timeout)
 }
 
-func setup(ctx context.Context, member *rest.Config) (*env, error) {
-	ca, err := tunnel.NewCA("ks-mc bench CA")
+func (e *env) setup(ctx context.Context) error {
+	host, member := e.sb.Cluster("host"), e.sb.Cluster(cluster)
+	// The root namespace's address on the sandbox network: 10.X.0.2 (host is 10.X.1.2).
+	f := strings.Split(host.NodeIP, ".")
+	e.rootIP = strings.Join([]string{f[0], f[1], "0", "2"}, ".")
+	hostCfg, err := host.RESTConfig()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	st := &stack{ca: ca, member: member}
-	if err := st.startProxy(); err != nil {
-		return nil, err
+	if e.memberCfg, err = member.RESTConfig(); err != nil {
+		return err
 	}
-	if err := st.startAgent(); err != nil {
-		return nil, err
+	if e.memberCfg.BearerToken == "" {
+		return errors.New("the sandbox member has no bearer token in its kubeconfig")
 	}
-	if err := st.waitAgent(30 * time.Second); err != nil {
-		return nil, err
+	// No client-side rate limit: the watch delivery figure times updates (client-go's default 5 QPS
+	// would add up to 200 ms to each).
+	kcfg := rest.CopyConfig(e.memberCfg)
+	kcfg.QPS, kcfg.Burst = -1, 0
+	if e.kube, err = kubernetes.NewForConfig(kcfg); err != nil {
+		return err
 	}
-	rc, err := tunnel.NewRenewingCert(ca, "kubernetes", []string{"kubernetes"}, []net.IP{net.ParseIP(clusterIP), net.ParseIP("127.0.0.1")}, tunnel.ServingValidity)
+	apid, err := pidFromFile(filepath.Join(e.sb.Dir, "pids", cluster+"_kube-apiserver.pid"))
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("member kube-apiserver pid: %w", err)
 	}
-	cl, err := tunnel.ListenCluster(tunnel.ClusterListenerConfig{Cluster: cluster, BindAddress: "127.0.0.1",
-		TLS: rc.ServerTLS(ca.Pool()), Dialer: st, Logger: logr.Discard()})
+	e.apiserver = &proc{name: "member kube-apiserver", pid: apid}
+
+	// The proxy, against the host (Clusters, Services, the CA Secret), on the root namespace's
+	// address so that the agent in the member's namespace can reach it.
+	pport, err := freePort(e.rootIP)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	st.cl = cl
-	// The tunnel client uses what the proxy writes into the Cluster: a kubeconfig with the proxy
-	// CA and a kubernetes-admin client certificate, server reached on the listener.
-	certPEM, keyPEM, err := ca.IssueClusterClient(cluster, kube.AdminUser, []string{"system:masters"}, tunnel.ClientValidity)
+	mport, err := freePort(e.rootIP)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["c"] = &clientcmdapi.Cluster{Server: "https://" + cl.KubeAddr().String(), CertificateAuthorityData: ca.CertPEM, TLSServerName: clusterIP}
-	kc.AuthInfos["u"] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
-	kc.Contexts["c"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "u"}
-	kc.CurrentContext = "c"
-	tcfg, err := clientcmd.NewDefaultClientConfig(*kc, nil).ClientConfig()
+	e.proxyAddr = net.JoinHostPort(e.rootIP, strconv.Itoa(pport))
+	pargs := []string{e.bin, "proxy", "--kubeconfig", e.sb.Kubeconfig, "--context", "host",
+		"--bind-address", e.rootIP, "--port", strconv.Itoa(pport), "--metrics-bind-address", net.JoinHostPort(e.rootIP, strconv.Itoa(mport)),
+		"--max-streams-per-session", maxStreams, "--max-streams-per-cluster", maxStreams}
+	if e.o.profileDir != "" {
+		pargs = append(pargs, "--cpuprofile", filepath.Join(e.o.profileDir, "proxy.cpu.pprof"), "--memprofile", filepath.Join(e.o.profileDir, "proxy.heap.pprof"))
+	}
+	if e.proxy, err = startProc("proxy", filepath.Join(e.dir, "proxy.log"), nil, pargs...); err != nil {
+		return err
+	}
+	e.proxy.metrics = fmt.Sprintf("http://%s:%d/metrics", e.rootIP, mport)
+	if err := eventually(time.Minute, "proxy /health", func() error {
+		resp, err := http.Get("http://" + e.proxyAddr + "/health")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("health %d", resp.StatusCode)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(hostCfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	for _, c := range []*rest.Config{member, tcfg} {
-		c.QPS, c.Burst = -1, 0
+	clusters := dyn.Resource(kubesphere.ClusterGVR)
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "cluster.kubesphere.io/v1alpha1", "kind": "Cluster",
+		"metadata": map[string]any{"name": cluster},
+		"spec":     map[string]any{"provider": "kubesphere", "joinFederation": true, "connection": map[string]any{"type": "proxy"}},
+	}}
+	if _, err := clusters.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+		return err
 	}
-	e := &env{direct: member, tunnel: tcfg, stack: st}
-	if e.dc, err = rest.HTTPClientFor(member); err != nil {
-		return nil, err
+	var token string
+	var kport int64
+	if err := eventually(time.Minute, "Cluster token and port", func() error {
+		c, err := clusters.Get(ctx, cluster, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		token, _, _ = unstructured.NestedString(c.Object, "spec", "connection", "token")
+		kport, _, _ = unstructured.NestedInt64(c.Object, "spec", "connection", "kubernetesAPIServerPort")
+		if token == "" || kport == 0 {
+			return errors.New("not allocated yet")
+		}
+		return nil
+	}); err != nil {
+		return err
 	}
-	if e.tc, err = rest.HTTPClientFor(tcfg); err != nil {
-		return nil, err
+	hostKube, err := kubernetes.NewForConfig(hostCfg)
+	if err != nil {
+		return err
 	}
-	for _, c := range []*http.Client{e.dc, e.tc} {
-		if t, ok := transportOf(c); ok {
-			t.MaxIdleConnsPerHost = 128
+	sec, err := hostKube.CoreV1().Secrets(kubesphere.Namespace).Get(ctx, kubesphere.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	pin := sec.Annotations[kubesphere.CAHashAnnotation]
+	tokenFile := filepath.Join(e.dir, "agent-token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		return err
+	}
+	amport, err := freePortIn(member.Netns, member.NodeIP)
+	if err != nil {
+		return err
+	}
+	e.agentArgs = func(proxyAddr string) []string {
+		a := []string{"ip", "netns", "exec", member.Netns, e.bin, "agent", "--kubeconfig", e.sb.Kubeconfig, "--context", cluster,
+			"--name", cluster, "--proxy-server", "https://" + proxyAddr, "--token-file", tokenFile, "--ca-cert-hash", pin,
+			"--max-streams-per-session", maxStreams, "--metrics-bind-address", net.JoinHostPort(member.NodeIP, strconv.Itoa(amport))}
+		if e.o.profileDir != "" {
+			a = append(a, "--cpuprofile", filepath.Join(e.o.profileDir, "agent.cpu.pprof"), "--memprofile", filepath.Join(e.o.profileDir, "agent.heap.pprof"))
+		}
+		return a
+	}
+	if e.agent, err = startProc("agent", filepath.Join(e.dir, "agent.log"), nil, e.agentArgs(e.proxyAddr)...); err != nil {
+		return err
+	}
+	e.agent.metrics = fmt.Sprintf("http://%s:%d/metrics", member.NodeIP, amport)
+	var kc []byte
+	if err := eventually(2*time.Minute, "agent connected (Cluster kubeconfig)", func() error {
+		c, err := clusters.Get(ctx, cluster, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		b64, _, _ := unstructured.NestedString(c.Object, "spec", "connection", "kubeconfig")
+		if b64 == "" {
+			return errors.New("no kubeconfig yet")
+		}
+		kc, err = base64.StdEncoding.DecodeString(b64)
+		return err
+	}); err != nil {
+		return err
+	}
+	// The client reaches the per-cluster listener as KubeSphere does: the proxy CA and server name
+	// of the Cluster's kubeconfig, the user's own bearer token (here the member's admin token).
+	tkc, err := clientcmd.Load(kc)
+	if err != nil {
+		return err
+	}
+	var caData []byte
+	var serverName string
+	for _, c := range tkc.Clusters {
+		caData = c.CertificateAuthorityData
+		serverName = c.TLSServerName
+		if serverName == "" {
+			serverName, _, _ = net.SplitHostPort(strings.TrimPrefix(c.Server, "https://"))
 		}
 	}
-	if e.kube, err = kubernetes.NewForConfig(member); err != nil {
-		return nil, err
+	e.tunnelCfg = &rest.Config{Host: fmt.Sprintf("https://%s:%d", e.rootIP, kport), BearerToken: e.memberCfg.BearerToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: caData, ServerName: serverName}}
+	if e.direct, err = newTarget("direct", e.memberCfg, nil); err != nil {
+		return err
 	}
-	return e, nil
+	if e.ksmc, err = newTarget("ks-mc", e.tunnelCfg, []*proc{e.proxy, e.agent}); err != nil {
+		return err
+	}
+	if err := eventually(time.Minute, "first request through the tunnel", func() error {
+		_, err := get(e.ksmc.plain, e.ksmc.base, "/api/v1/namespaces/default")
+		return err
+	}); err != nil {
+		return err
+	}
+	for _, t := range []*target{e.direct, e.ksmc} {
+		resp, err := t.plain.Get(t.base + "/version")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		fmt.Fprintf(os.Stderr, "bench: %s speaks %s\n", t.name, resp.Proto)
+	}
+	return e.prepare(ctx)
+}
+
+// freePortIn picks a port for a listener inside a network namespace: its addresses are its own,
+// so a port of the sandbox's range that nothing of the bench uses is free there.
+func freePortIn(netns, ip string) (int, error) {
+	for i := 0; i < 20; i++ {
+		p := 20000 + rand.IntN(20000)
+		if err := exec.Command("ip", "netns", "exec", netns, "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", ip, p)).Run(); err != nil {
+			return p, nil // nothing listens there
+		}
+	}
+	return 0, fmt.Errorf("no free port in %s", netns)
+}
+
+func newTarget(name string, cfg *rest.Config, procs []*proc) (*target, error) {
+	t := &target{name: name, base: cfg.Host, cfg: cfg, procs: procs}
+	for _, gz := range []bool{false, true} {
+		c := rest.CopyConfig(cfg)
+		c.QPS, c.Burst = -1, 0
+		c.DisableCompression = !gz
+		hc, err := rest.HTTPClientFor(c)
+		if err != nil {
+			return nil, err
+		}
+		if tr, ok := transportOf(hc); ok {
+			tr.MaxIdleConnsPerHost = 128
+		}
+		if gz {
+			t.gz = hc
+		} else {
+			t.plain = hc
+		}
+	}
+	return t, nil
 }
 
 func transportOf(c *http.Client) (*http.Transport, bool) {
@@ -261,33 +466,27 @@ func transportOf(c *http.Client) (*http.Transport, bool) {
 	return nil, false
 }
 
-// figure is one row: direct and tunnel values, ratio, target.
-type figure struct {
-	name, unit   string
-	direct, tun  float64
-	higherBetter bool
-	target       string
-	note         string
-	only         bool // a tunnel-only figure (no direct column)
-}
-
-func (f figure) ratio() float64 {
-	if f.direct == 0 || f.only {
-		return 0
+func (e *env) prepare(ctx context.Context) error {
+	_, err := e.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: benchNS}}, metav1.CreateOptions{})
+	if err != nil && !strings.Contains(err.Error(), "already exists") {
+		return err
 	}
-	return f.tun / f.direct
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
-
-func percentile(ds []time.Duration, p float64) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[int(float64(len(s)-1)*p)]
+	// 1 MiB of varied text per ConfigMap: gzip compresses it as it would real objects, not 1000:1.
+	rng := rand.New(rand.NewPCG(1, 2))
+	words := []string{"kube", "system", "sphere", "namespace", "pod", "deployment", "-", "0", "1", "2", "a", "b", "c", "tunnel"}
+	for i := 0; i < 8; i++ {
+		var b strings.Builder
+		for b.Len() < mib-2048 {
+			b.WriteString(words[rng.IntN(len(words))])
+			b.WriteString(strconv.Itoa(rng.IntN(100000)))
+			b.WriteByte(' ')
+		}
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("big-%d", i), Namespace: benchNS}, Data: map[string]string{"data": b.String()}}
+		if _, err := e.kube.CoreV1().ConfigMaps(benchNS).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+			return err
+		}
+	}
+	return nil
 }
 
 func get(c *http.Client, base, path string) (int64, error) {
@@ -303,534 +502,15 @@ func get(c *http.Client, base, path string) (int64, error) {
 	return n, err
 }
 
-// both measures f(client, host) for direct and tunnel, alternating, median of repeats.
-func both(e *env, f func(c *http.Client, host string) (float64, error)) (float64, float64, error) {
-	var d, t []float64
-	for i := 0; i < repeats; i++ {
-		x, err := f(e.dc, e.direct.Host)
-		if err != nil {
-			return 0, 0, fmt.Errorf("direct: %w", err)
-		}
-		y, err := f(e.tc, e.tunnel.Host)
-		if err != nil {
-			return 0, 0, fmt.Errorf("tunnel: %w", err)
-		}
-		d, t = append(d, x), append(t, y)
-	}
-	return median(d), median(t), nil
-}
-
-func run(out, dir string, quick bool, downFor time.Duration) error {
-	ctx := context.Background()
-	if dir == "" {
-		d, err := os.MkdirTemp("", "ksmc-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		dir = d
-	}
-	fmt.Fprintln(os.Stderr, "starting the sandbox member (a real kube-apiserver)...")
-	sb, err := sandbox.Up(ctx, sandbox.Options{Dir: filepath.Join(dir, "sandbox"), Clusters: []string{cluster}})
+// loadavg is /proc/loadavg's first three fields.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
-		return err
+		return "?"
 	}
-	defer sb.Down()
-	member, err := sb.Cluster(cluster).RESTConfig()
-	if err != nil {
-		return err
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
 	}
-	e, err := setup(ctx, member)
-	if err != nil {
-		return err
-	}
-	n := 1
-	if quick {
-		n = 0
-	}
-	if err := prepare(ctx, e); err != nil {
-		return err
-	}
-	if profilePath != "" && onlySteps != "" {
-		// With -only, the profile covers the chosen steps (direct and tunnel runs both).
-		f, err := os.Create(profilePath)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	} else if profilePath != "" {
-		f, err := os.Create(profilePath)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		for i := 0; i < 3000; i++ {
-			if _, err := get(e.tc, e.tunnel.Host, "/api/v1/namespaces/default"); err != nil {
-				return err
-			}
-		}
-		pprof.StopCPUProfile()
-		return nil
-	}
-	var figs []figure
-	add := func(f figure, err error) error {
-		if err != nil {
-			return fmt.Errorf("%s: %w", f.name, err)
-		}
-		fmt.Fprintf(os.Stderr, "  %-52s direct %10.2f  tunnel %10.2f  %s\n", f.name, f.direct, f.tun, f.unit)
-		figs = append(figs, f)
-		return nil
-	}
-	steps := []func() (figure, error){
-		func() (figure, error) { return smallSequential(e, 200+800*n) },
-		func() (figure, error) { return smallConcurrent(e, 32, 1000+3000*n) },
-		func() (figure, error) { return bigGet(e, 10+20*n) },
-		func() (figure, error) { return bigList(e, 3+5*n) },
-		func() (figure, error) { return openWatches(e, 500) },
-		func() (figure, error) { return watchDelivery(ctx, e, 50+150*n) },
-		func() (figure, error) { return smallUnderBulk(e, 100+200*n) },
-	}
-	for i, s := range steps {
-		if onlySteps != "" && !slices.Contains(strings.Split(onlySteps, ","), strconv.Itoa(i+1)) {
-			continue
-		}
-		if err := add(s()); err != nil {
-			return err
-		}
-	}
-	if onlySteps != "" {
-		fmt.Println(render(figs))
-		return nil
-	}
-	mem, err := watchMemory(e, 500)
-	if err := add(mem, err); err != nil {
-		return err
-	}
-	if err := add(proxyRestart(e, downFor)); err != nil {
-		return err
-	}
-	agents := 1000
-	if quick {
-		agents = 200
-	}
-	connectFig, memFig, backFig, err := manyAgents(member, agents)
-	if err != nil {
-		return fmt.Errorf("%d agents: %w", agents, err)
-	}
-	for _, f := range []figure{connectFig, memFig, backFig} {
-		if err := add(f, nil); err != nil {
-			return err
-		}
-	}
-	table := render(figs)
-	fmt.Println(table)
-	if out != "" {
-		if err := os.WriteFile(out, []byte(table), 0o644); err != nil {
-			return err
-		}
-		fmt.Fprintln(os.Stderr, "wrote", out)
-	}
-	return nil
-}
-
-func prepare(ctx context.Context, e *env) error {
-	_, err := e.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: benchNS}}, metav1.CreateOptions{})
-	if err != nil && !strings.Contains(err.Error(), "already exists") {
-		return err
-	}
-	big := strings.Repeat("x", mib-1024)
-	for i := 0; i < 8; i++ {
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("big-%d", i), Namespace: benchNS}, Data: map[string]string{"data": big}}
-		if _, err := e.kube.CoreV1().ConfigMaps(benchNS).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
-			return err
-		}
-	}
-	return nil
-}
-
-func smallSequential(e *env, n int) (figure, error) {
-	d, t, err := both(e, func(c *http.Client, host string) (float64, error) {
-		start := time.Now()
-		for i := 0; i < n; i++ {
-			if _, err := get(c, host, "/api/v1/namespaces/default"); err != nil {
-				return 0, err
-			}
-		}
-		return float64(n) / time.Since(start).Seconds(), nil
-	})
-	return figure{name: "small GET (a namespace), sequential", unit: "req/s", direct: d, tun: t, higherBetter: true, target: "≥ 0.85"}, err
-}
-
-func smallConcurrent(e *env, conc, n int) (figure, error) {
-	d, t, err := both(e, func(c *http.Client, host string) (float64, error) {
-		var wg sync.WaitGroup
-		errc := make(chan error, conc)
-		start := time.Now()
-		for w := 0; w < conc; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < n/conc; i++ {
-					if _, err := get(c, host, "/api/v1/namespaces/default"); err != nil {
-						errc <- err
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		select {
-		case err := <-errc:
-			return 0, err
-		default:
-		}
-		return float64(n/conc*conc) / time.Since(start).Seconds(), nil
-	})
-	return figure{name: fmt.Sprintf("small GET, %d concurrent", conc), unit: "req/s", direct: d, tun: t, higherBetter: true, target: "≥ 0.75"}, err
-}
-
-func bigGet(e *env, n int) (figure, error) {
-	return bulk(e, n, "/api/v1/namespaces/"+benchNS+"/configmaps/big-0", "GET a 1 MB ConfigMap", "≥ 0.80")
-}
-
-func bigList(e *env, n int) (figure, error) {
-	return bulk(e, n, "/api/v1/namespaces/"+benchNS+"/configmaps", "LIST 8 × 1 MB ConfigMaps", "≥ 0.75")
-}
-
-// bulk measures the throughput of n sequential GETs of path, direct and through the tunnel.
-func bulk(e *env, n int, path, name, target string) (figure, error) {
-	d, t, err := both(e, func(c *http.Client, host string) (float64, error) {
-		var total int64
-		start := time.Now()
-		for i := 0; i < n; i++ {
-			b, err := get(c, host, path)
-			if err != nil {
-				return 0, err
-			}
-			total += b
-		}
-		return float64(total) / mib / time.Since(start).Seconds(), nil
-	})
-	return figure{name: name, unit: "MiB/s", direct: d, tun: t, higherBetter: true, target: target}, err
-}
-
-// openN opens n watches concurrently and returns the time until all answered their headers, and
-// a close func.
-func openN(c *http.Client, host string, n int) (time.Duration, func(), error) {
-	var mu sync.Mutex
-	var bodies []io.Closer
-	var firstErr error
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			resp, err := c.Get(host + "/api/v1/namespaces/" + benchNS + "/configmaps?watch=1&resourceVersion=0&allowWatchBookmarks=false&labelSelector=none%3Dnone")
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				firstErr = err
-				return
-			}
-			bodies = append(bodies, resp.Body)
-		}()
-	}
-	wg.Wait()
-	d := time.Since(start)
-	closeAll := func() {
-		for _, b := range bodies {
-			_ = b.Close()
-		}
-	}
-	return d, closeAll, firstErr
-}
-
-func openWatches(e *env, n int) (figure, error) {
-	d, t, err := both(e, func(c *http.Client, host string) (float64, error) {
-		d, closeAll, err := openN(c, host, n)
-		closeAll()
-		c.CloseIdleConnections()
-		return d.Seconds() * 1000, err
-	})
-	return figure{name: fmt.Sprintf("open %d watches (64 at a time)", n), unit: "ms", direct: d, tun: t, target: "≤ 1.5"}, err
-}
-
-func heapAfterGC() uint64 {
-	h, _ := memAfterGC()
-	return h
-}
-
-// memAfterGC returns live heap and goroutine stack bytes.
-func memAfterGC() (heap, stack uint64) {
-	var m runtime.MemStats
-	for i := 0; i < 3; i++ {
-		runtime.GC()
-	}
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc, m.StackInuse
-}
-
-// watchMemory: heap growth per open watch of this process (client + proxy + agent), tunnel minus
-// direct, so the difference is what proxy and agent hold together per watch.
-func watchMemory(e *env, n int) (figure, error) {
-	measure := func(c *http.Client, host string) (float64, float64, error) {
-		hb, sb := memAfterGC()
-		_, closeAll, err := openN(c, host, n)
-		if err != nil {
-			closeAll()
-			return 0, 0, err
-		}
-		time.Sleep(500 * time.Millisecond)
-		ha, sa := memAfterGC()
-		closeAll()
-		c.CloseIdleConnections()
-		per := func(a, b uint64) float64 { return float64(int64(a)-int64(b)) / float64(n) / 1024 }
-		return per(ha, hb), per(sa, sb), nil
-	}
-	dh, ds, err := measure(e.dc, e.direct.Host)
-	if err != nil {
-		return figure{name: "memory per open watch"}, err
-	}
-	th, ts, err := measure(e.tc, e.tunnel.Host)
-	return figure{name: "heap per open watch, proxy+agent (tunnel − direct)", unit: "KiB", tun: th - dh, only: true,
-		target: "≤ 32 + 16", note: fmt.Sprintf("one process holds client, proxy and agent; tunnel − direct; goroutine stacks add %.1f KiB", ts-ds)}, err
-}
-
-func watchDelivery(ctx context.Context, e *env, n int) (figure, error) {
-	d, t, err := both(e, func(c *http.Client, host string) (float64, error) {
-		name := "watched"
-		cms := e.kube.CoreV1().ConfigMaps(benchNS)
-		_ = cms.Delete(ctx, name, metav1.DeleteOptions{})
-		cm, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: benchNS}, Data: map[string]string{"n": "0"}}, metav1.CreateOptions{})
-		if err != nil {
-			return 0, err
-		}
-		resp, err := c.Get(host + "/api/v1/namespaces/" + benchNS + "/configmaps?watch=1&fieldSelector=metadata.name%3D" + name + "&resourceVersion=" + cm.ResourceVersion)
-		if err != nil {
-			return 0, err
-		}
-		defer resp.Body.Close()
-		lines := make(chan time.Time, 16)
-		go func() {
-			buf := make([]byte, 64*1024)
-			var acc []byte
-			for {
-				k, err := resp.Body.Read(buf)
-				acc = append(acc, buf[:k]...)
-				for {
-					i := bytes.IndexByte(acc, '\n')
-					if i < 0 {
-						break
-					}
-					lines <- time.Now()
-					acc = acc[i+1:]
-				}
-				if err != nil {
-					close(lines)
-					return
-				}
-			}
-		}()
-		var lat []time.Duration
-		for i := 0; i < n; i++ {
-			cm.Data["n"] = fmt.Sprint(i + 1)
-			start := time.Now()
-			if cm, err = cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
-				return 0, err
-			}
-			select {
-			case at, ok := <-lines:
-				if !ok {
-					return 0, fmt.Errorf("watch closed")
-				}
-				lat = append(lat, at.Sub(start))
-			case <-time.After(10 * time.Second):
-				return 0, fmt.Errorf("no event")
-			}
-		}
-		return float64(percentile(lat, 0.5).Microseconds()) / 1000, nil
-	})
-	return figure{name: "watch event delivery p50 (update → event)", unit: "ms", direct: d, tun: t, target: "≤ 1.3"}, err
-}
-
-// smallUnderBulk: p99 of sequential small GETs while another goroutine LISTs 8 MB in a loop on the
-// same path (for the tunnel: the same yamux session).
-func smallUnderBulk(e *env, n int) (figure, error) {
-	d, t, err := both(e, func(c *http.Client, host string) (float64, error) {
-		stop := make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_, _ = get(c, host, "/api/v1/namespaces/"+benchNS+"/configmaps")
-			}
-		}()
-		time.Sleep(100 * time.Millisecond)
-		var lat []time.Duration
-		for i := 0; i < n; i++ {
-			start := time.Now()
-			if _, err := get(c, host, "/api/v1/namespaces/default"); err != nil {
-				close(stop)
-				<-done
-				return 0, err
-			}
-			lat = append(lat, time.Since(start))
-		}
-		close(stop)
-		<-done
-		return float64(percentile(lat, 0.99).Microseconds()) / 1000, nil
-	})
-	return figure{name: "small GET p99 while a bulk LIST shares the path", unit: "ms", direct: d, tun: t, target: "≤ 5 ms"}, err
-}
-
-// proxyRestart: the proxy is killed, stays down, comes back on the same address; time from its
-// restart to the first successful request through the tunnel (median of 3).
-func proxyRestart(e *env, down time.Duration) (figure, error) {
-	var ts []float64
-	for i := 0; i < repeats; i++ {
-		e.stack.killProxy()
-		time.Sleep(down)
-		start := time.Now()
-		if err := e.stack.startProxy(); err != nil {
-			return figure{name: "proxy restart"}, err
-		}
-		for {
-			if _, err := get(e.tc, e.tunnel.Host, "/api/v1/namespaces/default"); err == nil {
-				break
-			}
-			if time.Since(start) > 60*time.Second {
-				return figure{name: "proxy restart"}, fmt.Errorf("no successful request within 60s")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		ts = append(ts, time.Since(start).Seconds()*1000)
-		time.Sleep(3 * time.Second) // a settled session before the next crash
-	}
-	return figure{name: fmt.Sprintf("proxy down %s, then back: restart → first OK request", down), unit: "ms", tun: median(ts), only: true,
-		target: "≤ 1000 ms", note: fmt.Sprintf("runs: %.0f / %.0f / %.0f ms", ts[0], ts[1], ts[2])}, nil
-}
-
-// manyAgents connects n agents (n clusters) to one fresh proxy: time until all are connected, heap
-// per agent (proxy and agent sides together, this process), and after a proxy crash and
-// immediate restart the time until all are back.
-func manyAgents(member *rest.Config, n int) (figure, figure, figure, error) {
-	ca, err := tunnel.NewCA("ks-mc bench CA (agents)")
-	if err != nil {
-		return figure{}, figure{}, figure{}, err
-	}
-	st := &stack{ca: ca, member: member}
-	auth := tunnel.StaticAuthenticator{}
-	for i := 0; i < n; i++ {
-		auth[fmt.Sprintf("c%d", i)] = token
-	}
-	startProxy := func() error { return st.serveProxy(auth, nil) }
-	connected := func() int {
-		st.mu.Lock()
-		p := st.proxy
-		st.mu.Unlock()
-		c := 0
-		for i := 0; i < n; i++ {
-			if p.Agents(fmt.Sprintf("c%d", i)) > 0 {
-				c++
-			}
-		}
-		return c
-	}
-	waitAll := func(limit time.Duration) (time.Duration, error) {
-		start := time.Now()
-		for connected() < n {
-			if time.Since(start) > limit {
-				return 0, fmt.Errorf("%d of %d agents connected after %s", connected(), n, limit)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		return time.Since(start), nil
-	}
-	if err := startProxy(); err != nil {
-		return figure{}, figure{}, figure{}, err
-	}
-	before := heapAfterGC()
-	var cancels []context.CancelFunc
-	defer func() {
-		for _, c := range cancels {
-			c()
-		}
-		st.killProxy()
-	}()
-	start := time.Now()
-	for i := 0; i < n; i++ {
-		ac := tunnel.DefaultAgentConfig()
-		ac.ProxyURL, ac.ClusterName, ac.CACertHash = "https://"+st.addr, fmt.Sprintf("c%d", i), ca.Hash()
-		ac.Token = func() (string, error) { return token, nil }
-		ac.KubeSphereService = "127.0.0.1:1"
-		quiet := logr.Discard()
-		ac.Logger = &quiet
-		a, err := kube.NewAgent(ac, member)
-		if err != nil {
-			return figure{}, figure{}, figure{}, err
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		cancels = append(cancels, cancel)
-		go func() { _ = a.Run(ctx) }()
-	}
-	if _, err := waitAll(2 * time.Minute); err != nil {
-		return figure{}, figure{}, figure{}, err
-	}
-	up := time.Since(start)
-	time.Sleep(time.Second)
-	perAgent := float64(int64(heapAfterGC())-int64(before)) / float64(n) / 1024
-	time.Sleep(2 * time.Second) // sessions older than the 1 s "lived" mark
-	st.killProxy()
-	restart := time.Now()
-	if err := startProxy(); err != nil {
-		return figure{}, figure{}, figure{}, err
-	}
-	back, err := waitAll(2 * time.Minute)
-	if err != nil {
-		return figure{}, figure{}, figure{}, err
-	}
-	_ = restart
-	return figure{name: fmt.Sprintf("%d agents on one proxy: all connected", n), unit: "ms", tun: up.Seconds() * 1000, only: true, target: "≤ 2000 ms"},
-		figure{name: fmt.Sprintf("%d agents: heap per agent, proxy+agent sides", n), unit: "KiB", tun: perAgent, only: true, target: "≤ 150 (proxy side)", note: "both sides in this process"},
-		figure{name: fmt.Sprintf("%d agents: proxy crash + restart → all back", n), unit: "ms", tun: back.Seconds() * 1000, only: true, target: "≤ 3000 ms"},
-		nil
-}
-
-func render(figs []figure) string {
-	var b strings.Builder
-	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "# ks-mc tunnel benchmarks\n\n")
-	fmt.Fprintf(&b, "Generated by `make bench` (test/bench) on %s: %s, %d CPUs (GOMAXPROCS %d), %s/%s, %s.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
-	b.WriteString("Member: a real kube-apiserver " + sandbox.KubernetesVersion + " of the sandbox. Direct: client-go HTTP client with the member's admin\n")
-	b.WriteString("client certificate. Tunnel: client → per-cluster TLS listener (client certificate of the proxy CA) →\n")
-	b.WriteString("proxy → yamux over TLS on loopback → agent → kube-apiserver (agent's credentials), all in this process.\n")
-	b.WriteString("Each figure is the median of 3 runs, direct and tunnel alternating. Ratio = tunnel / direct for\n")
-	b.WriteString("throughput, and the slowdown factor (tunnel / direct) for times and latencies.\n\n")
-	b.WriteString("| figure | direct | tunnel | ratio | target | note |\n|---|---|---|---|---|---|\n")
-	for _, f := range figs {
-		dcol, ratio := fmt.Sprintf("%.2f %s", f.direct, f.unit), fmt.Sprintf("%.2f", f.ratio())
-		if f.only {
-			dcol, ratio = "–", "–"
-		}
-		fmt.Fprintf(&b, "| %s | %s | %.2f %s | %s | %s | %s |\n", f.name, dcol, f.tun, f.unit, ratio, f.target, f.note)
-	}
-	b.WriteString("\nNot measured yet: 10,000 idle watches through one agent.\n")
-	return b.String()
+	return strings.Join(f[:3], " ")
 }

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/rest"
+)
+
+// wan measures with the member behind a WAN link: both the direct path (client → member) and the
+// tunnel's agent → proxy connection cross the same emulated link (relay.go), with loss added by
+// nftables on the sandbox router for the member's traffic.
+func (e *env) wan(ctx context.Context, r *report) error {
+	fmt.Fprintln(os.Stderr, "bench: WAN figures")
+	rtt := 2 * e.o.wanDelay
+	member := e.sb.Cluster(cluster)
+	mu, err := url.Parse(e.memberCfg.Host)
+	if err != nil {
+		return err
+	}
+	toMember, err := newRelay(net.JoinHostPort(e.rootIP, "0"), mu.Host, e.o.wanDelay, e.o.wanRate)
+	if err != nil {
+		return err
+	}
+	defer toMember.Close()
+	toProxy, err := newRelay(net.JoinHostPort(e.rootIP, "0"), e.proxyAddr, e.o.wanDelay, e.o.wanRate)
+	if err != nil {
+		return err
+	}
+	defer toProxy.Close()
+	dcfg := rest.CopyConfig(e.memberCfg)
+	dcfg.Host = "https://" + toMember.Addr()
+	dcfg.ServerName = member.NodeIP
+	wanDirect, err := newTarget("direct", dcfg, nil)
+	if err != nil {
+		return err
+	}
+	lossOff, err := e.wanLoss(e.o.wanLoss)
+	if err != nil {
+		return err
+	}
+	defer lossOff()
+	// The agent now dials the proxy across the link.
+	if err := e.restartAgent(toProxy.Addr()); err != nil {
+		return err
+	}
+	lanDirect, tower := e.direct, e.tower
+	e.direct, e.tower = wanDirect, nil
+	defer func() { e.direct, e.tower = lanDirect, tower }()
+	link := fmt.Sprintf("%s RTT, %.0f Mbit/s, %.1f %% loss each way", rtt, e.o.wanRate/1e6, e.o.wanLoss)
+	r.notes = append(r.notes, "WAN link: "+link+". The machine's kernel has no sch_netem (CONFIG_NET_SCH_NETEM is off), so delay and rate come "+
+		"from a TCP relay in the bench process (each direction paced at the rate, delayed by half the RTT, at most two "+
+		"bandwidth-delay products in flight) and loss from an nftables rule on the sandbox router (numgen random). Both the "+
+		"direct connection and the agent's connection to the proxy cross it; the relay ends TCP, so loss is recovered on a short "+
+		"hop and TCP's congestion control does not see the RTT as a real WAN would.")
+
+	// LIST 8 MiB across the link.
+	res, err := e.bulk("/api/v1/namespaces/"+benchNS+"/configmaps", e.n(2, 1), false)
+	if err != nil {
+		return err
+	}
+	r.add(e.ratioRow("WAN", "LIST 8 × 1 MiB ConfigMaps, MiB/s", "MiB/s", res, goal{op: "≥", limit: 0.8, unit: "×"}, false))
+
+	// Small GETs while a bulk LIST loops on the same connection (direct: the same HTTP/2
+	// connection; ks-mc: the same client connection and yamux session).
+	n := e.n(150, 30)
+	res, err = e.reps(func(t *target) (float64, float64, error) {
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = get(t.plain, t.base, "/api/v1/namespaces/"+benchNS+"/configmaps")
+			}
+		}()
+		time.Sleep(500 * time.Millisecond)
+		var lat []time.Duration
+		var err error
+		for i := 0; i < n && err == nil; i++ {
+			start := time.Now()
+			_, err = get(t.plain, t.base, smallPath)
+			lat = append(lat, time.Since(start))
+		}
+		close(stop)
+		<-done
+		return ms(percentile(lat, 0.99)), float64(n), err
+	})
+	if err != nil {
+		return err
+	}
+	d, k := med(res["direct"]), med(res["ks-mc"])
+	r.add(row{section: "WAN", name: "small GET p99 while a bulk LIST shares the connection", direct: fmt.Sprintf("%.1f ms", d), ksmc: fmt.Sprintf("%.1f ms", k),
+		value: k - d, valueStr: fmt.Sprintf("%+.1f ms vs direct", k-d), g: goal{op: "≤", limit: ms(rtt), unit: " ms (1 RTT)"}})
+
+	p50, p99, err := e.delivery(ctx, e.n(100, 20), e.n(20, 5))
+	if err != nil {
+		return err
+	}
+	d, k = med(p99["direct"]), med(p99["ks-mc"])
+	r.add(row{section: "WAN", name: "watch event delivery p99 (100 watches)", direct: fmt.Sprintf("%.1f ms", d), ksmc: fmt.Sprintf("%.1f ms", k),
+		value: k - d, valueStr: fmt.Sprintf("%+.1f ms vs direct", k-d), g: goal{op: "≤", limit: 10, unit: " ms"},
+		note: fmt.Sprintf("p50 %.1f ms direct, %.1f ms ks-mc (the update itself crosses the link)", med(p50["direct"]), med(p50["ks-mc"]))})
+
+	// Back to the LAN agent for what follows.
+	e.direct = lanDirect
+	return e.restartAgent(e.proxyAddr)
+}
+
+// restartAgent restarts the agent process dialling proxyAddr and waits until a request passes.
+func (e *env) restartAgent(proxyAddr string) error {
+	e.agent.stop()
+	e.agent.args = e.agentArgs(proxyAddr)
+	if err := e.agent.start(); err != nil {
+		return err
+	}
+	return eventually(2*time.Minute, "a request through the restarted agent", func() error {
+		e.ksmc.plain.CloseIdleConnections()
+		_, err := get(e.ksmc.plain, e.ksmc.base, smallPath)
+		return err
+	})
+}
+
+// wanLoss drops pct % of the packets to and from the member on the sandbox router (nftables).
+func (e *env) wanLoss(pct float64) (func(), error) {
+	if pct <= 0 {
+		return func() {}, nil
+	}
+	member := e.sb.Cluster(cluster)
+	id := strings.TrimSuffix(strings.TrimPrefix(member.Netns, "ksmc-"), "-"+cluster)
+	rt := "ksmc-" + id + "-rt"
+	veth := fmt.Sprintf("ks%sc%d", id, member.Index)
+	per := int(pct * 100) // in 1/10000
+	ruleset := fmt.Sprintf("table inet ksmcbench {\n  chain forward {\n    type filter hook forward priority -10; policy accept;\n"+
+		"    oifname %q numgen random mod 10000 < %d drop\n    iifname %q numgen random mod 10000 < %d drop\n  }\n}\n", veth, per, veth, per)
+	cmd := exec.Command("ip", "netns", "exec", rt, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("nft loss rule: %v: %s", err, out)
+	}
+	return func() {
+		_ = exec.Command("ip", "netns", "exec", rt, "nft", "delete", "table", "inet", "ksmcbench").Run()
+	}, nil
+}
