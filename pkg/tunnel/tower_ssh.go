@@ -142,13 +142,14 @@ func (p *Proxy) serveTower(w http.ResponseWriter, r *http.Request) {
 		log.Info("tower agent refused", "reason", err.Error())
 		return
 	}
-	if err := req.Reply(true, nil); err != nil {
-		_ = sconn.Close()
-		return
-	}
 	_ = ws.UnderlyingConn().SetDeadline(time.Time{})
 	s := &towerSession{cluster: cluster, remote: ip, since: time.Now(), conn: sconn, token: cfg.Token,
 		identity: identity, targets: targets, maxOpen: p.cfg.Config.MaxStreamsPerSession, closed: make(chan struct{}),
 		log: log.WithValues("kube", targets.kube, "kubesphere", targets.ks)}
+	// Registered before the agent hears "accepted": once it logs Connected, requests are served
+	// (a channel opened meanwhile waits in the agent's SSH connection until it accepts channels).
 	p.startTowerSession(s, reqs, chans)
+	if err := req.Reply(true, nil); err != nil {
+		_ = sconn.Close()
+	}
 }

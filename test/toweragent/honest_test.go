@@ -436,15 +436,21 @@ func recordProxy(t *testing.T, source, addr, listener, tok string, conf func(str
 			}
 		}
 	}()
-	// A request on the cluster's ks-apiserver listener makes the proxy open a channel.
+	// Requests on the cluster's ks-apiserver listener make the proxy open a channel (until one
+	// arrives: the listener may answer 503 while the session is being set up).
+	stopReq := make(chan struct{})
+	defer close(stopReq)
 	go func() {
 		hc := &http.Client{Timeout: 2 * time.Second}
-		for i := 0; i < 50; i++ {
+		for {
 			if resp, err := hc.Get("http://" + listener + "/kapis/version"); err == nil {
 				resp.Body.Close()
-				return
 			}
-			time.Sleep(100 * time.Millisecond)
+			select {
+			case <-stopReq:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}()
 	select {
