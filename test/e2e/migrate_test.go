@@ -99,6 +99,10 @@ func TestMigrateTower(t *testing.T) {
 		}
 	}
 	phase("tower")
+	// The Tower phase gets its own requests (the loop's figures need a baseline before the switch).
+	for _, m := range members {
+		loops[m].waitAnsweredInPhase(t, "tower", 20, time.Minute)
+	}
 	// status says every member is on a Tower agent, and weaker.
 	if r := outs.add(ksmc(t, s, "status", "--host-context", "host", "-o", "json")); r.code != 0 || strings.Count(r.stdout, `"protocol": "tower"`) != 2 || !strings.Contains(r.stdout, "migrate --host-context host") {
 		t.Errorf("status before the switch: %s", r)
@@ -446,6 +450,25 @@ func (l *requestLoop) waitAnsweredSince(t *testing.T, since time.Time, timeout t
 			}
 		}
 		return fmt.Errorf("no answer yet (last error: %s)", last)
+	})
+}
+
+// waitAnsweredInPhase waits until n requests of phase were answered.
+func (l *requestLoop) waitAnsweredInPhase(t *testing.T, phase string, n int, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, fmt.Sprintf("%d requests answered by %s in phase %s", n, l.name, phase), func() error {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		got := 0
+		for _, s := range l.samples {
+			if s.phase == phase && s.err == "" {
+				got++
+			}
+		}
+		if got < n {
+			return fmt.Errorf("%d answered", got)
+		}
+		return nil
 	})
 }
 
