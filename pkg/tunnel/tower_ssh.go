@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -55,12 +56,51 @@ func (p *Proxy) serveTower(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many agent handshakes in progress", http.StatusServiceUnavailable)
 		return
 	}
+	h, ok := p.towerHandshake(w, r, ip)
+	if !ok {
+		return
+	}
+	s, ok := p.towerAuthenticate(h, ip)
+	if !ok {
+		return
+	}
+	// Registered before the agent hears "accepted": once it logs Connected, requests are served
+	// (a channel opened meanwhile waits in the agent's SSH connection until it accepts channels).
+	p.startTowerSession(s, h.reqs, h.chans)
+	if err := h.req.Reply(true, nil); err != nil {
+		_ = h.sconn.Close()
+	}
+}
+
+// towerConn is a Tower agent's connection between the SSH handshake and its session: the
+// websocket, the SSH connection and its channels, and the agent's first request.
+type towerConn struct {
+	ws    *websocket.Conn
+	sconn *ssh.ServerConn
+	chans <-chan ssh.NewChannel
+	reqs  <-chan *ssh.Request
+	req   *ssh.Request
+}
+
+// towerFail refuses the agent: answers its request (when it wants a reply), closes the SSH
+// connection and counts the refusal.
+func (p *Proxy) towerFail(h *towerConn, reason, answer string) {
+	if h.req != nil && h.req.WantReply {
+		_ = h.req.Reply(false, []byte(answer))
+	}
+	_ = h.sconn.Close()
+	p.metrics.authFailures.add(reason)
+}
+
+// towerHandshake upgrades to a websocket, runs the SSH handshake and waits for the config
+// request, all within Config.HandshakeTimeout (the deadline stays set on the websocket).
+func (p *Proxy) towerHandshake(w http.ResponseWriter, r *http.Request, ip string) (*towerConn, bool) {
 	timeout := p.cfg.Config.HandshakeTimeout
 	ws, err := towerUpgrader(timeout).Upgrade(w, r, nil)
 	if err != nil {
 		p.metrics.authFailures.add("tower_upgrade")
 		p.tower.warn.log(p.log, "tower agent refused: bad websocket upgrade", "remote", ip)
-		return
+		return nil, false
 	}
 	deadline := time.Now().Add(timeout)
 	_ = ws.UnderlyingConn().SetDeadline(deadline)
@@ -70,44 +110,45 @@ func (p *Proxy) serveTower(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close()
 		p.metrics.authFailures.add("tower_handshake")
 		p.tower.warn.log(p.log, "tower agent refused: SSH handshake failed", "remote", ip, "err", err.Error())
-		return
+		return nil, false
 	}
-	var req *ssh.Request
+	h := &towerConn{ws: ws, sconn: sconn, chans: chans, reqs: reqs}
 	t := time.NewTimer(time.Until(deadline))
 	select {
-	case req = <-reqs:
+	case h.req = <-reqs:
 	case <-t.C:
 	}
 	t.Stop()
-	fail := func(reason, answer string) {
-		if req != nil && req.WantReply {
-			_ = req.Reply(false, []byte(answer))
-		}
-		_ = sconn.Close()
-		p.metrics.authFailures.add(reason)
-	}
-	if req == nil {
-		fail("tower_handshake", "")
+	if h.req == nil {
+		p.towerFail(h, "tower_handshake", "")
 		p.tower.warn.log(p.log, "tower agent refused: no config request in time", "remote", ip)
-		return
+		return nil, false
 	}
-	if req.Type != TowerConfigRequest {
-		fail("tower_handshake", "expecting config request")
+	if h.req.Type != TowerConfigRequest {
+		p.towerFail(h, "tower_handshake", "expecting config request")
 		p.tower.warn.log(p.log, "tower agent refused: first request is not config", "remote", ip)
-		return
+		return nil, false
 	}
+	return h, true
+}
+
+// towerAuthenticate checks the config request: the cluster name, the token (before the rate
+// limiter), the downgrade protection and the agent's targets. On success it clears the
+// handshake deadline and returns the (not yet registered) session.
+func (p *Proxy) towerAuthenticate(h *towerConn, ip string) (*towerSession, bool) {
+	req := h.req
 	cfg, err := parseTowerConfig(req.Payload)
 	if err != nil {
-		fail("tower_config", err.Error())
+		p.towerFail(h, "tower_config", err.Error())
 		p.tower.warn.log(p.log, "tower agent refused: malformed config request", "remote", ip, "length", len(req.Payload))
-		return
+		return nil, false
 	}
 	cluster := cfg.Name
 	if !validClusterName(cluster) {
 		// Never logged, never a limiter key.
-		fail("invalid_cluster_name", towerRefused)
+		p.towerFail(h, "invalid_cluster_name", towerRefused)
 		p.warn.log(p.log, "tower agent refused: malformed cluster name", "remote", ip, "length", len(cluster))
-		return
+		return nil, false
 	}
 	log := p.log.WithValues("cluster", cluster, "remote", ip, "protocol", ProtocolTower)
 	var identity string
@@ -120,36 +161,31 @@ func (p *Proxy) serveTower(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		if !p.limiter.fail(ip + "/" + cluster) {
-			fail("rate_limited", "too many failed attempts, retry later")
-			return
+			p.towerFail(h, "rate_limited", "too many failed attempts, retry later")
+			return nil, false
 		}
 		reason := "unauthorized"
 		if errorsIs(err, ErrUnknownCluster) {
 			reason = "unknown_cluster"
 		}
-		fail("unauthorized", towerRefused)
+		p.towerFail(h, "unauthorized", towerRefused)
 		log.Info("tower agent refused", "reason", reason)
-		return
+		return nil, false
 	}
 	if !p.towerAllowed(cluster) {
-		fail("tower_refused", "cluster "+cluster+" is served by the ks-mc agent: Tower agents are refused (Cluster annotation "+AgentProtocolAnnotation+"="+ProtocolKsMC+")")
+		p.towerFail(h, "tower_refused", "cluster "+cluster+" is served by the ks-mc agent: Tower agents are refused (Cluster annotation "+AgentProtocolAnnotation+"="+ProtocolKsMC+")")
 		log.Info("tower agent refused: the Cluster is marked as migrated to the ks-mc agent (downgrade protection)")
-		return
+		return nil, false
 	}
 	targets, err := validateTowerTargets(cfg)
 	if err != nil {
-		fail("tower_config", err.Error())
+		p.towerFail(h, "tower_config", err.Error())
 		log.Info("tower agent refused", "reason", err.Error())
-		return
+		return nil, false
 	}
-	_ = ws.UnderlyingConn().SetDeadline(time.Time{})
-	s := &towerSession{cluster: cluster, remote: ip, since: time.Now(), conn: sconn, token: cfg.Token,
+	_ = h.ws.UnderlyingConn().SetDeadline(time.Time{})
+	s := &towerSession{cluster: cluster, remote: ip, since: time.Now(), conn: h.sconn, token: cfg.Token,
 		identity: identity, targets: targets, maxOpen: p.cfg.Config.MaxStreamsPerSession, closed: make(chan struct{}),
 		log: log.WithValues("kube", targets.kube, "kubesphere", targets.ks)}
-	// Registered before the agent hears "accepted": once it logs Connected, requests are served
-	// (a channel opened meanwhile waits in the agent's SSH connection until it accepts channels).
-	p.startTowerSession(s, reqs, chans)
-	if err := req.Reply(true, nil); err != nil {
-		_ = sconn.Close()
-	}
+	return s, true
 }
