@@ -295,7 +295,12 @@ func (a *Agent) drain(sess *yamux.Session) {
 	_ = sess.GoAway()
 	a.server.SetKeepAlivesEnabled(false)
 	a.log.Info("draining", "streams", sess.NumStreams(), "deadline", a.cfg.Config.DrainTimeout)
-	drainSessions(ctx, []*agentSession{{sess: sess}})
+	waitStreamsDone(ctx, func() int64 {
+		if sess.IsClosed() {
+			return 0
+		}
+		return int64(sess.NumStreams())
+	})
 	_ = sess.Close()
 }
 

@@ -450,8 +450,20 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		s.draining.Store(true)
 		s.setKeepAlives(false)
 	}
-	drainSessions(ctx, sessions)
-	drainTowerSessions(ctx, towers)
+	waitStreamsDone(ctx, func() int64 {
+		var open int64
+		for _, s := range sessions {
+			if !s.sess.IsClosed() {
+				open += int64(s.sess.NumStreams())
+			}
+		}
+		for _, s := range towers {
+			if !s.isClosed() {
+				open += s.open.Load()
+			}
+		}
+		return open
+	})
 	for _, s := range sessions {
 		_ = s.sess.Close()
 	}
@@ -461,19 +473,12 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-func drainSessions(ctx context.Context, sessions []*agentSession) {
+// waitStreamsDone polls open (the streams still open on the sessions being drained, both
+// protocols) until it is zero or ctx ends.
+func waitStreamsDone(ctx context.Context, open func() int64) {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
-	for {
-		open := 0
-		for _, s := range sessions {
-			if !s.sess.IsClosed() {
-				open += s.sess.NumStreams()
-			}
-		}
-		if open == 0 {
-			return
-		}
+	for open() != 0 {
 		select {
 		case <-ctx.Done():
 			return

@@ -12,18 +12,7 @@ func (p *Proxy) Revalidate(cluster string) int {
 		if s.revoked.Load() {
 			continue
 		}
-		reason := ""
-		if ia, ok := p.cfg.Authenticator.(IdentityAuthenticator); ok {
-			id, err := ia.AuthenticateIdentity(cluster, s.token)
-			switch {
-			case err != nil:
-				reason = revokeReason(err)
-			case id != s.identity:
-				reason = "cluster_recreated"
-			}
-		} else if err := p.cfg.Authenticator.Authenticate(cluster, s.token); err != nil {
-			reason = revokeReason(err)
-		}
+		reason := p.revokeCheck(cluster, s.token, s.identity)
 		if reason == "" {
 			continue
 		}
@@ -34,6 +23,26 @@ func (p *Proxy) Revalidate(cluster string) int {
 		closed++
 	}
 	return closed + p.revalidateTower(cluster)
+}
+
+// revokeCheck says why a session admitted with token and identity may no longer be served by
+// cluster ("" when it still may): the token no longer authenticates, the Cluster is gone, or (with
+// an IdentityAuthenticator) it was created again under the same name. Both protocols use it.
+func (p *Proxy) revokeCheck(cluster, token, identity string) string {
+	if ia, ok := p.cfg.Authenticator.(IdentityAuthenticator); ok {
+		id, err := ia.AuthenticateIdentity(cluster, token)
+		switch {
+		case err != nil:
+			return revokeReason(err)
+		case id != identity:
+			return "cluster_recreated"
+		}
+		return ""
+	}
+	if err := p.cfg.Authenticator.Authenticate(cluster, token); err != nil {
+		return revokeReason(err)
+	}
+	return ""
 }
 
 func revokeReason(err error) string {

@@ -281,18 +281,7 @@ func (p *Proxy) revalidateTower(cluster string) int {
 		if s.revoked.Load() {
 			continue
 		}
-		reason := ""
-		if ia, ok := p.cfg.Authenticator.(IdentityAuthenticator); ok {
-			id, err := ia.AuthenticateIdentity(cluster, s.token)
-			switch {
-			case err != nil:
-				reason = revokeReason(err)
-			case id != s.identity:
-				reason = "cluster_recreated"
-			}
-		} else if err := p.cfg.Authenticator.Authenticate(cluster, s.token); err != nil {
-			reason = revokeReason(err)
-		}
+		reason := p.revokeCheck(cluster, s.token, s.identity)
 		if reason != "" {
 			s.revoked.Store(true)
 			p.metrics.revokedSessions.add(reason)
@@ -437,25 +426,4 @@ func (p *Proxy) startTowerSession(s *towerSession, reqs <-chan *ssh.Request, cha
 		s.log.Info("tower agent disconnected", "towerAgents", n, "after", time.Since(s.since).Round(time.Millisecond))
 		p.notify(s.cluster)
 	}()
-}
-
-func drainTowerSessions(ctx context.Context, sessions []*towerSession) {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		open := int64(0)
-		for _, s := range sessions {
-			if !s.isClosed() {
-				open += s.open.Load()
-			}
-		}
-		if open == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
