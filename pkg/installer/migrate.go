@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -272,91 +270,6 @@ func (m *Migrate) Apply(ctx context.Context, plan *Plan[*MigratePlan]) (*Migrate
 	return res, nil
 }
 
-func (m *Migrate) hostPreflight(ctx context.Context, p *Preflight) *migrateHost {
-	h := side(m.host, "host")
-	hint := initHostHint(m.host)
-	if _, err := m.host.Kube.Discovery().ServerVersion(); err != nil {
-		p.Error("check --host-context/--host-kubeconfig and that the API server is up", "%s: unreachable: %v", h, err)
-		return nil
-	}
-	cc, err := GetClusterConfiguration(ctx, m.host)
-	if err != nil {
-		if errors.Is(err, ErrKubeSphereNotInstalled) {
-			p.Error(InstallKubeSphereHint, "%s: KubeSphere is not installed (no %s)", h, ccObject)
-		} else {
-			p.Error("", "%s: %v", h, err)
-		}
-		return nil
-	}
-	if role := cc.ClusterRole(); role != kubesphere.RoleHost {
-		p.Error(hint, "%s: multicluster.clusterRole is %q, not host", h, role)
-		return nil
-	}
-	cfg, err := GetKubeSphereConfig(ctx, m.host)
-	if err != nil {
-		p.Error("", "%s: %v", h, err)
-		return nil
-	}
-	tower, err := m.host.Kube.AppsV1().Deployments(kubesphere.Namespace).Get(ctx, kubesphere.TowerName, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		p.Error(hint+" --tunnel=ks-mc", "%s: Deployment %s/%s (the proxy) does not exist", h, kubesphere.Namespace, kubesphere.TowerName)
-		return nil
-	case err != nil:
-		p.Error("", "%s: get deployment %s/%s: %v", h, kubesphere.Namespace, kubesphere.TowerName, err)
-		return nil
-	}
-	if TunnelOf(tower) != kubesphere.TunnelKsMc {
-		p.Error(fmt.Sprintf("switch the host first: kubectl ks-mc init-host%s --tunnel=ks-mc (its proxy keeps serving the Tower agents)", m.host.contextFlag()),
-			"%s: Deployment %s/%s runs KubeSphere's Tower, not the ks-mc proxy: there is nothing to migrate to", h, kubesphere.Namespace, kubesphere.TowerName)
-		return nil
-	}
-	if ready, why := DeploymentRolledOut(tower); !ready {
-		p.Error("wait for it: kubectl -n kubesphere-system rollout status deployment/tower"+m.host.contextFlag(), "%s: the ks-mc proxy is not rolled out: %s", h, why)
-		return nil
-	}
-	hs := &migrateHost{towerAgents: manifests.ProxyTowerAgents(tower)}
-	p.OK("%s: the ks-mc proxy runs (Tower agents: %s)", h, hs.towerAgents)
-	addr := HostProxyAddress(ctx, m.host, cc, cfg)
-	if addr == "" {
-		p.Error(hint+" --tunnel=ks-mc --proxy-publish-address=https://HOST:PORT", "%s: no proxy address is published", h)
-		return nil
-	}
-	if norm, err := ValidateProxyAddress(addr); err != nil {
-		p.Error(hint, "%s: %v", h, err)
-		return nil
-	} else {
-		addr = norm
-	}
-	if err := PlaintextAgentRefused(kubesphere.TunnelKsMc, addr, tower); err != nil {
-		p.Error(PlaintextAgentAdvice(m.host, addr), "%s: %v", h, err)
-		return nil
-	}
-	hs.proxyAddress = addr
-	hs.caHash = m.opts.CACertHash
-	if strings.HasPrefix(addr, "https://") && hs.caHash == "" {
-		pin, err := ProxyCACertHash(ctx, m.host)
-		if err != nil {
-			p.Error("pass --ca-cert-hash=sha256:… (the annotation ks-mc.io/ca-cert-hash of that Secret)", "%s: the proxy address is https but its CA cannot be pinned: %v", h, err)
-			return nil
-		}
-		hs.caHash = pin
-	}
-	p.OK("%s: the ks-mc agents will dial %s", h, addr)
-	hs.agentImage = m.opts.AgentImage
-	hostAccess, _ := MigrateAccess()
-	checkAccessSide(ctx, p, m.host, h, hostAccess)
-	if hs.uid, err = KubeSystemUID(ctx, m.host); err != nil {
-		p.Error("", "%s: %v", h, err)
-		return nil
-	}
-	if hs.clusters, err = ListClusters(ctx, m.host); err != nil {
-		p.Error("", "%s: %v", h, err)
-		return nil
-	}
-	return hs
-}
-
 // migrateOne runs one member: preflight, then the steps, rolling back to the Tower agent when
 // one fails before the Cluster is annotated.
 func (m *Migrate) migrateOne(ctx context.Context, hs *migrateHost, mm *migrateMember, seen map[string]string) {
@@ -430,102 +343,6 @@ func (e *migrateAdvice) Error() string { return e.err.Error() }
 func (e *migrateAdvice) Unwrap() error { return e.err }
 
 func (e *migrateAdvice) keptKsMc() bool { return e != nil && e.ksmc }
-
-func (m *Migrate) memberPreflight(ctx context.Context, hs *migrateHost, mm *migrateMember, seen map[string]string) *Preflight {
-	p := &Preflight{}
-	r := mm.res
-	ms := side(mm.c, "member")
-	uid, err := KubeSystemUID(ctx, mm.c)
-	if err != nil {
-		p.Error("check --context and that the API server is up", "%s: unreachable: %v", ms, err)
-		return p
-	}
-	mm.uid = uid
-	if uid == hs.uid {
-		r.Result, r.Reason = MigrateSkipped, "it is the host itself"
-		return p
-	}
-	if prev, ok := seen[uid]; ok {
-		r.Result, r.Reason = MigrateSkipped, "the same cluster as context "+prev
-		return p
-	}
-	seen[uid] = mm.c.Context
-	for i := range hs.clusters {
-		c := &hs.clusters[i]
-		if !IsHostCluster(c) && ClusterMemberUID(c) == uid {
-			mm.cluster = c
-		}
-	}
-	if mm.cluster == nil {
-		if m.opts.SkipUnmatched {
-			r.Result, r.Reason = MigrateSkipped, "not a member of this host (no Cluster with kube-system UID "+uid+")"
-			return p
-		}
-		p.Error(fmt.Sprintf("join it first: kubectl ks-mc join%s --host-context %s", mm.c.contextFlag(), m.host.Context),
-			"%s: no Cluster of the host belongs to it (kube-system UID %s)", ms, uid)
-		return p
-	}
-	name := mm.cluster.GetName()
-	r.Name = name
-	if typ, _, _ := unstructured.NestedString(mm.cluster.Object, "spec", "connection", "type"); typ != "proxy" {
-		r.Result, r.Reason = MigrateSkipped, fmt.Sprintf("Cluster %s is a %q connection: it uses no agent", name, typ)
-		return p
-	}
-	mm.token, _, _ = unstructured.NestedString(mm.cluster.Object, "spec", "connection", "token")
-	if mm.token == "" {
-		p.Error("check the host's proxy: kubectl -n kubesphere-system logs deployment/tower"+m.host.contextFlag(), "Cluster %s has no spec.connection.token", name)
-		return p
-	}
-	mm.annotated = mm.cluster.GetAnnotations()[kubesphere.AgentProtocolAnnotation] == string(kubesphere.TunnelKsMc)
-	ds, err := GetAgentDeployments(ctx, mm.c)
-	if err != nil {
-		p.Error("", "%s: %v", ms, err)
-		return p
-	}
-	for _, d := range ds {
-		info := InspectAgent(d)
-		if info.ClusterName != "" && info.ClusterName != name {
-			p.Error(fmt.Sprintf("check the member: kubectl -n %s get deployment %s -o yaml%s", kubesphere.Namespace, d.Name, mm.c.contextFlag()),
-				"%s: Deployment %s/%s serves cluster %q, not %q", ms, kubesphere.Namespace, d.Name, info.ClusterName, name)
-			return p
-		}
-		switch {
-		case info.Tunnel == kubesphere.TunnelTower && d.Name == kubesphere.AgentName:
-			mm.tower = d
-		case info.Tunnel == kubesphere.TunnelKsMc:
-			mm.ksmc = d
-		}
-	}
-	switch {
-	case mm.tower == nil && mm.ksmc == nil:
-		p.Error(fmt.Sprintf("re-run join, which renders the ks-mc agent: kubectl ks-mc join%s --host-context %s --name %s", mm.c.contextFlag(), m.host.Context, name),
-			"%s: no agent Deployment (neither the Tower agent %s nor a ks-mc agent)", ms, kubesphere.AgentName)
-		return p
-	case mm.tower == nil && mm.annotated:
-		r.Result, r.Protocol = MigrateAlreadyMigrated, string(kubesphere.TunnelKsMc)
-		r.Reason = fmt.Sprintf("already migrated: the member runs the ks-mc agent (Deployment %s/%s)", kubesphere.Namespace, mm.ksmc.Name)
-		m.rep.Step(fmt.Sprintf("member (%s): Cluster %s already migrated (ks-mc agent %s/%s): nothing to change", mm.c.Context, name, kubesphere.Namespace, mm.ksmc.Name))
-		return p
-	case mm.tower == nil:
-		p.OK("%s: runs the ks-mc agent already (Deployment %s/%s); the Cluster lacks %s", ms, kubesphere.Namespace, mm.ksmc.Name, kubesphere.AgentProtocolAnnotation)
-		mm.deployName = mm.ksmc.Name
-		return p
-	}
-	mm.deployName = kubesphere.MigratedAgentName
-	if mm.ksmc != nil && mm.ksmc.Name == kubesphere.MigratedAgentName {
-		p.OK("%s: Tower agent %s/%s and a ks-mc agent %s/%s from an earlier run: continuing", ms, kubesphere.Namespace, kubesphere.AgentName, kubesphere.Namespace, mm.ksmc.Name)
-	} else {
-		p.OK("%s: Tower agent %s/%s for Cluster %s: the ks-mc agent %s/%s will run next to it", ms, kubesphere.Namespace, kubesphere.AgentName, name, kubesphere.Namespace, kubesphere.MigratedAgentName)
-	}
-	if hs.towerAgents == "never" {
-		p.Warn("", "the proxy refuses Tower agents (--tower-agents=never): the member is disconnected until its ks-mc agent connects")
-	} else if mm.annotated {
-		p.Warn("", "Cluster %s says %s: ks-mc, so the proxy no longer serves its Tower agent: the member is disconnected until its ks-mc agent connects", name, kubesphere.AgentProtocolAnnotation)
-	}
-	_, memberAccess := MigrateAccess()
-	checkAccessSide(ctx, p, mm.c, ms, memberAccess)
-	return p
-}
 
 func (m *Migrate) change(mm *migrateMember, obj, action, summary string, patch map[string]any) {
 	mm.log.Record(Change{Object: obj, Action: action, Summary: summary, Patch: patch})
@@ -624,116 +441,6 @@ func (m *Migrate) annotate(ctx context.Context, mm *migrateMember) error {
 	return nil
 }
 
-// leaseRenewal is the heartbeat Lease's renewTime before the ks-mc agent starts (zero when none).
-func (m *Migrate) leaseRenewal(ctx context.Context, cluster string) time.Time {
-	l, err := m.host.Kube.CoordinationV1().Leases(kubesphere.Namespace).Get(ctx, kubesphere.HeartbeatLeaseName(cluster), metav1.GetOptions{})
-	if err != nil || l.Spec.RenewTime == nil {
-		return time.Time{}
-	}
-	return l.Spec.RenewTime.Time
-}
-
-// LeaseProtocol reads the protocol of a cluster's connected agent sessions from the proxy's
-// heartbeat Lease: ks-mc or tower; "" when the Lease says nothing (an older proxy, or no session).
-func LeaseProtocol(l *coordinationv1.Lease) string {
-	if l == nil {
-		return ""
-	}
-	return l.Annotations[kubesphere.AgentProtocolAnnotation]
-}
-
-// leaseServesKsMc reports whether a Lease renewed after baseline says a ks-mc session answered.
-func leaseServesKsMc(l *coordinationv1.Lease, baseline time.Time) (bool, string) {
-	if l == nil {
-		return false, "no heartbeat Lease yet"
-	}
-	agents, _ := strconv.Atoi(l.Annotations[kubesphere.HeartbeatAgentsAnnotation])
-	proto := LeaseProtocol(l)
-	renewed := l.Spec.RenewTime != nil && l.Spec.RenewTime.After(baseline)
-	switch {
-	case proto != string(kubesphere.TunnelKsMc):
-		if proto == "" {
-			proto = "none"
-		}
-		return false, fmt.Sprintf("heartbeat: protocol %s, %d session(s)", proto, agents)
-	case agents == 0:
-		return false, "heartbeat: protocol ks-mc, 0 sessions answered"
-	case !renewed:
-		return false, "heartbeat: not renewed since the ks-mc agent started"
-	}
-	return true, fmt.Sprintf("heartbeat: protocol ks-mc, %d session(s) answered a ping", agents)
-}
-
-// waitServes waits until the proxy's heartbeat Lease says a ks-mc session of cluster answers,
-// then sends one request through the per-cluster listener.
-func (m *Migrate) waitServes(ctx context.Context, mm *migrateMember, cluster string, baseline time.Time) error {
-	leaseName := kubesphere.HeartbeatLeaseName(cluster)
-	for {
-		l, err := m.host.Kube.CoordinationV1().Leases(kubesphere.Namespace).Get(ctx, leaseName, metav1.GetOptions{})
-		var observed string
-		switch {
-		case apierrors.IsNotFound(err):
-			observed = "no heartbeat Lease " + leaseName + " yet"
-		case err != nil:
-			observed = err.Error()
-		default:
-			ok, why := leaseServesKsMc(l, baseline)
-			observed = why
-			if ok {
-				mm.res.Evidence = append(mm.res.Evidence, why)
-				m.rep.Step(fmt.Sprintf("host: the ks-mc session of %s serves (%s)", cluster, why))
-				return m.probe(ctx, mm, cluster)
-			}
-		}
-		m.rep.Progress(fmt.Sprintf("waiting for the ks-mc session of %s: %s (%s left)", cluster, observed, max(time.Until(mm.deadline).Round(time.Second), 0)))
-		if time.Now().After(mm.deadline) {
-			return &migrateAdvice{err: fmt.Errorf("timed out after %s waiting for the ks-mc agent's session (last seen: %s)", m.opts.Timeout, observed),
-				advice: fmt.Sprintf("see why it does not connect: kubectl -n %s logs deployment/%s%s, and kubectl ks-mc diagnose --host-context %s%s",
-					kubesphere.Namespace, mm.deployName, mm.c.contextFlag(), m.host.Context, mm.c.contextFlag())}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(m.opts.PollInterval):
-		}
-	}
-}
-
-// probe sends requests through the per-cluster listener until one is answered (or the member's
-// time is up). The proxy sends new requests to the ks-mc session once it is up, so an answer now
-// went through it.
-func (m *Migrate) probe(ctx context.Context, mm *migrateMember, cluster string) error {
-	var last error
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := m.opts.Probe(pctx, m.host, cluster)
-		cancel()
-		if err == nil {
-			ev := "a request through the per-cluster listener (" + kubesphere.ServicePrefix + cluster + ") was answered"
-			mm.res.Evidence = append(mm.res.Evidence, ev)
-			m.rep.Step("host: " + ev)
-			return nil
-		}
-		if errors.Is(err, ErrListenerUnreachable) {
-			ev := "the per-cluster listener is not reachable from this machine (" + firstLine(err.Error()) + "): the heartbeat is the evidence"
-			mm.res.Evidence = append(mm.res.Evidence, ev)
-			m.rep.Warn(ev)
-			return nil
-		}
-		last = err
-		m.rep.Progress(fmt.Sprintf("waiting for a request through %s%s to be answered: %s", kubesphere.ServicePrefix, cluster, firstLine(err.Error())))
-		if time.Now().After(mm.deadline) {
-			return &migrateAdvice{err: fmt.Errorf("the ks-mc session is up but no request through the per-cluster listener was answered: %w", last),
-				advice: fmt.Sprintf("kubectl ks-mc diagnose --host-context %s%s", m.host.Context, mm.c.contextFlag())}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(m.opts.PollInterval):
-		}
-	}
-}
-
 // rollback removes the ks-mc agent this run added, so the member stays on its working Tower agent.
 func (m *Migrate) rollback(ctx context.Context, mm *migrateMember) {
 	if m.opts.DryRun.Enabled() || mm.deployName != kubesphere.MigratedAgentName {
@@ -758,32 +465,4 @@ func (m *Migrate) rollback(ctx context.Context, mm *migrateMember) {
 		}
 	}
 	m.rep.Warn(fmt.Sprintf("%s: left on its Tower agent", ms))
-}
-
-// ErrListenerUnreachable marks a probe whose request did not reach the per-cluster listener from
-// this machine at all (as opposed to one the member answered).
-var ErrListenerUnreachable = errors.New("per-cluster listener unreachable")
-
-// ProbeClusterListener sends GET /version through the per-cluster listener of cluster, the way
-// ks-apiserver reaches a member: through the host apiserver's service proxy to Service mc-<cluster>.
-// An answer of the member's apiserver (also 401/403 for the anonymous request) proves the tunnel.
-// Any other error is inconclusive and wraps ErrListenerUnreachable: the service proxy may have no
-// route to the proxy pod at all (no endpoints, an egress policy, "address not allowed"), and a
-// listener without a session would have failed ks-apiserver's requests already.
-func ProbeClusterListener(ctx context.Context, host *Clients, cluster string) error {
-	return classifyProbeError(serviceProxyVersion(ctx, host, cluster))
-}
-
-// classifyProbeError: an answer of the ks-mc proxy's per-cluster listener itself (its 503/502
-// Status "ks-mc proxy: cluster …", pkg/tunnel/listener.go) reached the listener and says no agent
-// served: that is conclusive and returned as is. Any other error is inconclusive (wraps
-// ErrListenerUnreachable).
-func classifyProbeError(err error) error {
-	if err == nil {
-		return nil
-	}
-	if strings.Contains(err.Error(), "ks-mc proxy: cluster ") {
-		return err
-	}
-	return fmt.Errorf("%w: %v", ErrListenerUnreachable, err)
 }
