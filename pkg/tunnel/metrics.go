@@ -52,6 +52,17 @@ func (c *labeledCounter) snapshot() map[string]int64 {
 	return out
 }
 
+// write writes the counter in the Prometheus text format: HELP, TYPE counter, then one sample
+// per label value in sorted order.
+func (c *labeledCounter) write(w io.Writer, name, help, label string) {
+	fmt.Fprintf(w, "# HELP %s %s\n", name, help)
+	fmt.Fprintf(w, "# TYPE %s counter\n", name)
+	snap := c.snapshot()
+	for _, k := range sortedKeys(snap) {
+		fmt.Fprintf(w, "%s{%s=%q} %d\n", name, label, k, snap[k])
+	}
+}
+
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -86,18 +97,8 @@ func (m *proxyMetrics) write(w io.Writer, agents, towers map[string]int) {
 			}
 		}
 	}
-	fmt.Fprintln(w, "# HELP ksmc_proxy_protocol_sessions_total Agent sessions accepted, by protocol.")
-	fmt.Fprintln(w, "# TYPE ksmc_proxy_protocol_sessions_total counter")
-	ps := m.protoSessions.snapshot()
-	for _, k := range sortedKeys(ps) {
-		fmt.Fprintf(w, "ksmc_proxy_protocol_sessions_total{protocol=%q} %d\n", k, ps[k])
-	}
-	fmt.Fprintln(w, "# HELP ksmc_proxy_protocol_streams_total Streams opened to agents, by protocol.")
-	fmt.Fprintln(w, "# TYPE ksmc_proxy_protocol_streams_total counter")
-	pst := m.protoStreams.snapshot()
-	for _, k := range sortedKeys(pst) {
-		fmt.Fprintf(w, "ksmc_proxy_protocol_streams_total{protocol=%q} %d\n", k, pst[k])
-	}
+	m.protoSessions.write(w, "ksmc_proxy_protocol_sessions_total", "Agent sessions accepted, by protocol.", "protocol")
+	m.protoStreams.write(w, "ksmc_proxy_protocol_streams_total", "Streams opened to agents, by protocol.", "protocol")
 	fmt.Fprintln(w, "# HELP ksmc_proxy_tower_keepalive_dropped_total Tower agent sessions dropped because the proxy's keepalive went unanswered.")
 	fmt.Fprintln(w, "# TYPE ksmc_proxy_tower_keepalive_dropped_total counter")
 	fmt.Fprintf(w, "ksmc_proxy_tower_keepalive_dropped_total %d\n", m.towerDropped.Load())
@@ -113,22 +114,7 @@ func (m *proxyMetrics) write(w io.Writer, agents, towers map[string]int) {
 	fmt.Fprintln(w, "# HELP ksmc_proxy_refused_agent_streams_total Streams opened by agents and refused.")
 	fmt.Fprintln(w, "# TYPE ksmc_proxy_refused_agent_streams_total counter")
 	fmt.Fprintf(w, "ksmc_proxy_refused_agent_streams_total %d\n", m.refusedAgentStreams.Load())
-	fmt.Fprintln(w, "# HELP ksmc_proxy_auth_failures_total Refused agent connections by reason.")
-	fmt.Fprintln(w, "# TYPE ksmc_proxy_auth_failures_total counter")
-	af := m.authFailures.snapshot()
-	for _, k := range sortedKeys(af) {
-		fmt.Fprintf(w, "ksmc_proxy_auth_failures_total{reason=%q} %d\n", k, af[k])
-	}
-	fmt.Fprintln(w, "# HELP ksmc_proxy_stream_limit_total Streams refused because a cap of open streams was reached, by scope.")
-	fmt.Fprintln(w, "# TYPE ksmc_proxy_stream_limit_total counter")
-	sl := m.streamLimited.snapshot()
-	for _, k := range sortedKeys(sl) {
-		fmt.Fprintf(w, "ksmc_proxy_stream_limit_total{scope=%q} %d\n", k, sl[k])
-	}
-	fmt.Fprintln(w, "# HELP ksmc_proxy_revoked_sessions_total Agent sessions closed because their Cluster's token or UID changed, by reason.")
-	fmt.Fprintln(w, "# TYPE ksmc_proxy_revoked_sessions_total counter")
-	rs := m.revokedSessions.snapshot()
-	for _, k := range sortedKeys(rs) {
-		fmt.Fprintf(w, "ksmc_proxy_revoked_sessions_total{reason=%q} %d\n", k, rs[k])
-	}
+	m.authFailures.write(w, "ksmc_proxy_auth_failures_total", "Refused agent connections by reason.", "reason")
+	m.streamLimited.write(w, "ksmc_proxy_stream_limit_total", "Streams refused because a cap of open streams was reached, by scope.", "scope")
+	m.revokedSessions.write(w, "ksmc_proxy_revoked_sessions_total", "Agent sessions closed because their Cluster's token or UID changed, by reason.", "reason")
 }
