@@ -137,34 +137,6 @@ func (o *DiagnoseOptions) Validate() error {
 
 func (o *DiagnoseOptions) complete(f *Factory) { o.factory = f }
 
-// memberClients are the clients of --contexts (or, with --all-contexts, of every context but the
-// host's), each once.
-func (o *DiagnoseOptions) memberClients(host string) ([]*installer.Clients, error) {
-	names := o.Contexts
-	if o.AllContexts {
-		names = nil
-		for _, n := range o.factory.ContextNames(hostFlags{}) {
-			if n != host {
-				names = append(names, n)
-			}
-		}
-	}
-	var out []*installer.Clients
-	seen := map[string]bool{host: o.Host.Kubeconfig == ""}
-	for _, n := range names {
-		if seen[n] {
-			continue
-		}
-		seen[n] = true
-		c, err := o.factory.ContextClients(n)
-		if err != nil {
-			return nil, fmt.Errorf("member context %s: %w", n, err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
-}
-
 // Run diagnoses, prints the report and writes the bundle.
 func (o *DiagnoseOptions) Run(ctx context.Context) error {
 	if ctx == nil {
@@ -174,7 +146,7 @@ func (o *DiagnoseOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	members, err := o.memberClients(host.Context)
+	members, err := o.factory.MemberClients(o.Host, host.Context, o.Contexts, o.AllContexts)
 	if err != nil {
 		return err
 	}

@@ -151,3 +151,32 @@ func selectContext(targetKubeconfig, hostKubeconfig, context string) clientcmd.C
 	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(hostLoadingRules(targetKubeconfig, hostKubeconfig),
 		&clientcmd.ConfigOverrides{CurrentContext: context})
 }
+
+// MemberClients are the clients of the given member contexts (or, with all, of every context of
+// the kubeconfig but the host's, hostContext), each once: the member selection of diagnose and
+// migrate.
+func (f *Factory) MemberClients(h hostFlags, hostContext string, contexts []string, all bool) ([]*installer.Clients, error) {
+	names := contexts
+	if all {
+		names = nil
+		for _, n := range f.ContextNames(hostFlags{}) {
+			if n != hostContext {
+				names = append(names, n)
+			}
+		}
+	}
+	var out []*installer.Clients
+	seen := map[string]bool{hostContext: h.Kubeconfig == ""}
+	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		c, err := f.ContextClients(n)
+		if err != nil {
+			return nil, fmt.Errorf("member context %s: %w", n, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}

@@ -115,14 +115,6 @@ func (o *MigrateOptions) Complete(f *Factory) error {
 	return nil
 }
 
-// memberClients: the same selection as diagnose (the given contexts, or every context of the
-// kubeconfig but the host's, each once); Apply matches them to the host's Clusters.
-func (o *MigrateOptions) memberClients(host string) ([]*installer.Clients, error) {
-	d := &DiagnoseOptions{Host: o.Host, Contexts: o.Contexts, AllContexts: o.AllContexts}
-	d.complete(o.factory)
-	return d.memberClients(host)
-}
-
 // Validate checks the flags before anything contacts a cluster.
 func (o *MigrateOptions) Validate() error {
 	if err := validateOutputFormat(o.Output, true); err != nil {
@@ -161,7 +153,7 @@ func (o *MigrateOptions) Run(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	members, err := o.memberClients(host.Context)
+	members, err := o.factory.MemberClients(o.Host, host.Context, o.Contexts, o.AllContexts)
 	if err != nil {
 		return err
 	}
