@@ -47,15 +47,17 @@ type ClusterListener struct {
 	cfg      ClusterListenerConfig
 	kube, ks net.Listener
 	srv      *http.Server
-	certRP   *httputil.ReverseProxy
-	tokenRP  *httputil.ReverseProxy
-	// certBulk and tokenBulk are certRP and tokenRP with 32 KiB copy buffers, for every request
-	// but watches and upgrades (see longLived).
-	certBulk, tokenBulk *httputil.ReverseProxy
-	wg                  sync.WaitGroup
-	mu                  sync.Mutex
-	conns               map[net.Conn]struct{}
-	closed              bool
+	// certRP and tokenRP forward upgrades (exec, attach, port-forward): a ReverseProxy with an
+	// http.Transport, which splices the switched connection.
+	certRP  *httputil.ReverseProxy
+	tokenRP *httputil.ReverseProxy
+	// certFwd and tokenFwd forward every other request over their own pools of idle streams
+	// (listener_client.go).
+	certFwd, tokenFwd *kubeForwarder
+	wg                sync.WaitGroup
+	mu                sync.Mutex
+	conns             map[net.Conn]struct{}
+	closed            bool
 }
 
 // ListenCluster binds both listeners and starts serving them.
@@ -94,7 +96,8 @@ func ListenCluster(cfg ClusterListenerConfig) (*ClusterListener, error) {
 	l := &ClusterListener{cfg: cfg, kube: kl, ks: kl2, conns: map[net.Conn]struct{}{}}
 	l.certRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
 	l.tokenRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthToken})
-	l.certBulk, l.tokenBulk = withBulkBuffers(l.certRP), withBulkBuffers(l.tokenRP)
+	l.certFwd = newKubeForwarder(l, StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
+	l.tokenFwd = newKubeForwarder(l, StreamHeader{Target: TargetKubernetes, Auth: AuthToken})
 	l.srv = &http.Server{
 		Handler:           l,
 		TLSConfig:         t,
@@ -138,44 +141,53 @@ func (l *ClusterListener) reverseProxy(h StreamHeader) *httputil.ReverseProxy {
 		BufferPool: rpBufferPool{},
 		// Cut watches are normal (clients go away, agents reconnect); failures that matter reach
 		// ErrorHandler.
-		ErrorLog: log.New(io.Discard, "", 0),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if r.Context().Err() != nil {
-				return
-			}
-			if errors.Is(err, ErrStreamLimit) {
-				writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
-					fmt.Sprintf("ks-mc proxy: cluster %q: too many open streams, retry later", l.cfg.Cluster))
-				return
-			}
-			if errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway) {
-				writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
-					fmt.Sprintf("ks-mc proxy: cluster %q: no agent connected", l.cfg.Cluster))
-				return
-			}
-			l.cfg.Logger.V(1).Info("forward to agent failed", "cluster", l.cfg.Cluster, "err", err.Error())
-			writeStatus(w, http.StatusBadGateway, "ServiceUnavailable",
-				fmt.Sprintf("ks-mc proxy: cluster %q: %v", l.cfg.Cluster, err))
-		},
+		ErrorLog:     log.New(io.Discard, "", 0),
+		ErrorHandler: l.forwardError,
 	}
+}
+
+// forwardError answers a request that could not be forwarded: 503 when the cluster has no agent
+// or no stream to spare, 502 otherwise, nothing when the client went away.
+func (l *ClusterListener) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return
+	}
+	if errors.Is(err, ErrStreamLimit) {
+		writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
+			fmt.Sprintf("ks-mc proxy: cluster %q: too many open streams, retry later", l.cfg.Cluster))
+		return
+	}
+	if errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway) {
+		writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
+			fmt.Sprintf("ks-mc proxy: cluster %q: no agent connected", l.cfg.Cluster))
+		return
+	}
+	l.cfg.Logger.V(1).Info("forward to agent failed", "cluster", l.cfg.Cluster, "err", err.Error())
+	writeStatus(w, http.StatusBadGateway, "ServiceUnavailable",
+		fmt.Sprintf("ks-mc proxy: cluster %q: %v", l.cfg.Cluster, err))
 }
 
 // ServeHTTP picks the stream mode from the TLS state: a client certificate verified against the
 // proxy CA (AuthCert) or none (AuthToken: the agent demands the caller's own Authorization).
 func (l *ClusterListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// An HTTP/1.1 client's request body may still be arriving when the response starts: opt in
-	// to reading after writing (HTTP/2 always is), or net/http may cut the body short.
-	_ = http.NewResponseController(w).EnableFullDuplex()
-	long := longLived(r)
-	switch cert := r.TLS != nil && len(r.TLS.PeerCertificates) > 0; {
-	case cert && long:
-		l.certRP.ServeHTTP(w, r)
-	case cert:
-		l.certBulk.ServeHTTP(w, r)
-	case long:
-		l.tokenRP.ServeHTTP(w, r)
-	default:
-		l.tokenBulk.ServeHTTP(w, r)
+	if r.ProtoMajor == 1 {
+		// An HTTP/1.1 client's request body may still be arriving when the response starts: opt
+		// in to reading after writing (HTTP/2 always is), or net/http may cut the body short.
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
+	cert := r.TLS != nil && len(r.TLS.PeerCertificates) > 0
+	if isUpgrade(r) || r.Method == http.MethodConnect {
+		if cert {
+			l.certRP.ServeHTTP(w, r)
+		} else {
+			l.tokenRP.ServeHTTP(w, r)
+		}
+		return
+	}
+	if cert {
+		l.certFwd.serve(w, r)
+	} else {
+		l.tokenFwd.serve(w, r)
 	}
 }
 
@@ -198,14 +210,19 @@ func (l *ClusterListener) Close() error {
 	for _, rp := range []*httputil.ReverseProxy{l.certRP, l.tokenRP} {
 		rp.Transport.(*http.Transport).CloseIdleConnections()
 	}
+	l.certFwd.pool.close()
+	l.tokenFwd.pool.close()
 	l.wg.Wait()
 	return nil
 }
 
 // StopAccepting closes the listeners but lets established connections finish (graceful drain).
+// Idle streams are closed, and streams are no longer kept idle once their request is done.
 func (l *ClusterListener) StopAccepting() {
 	_ = l.kube.Close()
 	_ = l.ks.Close()
+	l.certFwd.pool.close()
+	l.tokenFwd.pool.close()
 }
 
 func (l *ClusterListener) track(c net.Conn, add bool) bool {

@@ -1,0 +1,704 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The kube listener's forwarder: every request but upgrades goes to the agent as HTTP/1.1 over a
+// pooled stream, written and read by the handler's own goroutine (no http.Transport: no
+// read and write loop goroutines per stream, no channel handoffs, no request clone). Upgrades
+// keep the ReverseProxy path of listener.go.
+//
+// What the agent sees is what the ReverseProxy (Rewrite: SetURL to http://kubernetes, Host kept)
+// with its http.Transport sent: the request line with the request's path and query (unparsable
+// query parameters re-encoded), Host, the client's User-Agent (none invented), Content-Length or
+// chunked framing, and every header but the hop-by-hop ones (Connection and those it names,
+// Keep-Alive, Proxy-Connection, Proxy-Authenticate, Proxy-Authorization, TE but "trailers",
+// Transfer-Encoding, Upgrade, Trailer) and the forwarding ones (Forwarded, X-Forwarded-For,
+// -Host, -Proto: Rewrite drops them and sets none). Accept-Encoding passes as received.
+
+const (
+	// maxResponseHeaderBytes bounds a response header from the agent (502 beyond it).
+	maxResponseHeaderBytes = 1 << 20
+	// max1xxResponses bounds the informational responses passed on before the final one.
+	max1xxResponses = 16
+	// inlineBodyMax: a request body of known length up to this size is read before the request
+	// is written and leaves with its header in one frame (and can be replayed on a fresh stream).
+	inlineBodyMax = 16 << 10
+	// maxPooledHead: request head buffers that grew beyond this are not pooled.
+	maxPooledHead = 64 << 10
+	// bodyWriteGrace is how long a finished response waits for its streamed request body to be
+	// written before the stream is closed instead of reused (net/http waits 50 ms too).
+	bodyWriteGrace = 50 * time.Millisecond
+)
+
+var (
+	errResponseHeaderTooLarge = fmt.Errorf("agent response header exceeds %d bytes", maxResponseHeaderBytes)
+	errTooMany1xx             = errors.New("agent sent too many 1xx informational responses")
+)
+
+// kubeForwarder forwards the requests of one auth mode over its own idle streams.
+type kubeForwarder struct {
+	l      *ClusterListener
+	header StreamHeader
+	pool   *streamPool
+}
+
+func newKubeForwarder(l *ClusterListener, h StreamHeader) *kubeForwarder {
+	return &kubeForwarder{l: l, header: h, pool: newStreamPool(listenerMaxIdleStreams, listenerIdleTimeout)}
+}
+
+var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// respReader reads one stream's responses: a 1 KiB bufio.Reader over a byte-counting,
+// header-limiting reader. It is taken from respReaderPool per request and given back once the
+// response ended, so an idle stream holds no buffer.
+type respReader struct {
+	lc countingReader
+	br *bufio.Reader
+}
+
+var respReaderPool = sync.Pool{New: func() any {
+	rr := &respReader{}
+	rr.br = bufio.NewReaderSize(&rr.lc, 1024)
+	return rr
+}}
+
+func getRespReader(c io.Reader) *respReader {
+	rr := respReaderPool.Get().(*respReader)
+	rr.lc = countingReader{c: c, left: maxResponseHeaderBytes}
+	return rr
+}
+
+func putRespReader(rr *respReader) {
+	rr.lc = countingReader{}
+	rr.br.Reset(&rr.lc)
+	respReaderPool.Put(rr)
+}
+
+// countingReader counts the bytes read from the stream and, while a header is read, bounds them.
+type countingReader struct {
+	c    io.Reader
+	left int64
+	read int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, errResponseHeaderTooLarge
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.c.Read(p)
+	r.left -= int64(n)
+	r.read += int64(n)
+	return n, err
+}
+
+// body modes of a forwarded request
+const (
+	bodyNone   = iota // no body (or Content-Length 0)
+	bodyInline        // read in full, sent with the header
+	bodyStream        // streamed by a goroutine while the response is read (full duplex)
+)
+
+// serve forwards r and copies the answer to w. Errors before the response header answer as the
+// ReverseProxy's ErrorHandler did (forwardError); a response cut short aborts the client's
+// stream (http.ErrAbortHandler), as the ReverseProxy does.
+func (f *kubeForwarder) serve(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	mode, outLen := bodyNone, int64(0)
+	switch cl := r.ContentLength; {
+	case cl == 0 || r.Body == nil || r.Body == http.NoBody:
+	case cl > 0 && cl <= inlineBodyMax:
+		mode, outLen = bodyInline, cl
+	default:
+		mode, outLen = bodyStream, cl
+	}
+	hb := headPool.Get().(*[]byte)
+	defer func() {
+		if cap(*hb) <= maxPooledHead {
+			*hb = (*hb)[:0]
+			headPool.Put(hb)
+		}
+	}()
+	head, err := appendRequestHead((*hb)[:0], r, outLen)
+	if err != nil {
+		*hb = head
+		f.l.forwardError(w, r, err)
+		return
+	}
+	if mode == bodyInline {
+		n := len(head)
+		head = slices.Grow(head, int(r.ContentLength))[:n+int(r.ContentLength)]
+		if _, err := io.ReadFull(r.Body, head[n:]); err != nil {
+			*hb = head
+			if ctx.Err() == nil {
+				f.l.forwardError(w, r, fmt.Errorf("read request body: %w", err))
+			}
+			return
+		}
+	}
+	*hb = head
+	for attempt := 0; ; attempt++ {
+		var c net.Conn
+		if attempt == 0 {
+			c = f.pool.get()
+		}
+		reused := c != nil
+		if c == nil {
+			if c, err = f.l.cfg.Dialer.DialStream(ctx, f.l.cfg.Cluster, f.header); err != nil {
+				f.l.forwardError(w, r, err)
+				return
+			}
+		}
+		if !f.exchange(w, r, c, reused, head, mode) {
+			return
+		}
+	}
+}
+
+// exchange sends one request on c and copies its response; it returns true when the request
+// failed on a reused stream in a way that allows one retry on a fresh stream (the agent closed
+// the idle stream as the request left: nothing of a response was read, and the request can be
+// sent again as it was).
+func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.Conn, reused bool, head []byte, mode int) (retry bool) {
+	ctx := r.Context()
+	// The client went away: end the stream (the agent cancels the upstream request) and unblock
+	// the reads and writes on it.
+	stop := context.AfterFunc(ctx, func() {
+		_ = c.SetDeadline(aLongTimeAgo)
+		_ = c.Close()
+	})
+	closeStream := func() {
+		stop()
+		_ = c.Close()
+	}
+	if _, err := c.Write(head); err != nil {
+		closeStream()
+		if reused && mode != bodyStream && ctx.Err() == nil {
+			return true // nothing was written: safe to send again
+		}
+		if ctx.Err() == nil {
+			f.l.forwardError(w, r, err)
+		}
+		return false
+	}
+	var bodyDone chan error
+	if mode == bodyStream {
+		bodyDone = make(chan error, 1)
+		go writeRequestBody(c, r, bodyDone)
+	}
+	rr := getRespReader(c)
+	resp, err := readResponseHead(rr, r, w)
+	if err != nil {
+		read := rr.lc.read
+		closeStream()
+		putRespReader(rr)
+		if ctx.Err() != nil {
+			return false
+		}
+		if reused && read == 0 && mode != bodyStream && replayable(r) {
+			return true
+		}
+		f.l.forwardError(w, r, err)
+		return false
+	}
+	rr.lc.left = math.MaxInt64
+	removeHopByHop(resp.Header)
+	h := w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		h.Add("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(resp.StatusCode)
+	werr, rerr := copyResponseBody(w, resp, longLived(r))
+	if werr != nil || rerr != nil {
+		closeStream()
+		putRespReader(rr)
+		if ctx.Err() == nil && ctx.Value(http.ServerContextKey) != nil {
+			if rerr != nil {
+				f.l.cfg.Logger.V(1).Info("response from agent cut short", "cluster", f.l.cfg.Cluster, "err", rerr.Error())
+			}
+			panic(http.ErrAbortHandler)
+		}
+		return false
+	}
+	if len(resp.Trailer) > 0 {
+		// Force chunking towards an HTTP/1.1 client so that the trailers can follow.
+		_ = http.NewResponseController(w).Flush()
+		if len(resp.Trailer) == announced {
+			for k, vv := range resp.Trailer {
+				h[k] = vv
+			}
+		} else {
+			for k, vv := range resp.Trailer {
+				for _, v := range vv {
+					h.Add(http.TrailerPrefix+k, v)
+				}
+			}
+		}
+	}
+	reuse := !resp.Close && rr.br.Buffered() == 0
+	putRespReader(rr)
+	if reuse && bodyDone != nil {
+		reuse = waitBodyWritten(bodyDone)
+	}
+	if reuse && stop() {
+		f.pool.put(c)
+		return false
+	}
+	closeStream()
+	return false
+}
+
+// waitBodyWritten reports whether the streamed request body was written in full, waiting a
+// moment for its last write.
+func waitBodyWritten(done chan error) bool {
+	select {
+	case err := <-done:
+		return err == nil
+	default:
+	}
+	t := time.NewTimer(bodyWriteGrace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err == nil
+	case <-t.C:
+		return false
+	}
+}
+
+// replayable: a request that may be sent twice (net/http's rule for retries on a reused
+// connection): an idempotent method, or one that carries an idempotency key.
+func replayable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, a := r.Header["Idempotency-Key"]
+	_, b := r.Header["X-Idempotency-Key"]
+	return a || b
+}
+
+// readResponseHead reads the final response header, passing 1xx informational responses on to
+// the client (as the ReverseProxy does) and refusing 101 (no upgrade was asked for).
+func readResponseHead(rr *respReader, r *http.Request, w http.ResponseWriter) (*http.Response, error) {
+	for n := 0; ; n++ {
+		resp, err := http.ReadResponse(rr.br, r)
+		if err != nil {
+			if err == io.ErrUnexpectedEOF && rr.lc.read == 0 {
+				return nil, fmt.Errorf("agent closed the stream before answering: %w", err)
+			}
+			return nil, err
+		}
+		code := resp.StatusCode
+		if code == http.StatusSwitchingProtocols {
+			return nil, fmt.Errorf("agent switched protocols (%q) on a request that asked for none", resp.Header.Get("Upgrade"))
+		}
+		if code >= 200 || code < 100 {
+			return resp, nil
+		}
+		if n >= max1xxResponses {
+			return nil, errTooMany1xx
+		}
+		h := w.Header()
+		for k, vv := range resp.Header {
+			h[k] = vv
+		}
+		w.WriteHeader(code)
+		clear(h)
+		rr.lc.left = maxResponseHeaderBytes
+	}
+}
+
+// copyResponseBody copies the body: watches and upgrades with a 2 KiB buffer (they hold it for
+// hours), the rest with 32 KiB; a response of unknown length (a watch, a chunked LIST, an event
+// stream) is flushed after every piece, as the ReverseProxy does.
+func copyResponseBody(w http.ResponseWriter, resp *http.Response, long bool) (werr, rerr error) {
+	pool := &bufPool
+	if long {
+		pool = &rpPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	buf := *bp
+	var fl http.Flusher
+	if resp.ContentLength == -1 || isEventStream(resp.Header) {
+		if fl, _ = w.(http.Flusher); fl == nil {
+			fl = flusherFunc(func() { _ = http.NewResponseController(w).Flush() })
+		}
+	}
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr = w.Write(buf[:n]); werr != nil {
+				return werr, nil
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+type flusherFunc func()
+
+func (f flusherFunc) Flush() { f() }
+
+func isEventStream(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	if len(ct) < 17 || !strings.EqualFold(ct[:5], "text/") {
+		return false
+	}
+	mt, _, _ := mime.ParseMediaType(ct)
+	return mt == "text/event-stream"
+}
+
+// writeRequestBody streams r's body to c (Content-Length or chunked framing). On failure it ends
+// the stream: the agent must not take a cut body for a whole one.
+func writeRequestBody(c net.Conn, r *http.Request, done chan<- error) {
+	bp := bufPool.Get().(*[]byte)
+	var err error
+	if r.ContentLength > 0 {
+		err = copyFixedBody(c, r.Body, r.ContentLength, *bp)
+	} else {
+		err = copyChunkedBody(c, r, *bp)
+	}
+	bufPool.Put(bp)
+	if err != nil {
+		_ = c.SetDeadline(aLongTimeAgo)
+		_ = c.Close()
+	}
+	done <- err
+}
+
+func copyFixedBody(c net.Conn, body io.Reader, n int64, buf []byte) error {
+	for n > 0 {
+		p := buf
+		if int64(len(p)) > n {
+			p = p[:n]
+		}
+		m, err := body.Read(p)
+		if m > 0 {
+			if _, werr := c.Write(p[:m]); werr != nil {
+				return werr
+			}
+			n -= int64(m)
+		}
+		if err == io.EOF {
+			if n > 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyChunkedBody writes each piece as one chunk (size line, data and CRLF in one write), then
+// the last chunk with the request's trailers.
+func copyChunkedBody(c net.Conn, r *http.Request, buf []byte) error {
+	const pre = 10 // hex size (at most 8 digits) and CRLF
+	for {
+		n, err := r.Body.Read(buf[pre : len(buf)-2])
+		if n > 0 {
+			size := strconv.AppendInt(buf[:0:0], int64(n), 16)
+			start := pre - len(size) - 2
+			copy(buf[start:], size)
+			buf[pre-2], buf[pre-1] = '\r', '\n'
+			buf[pre+n], buf[pre+n+1] = '\r', '\n'
+			if _, werr := c.Write(buf[start : pre+n+2]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			end := append(buf[:0], "0\r\n"...)
+			for _, k := range sortedKeys(map[string][]string(r.Trailer)) {
+				for _, v := range r.Trailer[k] {
+					if !validHeaderName(k) || !validHeaderValue(v) {
+						continue
+					}
+					end = append(append(append(append(end, k...), ": "...), trimHeaderValue(v)...), "\r\n"...)
+				}
+			}
+			end = append(end, "\r\n"...)
+			_, werr := c.Write(end)
+			return werr
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// appendRequestHead appends the HTTP/1.1 request line and header that the agent gets for r, whose
+// body is length bytes long (-1: unknown, sent chunked).
+func appendRequestHead(b []byte, r *http.Request, length int64) ([]byte, error) {
+	host := r.Host
+	if host == "" {
+		host = TargetKubernetes
+	}
+	if !validHostHeader(host) {
+		return b, errors.New("invalid Host header")
+	}
+	if !validMethod(r.Method) {
+		return b, fmt.Errorf("invalid method %q", r.Method)
+	}
+	b = append(b, r.Method...)
+	b = append(b, ' ')
+	b = appendRequestURI(b, r.URL)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, host...)
+	b = append(b, "\r\n"...)
+	if ua := r.Header["User-Agent"]; len(ua) > 0 {
+		if !validHeaderValue(ua[0]) {
+			return b, errors.New(`invalid header field value for "User-Agent"`)
+		}
+		if v := trimHeaderValue(ua[0]); v != "" {
+			b = append(append(append(b, "User-Agent: "...), v...), "\r\n"...)
+		}
+	}
+	switch {
+	case length < 0:
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+		if keys := sortedKeys(map[string][]string(r.Trailer)); len(keys) > 0 {
+			b = append(b, "Trailer: "...)
+			for i, k := range keys {
+				if !validHeaderName(k) {
+					return b, fmt.Errorf("invalid trailer name %q", k)
+				}
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, http.CanonicalHeaderKey(k)...)
+			}
+			b = append(b, "\r\n"...)
+		}
+	case length > 0:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, length, 10)
+		b = append(b, "\r\n"...)
+	case r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch:
+		// net/http sends Content-Length: 0 for these methods ("many servers expect" it).
+		b = append(b, "Content-Length: 0\r\n"...)
+	}
+	var named []string // headers named by Connection
+	for _, v := range r.Header["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				named = append(named, http.CanonicalHeaderKey(f))
+			}
+		}
+	}
+	var arr [32]string
+	keys := arr[:0]
+	for k := range r.Header {
+		if requestHeaderDropped(k) || slices.Contains(named, k) {
+			continue
+		}
+		keys = append(keys, k)
+	}
+	trailersTE := false
+	for _, v := range r.Header["Te"] {
+		if headerValueHasToken(v, "trailers") {
+			trailersTE = true
+			break
+		}
+	}
+	if trailersTE {
+		keys = append(keys, "Te")
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if k == "Te" {
+			b = append(b, "Te: trailers\r\n"...)
+			continue
+		}
+		if !validHeaderName(k) {
+			return b, fmt.Errorf("invalid header field name %q", k)
+		}
+		for _, v := range r.Header[k] {
+			if !validHeaderValue(v) {
+				return b, fmt.Errorf("invalid header field value for %q", k)
+			}
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = append(b, trimHeaderValue(v)...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	return append(b, "\r\n"...), nil
+}
+
+// requestHeaderDropped: headers the agent never gets from the client (hop-by-hop, the forwarding
+// headers the ReverseProxy's Rewrite removed, and the ones the request line, Host and framing
+// replace). "Te" is dropped here and re-added as "trailers" when the client asked for trailers.
+func requestHeaderDropped(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+		"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+		"Host", "User-Agent", "Content-Length":
+		return true
+	}
+	return false
+}
+
+// removeHopByHop deletes the hop-by-hop headers of a response (as the ReverseProxy does).
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
+		delete(h, k)
+	}
+}
+
+// appendRequestURI appends the request-URI the ReverseProxy's SetURL and the Transport wrote:
+// the path joined onto the target's empty path (so it starts with "/"), and the query with
+// unparsable parameters re-encoded.
+func appendRequestURI(b []byte, in *url.URL) []byte {
+	u := *in
+	if u.RawPath == "" {
+		if !strings.HasPrefix(u.Path, "/") {
+			u.Path = "/" + u.Path
+		}
+	} else if ep := in.EscapedPath(); !strings.HasPrefix(ep, "/") {
+		u.Path, u.RawPath = "/"+u.Path, "/"+ep
+	} else {
+		u.RawPath = ep
+	}
+	u.RawQuery = cleanQuery(u.RawQuery)
+	if u.Opaque != "" {
+		u.Scheme, u.Host = "http", TargetKubernetes
+		return append(b, u.RequestURI()...)
+	}
+	b = append(b, u.EscapedPath()...)
+	if u.ForceQuery || u.RawQuery != "" {
+		b = append(b, '?')
+		b = append(b, u.RawQuery...)
+	}
+	return b
+}
+
+// cleanQuery re-encodes a query that holds a ';' or a bad %-escape (what the ReverseProxy does
+// before Rewrite); any other query is kept byte for byte.
+func cleanQuery(s string) string {
+	for i := 0; i < len(s); {
+		switch s[i] {
+		case ';':
+			v, _ := url.ParseQuery(s)
+			return v.Encode()
+		case '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				v, _ := url.ParseQuery(s)
+				return v.Encode()
+			}
+			i += 3
+		default:
+			i++
+		}
+	}
+	return s
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func headerValueHasToken(v, token string) bool {
+	for f := range strings.SplitSeq(v, ",") {
+		if strings.EqualFold(textproto.TrimString(f), token) {
+			return true
+		}
+	}
+	return false
+}
+
+// trimHeaderValue trims the spaces and tabs around a value (as net/http writes it).
+func trimHeaderValue(v string) string {
+	return strings.Trim(v, " \t")
+}
+
+// validHeaderName: an RFC 7230 token.
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if !isTokenByte(k[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTokenByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+func validMethod(m string) bool { return validHeaderName(m) }
+
+// validHeaderValue refuses control characters other than tab (CR and LF above all: the value
+// goes onto the stream as is).
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validHostHeader: no controls, spaces or characters that end the header line.
+func validHostHeader(h string) bool {
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
