@@ -317,10 +317,13 @@ func readResponseHead(rr *respReader, r *http.Request, w http.ResponseWriter) (*
 			return nil, err
 		}
 		code := resp.StatusCode
+		if code < 100 || code > 999 {
+			return nil, fmt.Errorf("agent sent a malformed status code %d", code)
+		}
 		if code == http.StatusSwitchingProtocols {
 			return nil, fmt.Errorf("agent switched protocols (%q) on a request that asked for none", resp.Header.Get("Upgrade"))
 		}
-		if code >= 200 || code < 100 {
+		if code >= 200 {
 			return resp, nil
 		}
 		if n >= max1xxResponses {

@@ -556,13 +556,22 @@ next:
 }
 
 // TestListenerGoroutinesPerWatch: with N idle watches open through the harness (real proxy and
-// agent), the proxy side runs one goroutine per watch (the HTTP/2 handler's own): no reader or
-// writer goroutine per stream (the old http.Transport ran two).
+// agent, an HTTP/2 client), the proxy side runs one goroutine per watch (the HTTP/2 handler's
+// own): no read loop and write loop per stream (the old http.Transport ran both).
 func TestListenerGoroutinesPerWatch(t *testing.T) {
 	const n = 20
 	h := newHarness(t, "pipe")
 	ready(t, h)
-	c := h.client(true)
+	tr := &http.Transport{TLSClientConfig: h.adminTLS.Clone(), ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	if resp, _, err := h.get(c, "/api/v1/namespaces/default", ""); err != nil || resp.ProtoMajor != 2 {
+		t.Fatalf("warm-up: %v %v", resp, err)
+	}
+	loops := func(stacks []string) int {
+		return countStacks(stacks, "net/http.(*persistConn).readLoop") + countStacks(stacks, "net/http.(*persistConn).writeLoop")
+	}
+	before := goroutineStacks()
 	var bodies []io.Closer
 	defer func() {
 		for _, b := range bodies {
@@ -570,7 +579,7 @@ func TestListenerGoroutinesPerWatch(t *testing.T) {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		resp, err := c.Get(h.kubeURL("/watch"))
+		resp, err := c.Get(h.kubeURL("/watch?watch=true"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -579,15 +588,81 @@ func TestListenerGoroutinesPerWatch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stacks := goroutineStacks()
-	// Goroutines reading a tunnel stream for an http.Transport of the listener.
-	if got := countStacks(stacks, "net/http.(*persistConn).readLoop", "yamux.(*Stream).Read"); got != 0 {
-		t.Errorf("%d transport read loops on tunnel streams, want 0", got)
+	after := goroutineStacks()
+	t.Logf("goroutines: %d before, %d with %d watches open (proxy, agent, backend and client together)", len(before), len(after), n)
+	if got := loops(after) - loops(before); got != 0 {
+		t.Errorf("%d more http.Transport read/write loops with %d watches open, want none", got, n)
 	}
-	if got := countStacks(stacks, "tunnel.(*ClusterListener).ServeHTTP"); got != n {
+	if got := countStacks(after, "tunnel.(*ClusterListener).ServeHTTP"); got != n {
 		t.Errorf("%d listener handler goroutines, want %d", got, n)
 	}
 	if t.Failed() {
-		t.Logf("stacks:\n%s", strings.Join(stacks, "\n\n"))
+		t.Logf("stacks:\n%s", strings.Join(after, "\n\n"))
 	}
+}
+
+// bytesConn is a stream whose agent sent data and then closed it.
+type bytesConn struct {
+	r *bytes.Reader
+}
+
+func (c *bytesConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *bytesConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *bytesConn) Close() error                     { return nil }
+func (c *bytesConn) LocalAddr() net.Addr              { return tunnelAddr{} }
+func (c *bytesConn) RemoteAddr() net.Addr             { return tunnelAddr{} }
+func (c *bytesConn) SetDeadline(time.Time) error      { return nil }
+func (c *bytesConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *bytesConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzListenerResponse feeds the listener's response reading whatever an agent could send on a
+// stream: it must answer the client (a response or an error), never panic, never pass on a
+// hop-by-hop header, and keep a stream only after a whole response.
+func FuzzListenerResponse(f *testing.F) {
+	for _, s := range []string{
+		okResponse,
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+		"HTTP/1.1 204 No Content\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.0 200 OK\r\n\r\nuntil the end",
+		"HTTP/1.1 000 Zero\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+	} {
+		f.Add([]byte(s), false)
+	}
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), true)
+	f.Fuzz(func(t *testing.T, data []byte, head bool) {
+		l := &ClusterListener{cfg: ClusterListenerConfig{Cluster: testCluster, Logger: logr.Discard()}}
+		fwd := newKubeForwarder(l, StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
+		defer fwd.pool.close()
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		r := httptest.NewRequest(method, "http://kubernetes/api", nil)
+		rec := httptest.NewRecorder()
+		c := &bytesConn{r: bytes.NewReader(data)}
+		if fwd.exchange(rec, r, c, false, []byte("GET /api HTTP/1.1\r\nHost: kubernetes\r\n\r\n"), bodyNone) {
+			t.Fatal("a fresh stream was retried")
+		}
+		if rec.Code < 100 || rec.Code > 999 {
+			t.Fatalf("status %d", rec.Code)
+		}
+		for _, k := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te"} {
+			if _, ok := rec.Header()[k]; ok {
+				t.Fatalf("hop-by-hop header %s passed on", k)
+			}
+		}
+		if fwd.pool.len() > 0 {
+			// Kept for reuse: a whole response was read, so it parses on its own.
+			resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(data)), r)
+			if err != nil {
+				t.Fatalf("kept a stream after an unreadable response: %v", err)
+			}
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil && resp.StatusCode >= 200 {
+				t.Fatalf("kept a stream after a cut body: %v", err)
+			}
+		}
+	})
 }
