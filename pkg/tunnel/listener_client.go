@@ -235,7 +235,7 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 		h.Add("Trailer", strings.Join(keys, ", "))
 	}
 	w.WriteHeader(resp.StatusCode)
-	werr, rerr := copyResponseBody(w, resp, longLived(r))
+	werr, rerr := copyResponseBody(w, resp, longLived(r), rr.br.Buffered() == 0)
 	if werr != nil || rerr != nil {
 		closeStream()
 		putRespReader(rr)
@@ -341,8 +341,9 @@ func readResponseHead(rr *respReader, r *http.Request, w http.ResponseWriter) (*
 
 // copyResponseBody copies the body: watches and upgrades with a 2 KiB buffer (they hold it for
 // hours), the rest with 32 KiB; a response of unknown length (a watch, a chunked LIST, an event
-// stream) is flushed after every piece, as the ReverseProxy does.
-func copyResponseBody(w http.ResponseWriter, resp *http.Response, long bool) (werr, rerr error) {
+// stream) is flushed after every piece, as the ReverseProxy does, and its header at once when no
+// body byte is in hand yet (idle: a watch that has no event yet must still answer its header).
+func copyResponseBody(w http.ResponseWriter, resp *http.Response, long, idle bool) (werr, rerr error) {
 	pool := &bufPool
 	if long {
 		pool = &rpPool
@@ -354,6 +355,9 @@ func copyResponseBody(w http.ResponseWriter, resp *http.Response, long bool) (we
 	if resp.ContentLength == -1 || isEventStream(resp.Header) {
 		if fl, _ = w.(http.Flusher); fl == nil {
 			fl = flusherFunc(func() { _ = http.NewResponseController(w).Flush() })
+		}
+		if idle {
+			fl.Flush()
 		}
 	}
 	for {

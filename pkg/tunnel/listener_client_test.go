@@ -666,3 +666,32 @@ func FuzzListenerResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestListenerWatchHeaderAtOnce: a watch answers its header before any event (kube-apiserver
+// flushes it at once): the client must get the header while the body is still empty.
+func TestListenerWatchHeaderAtOnce(t *testing.T) {
+	release := make(chan struct{})
+	a := newScriptedAgent(t, func(st net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		_, _ = io.WriteString(st, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+		<-release
+		_, _ = io.WriteString(st, "6\r\n{\"a\":1\r\n")
+		_, _ = io.Copy(io.Discard, br)
+	})
+	_, c, base := listenWith(t, a)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/pods?watch=true", nil)
+	resp, err := c.Do(req)
+	close(release)
+	if err != nil {
+		t.Fatalf("watch header did not arrive before its first event: %v", err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != `{"a":1` {
+		t.Fatalf("event: %q %v", buf, err)
+	}
+}
