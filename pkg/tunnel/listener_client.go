@@ -132,12 +132,9 @@ func (f *kubeForwarder) serve(w http.ResponseWriter, r *http.Request) {
 		mode, outLen = bodyStream, cl
 	}
 	hb := headPool.Get().(*[]byte)
-	defer func() {
-		if cap(*hb) <= maxPooledHead {
-			*hb = (*hb)[:0]
-			headPool.Put(hb)
-		}
-	}()
+	// exchange gives the buffer back once a response header arrived (no retry can follow), so
+	// that a watch does not hold it.
+	defer func() { putHead(hb) }()
 	head, err := appendRequestHead((*hb)[:0], r, outLen)
 	if err != nil {
 		*hb = head
@@ -168,9 +165,16 @@ func (f *kubeForwarder) serve(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		if !f.exchange(w, r, c, reused, head, mode) {
+		if !f.exchange(w, r, c, reused, &hb, mode) {
 			return
 		}
+	}
+}
+
+func putHead(hb *[]byte) {
+	if hb != nil && cap(*hb) <= maxPooledHead {
+		*hb = (*hb)[:0]
+		headPool.Put(hb)
 	}
 }
 
@@ -178,8 +182,9 @@ func (f *kubeForwarder) serve(w http.ResponseWriter, r *http.Request) {
 // failed on a reused stream in a way that allows one retry on a fresh stream (the agent closed
 // the idle stream as the request left: nothing of a response was read, and the request can be
 // sent again as it was).
-func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.Conn, reused bool, head []byte, mode int) (retry bool) {
+func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.Conn, reused bool, hb **[]byte, mode int) (retry bool) {
 	ctx := r.Context()
+	head := **hb
 	// The client went away: end the stream (the agent cancels the upstream request) and unblock
 	// the reads and writes on it.
 	stop := context.AfterFunc(ctx, func() {
@@ -221,6 +226,8 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 		return false
 	}
 	rr.lc.left = math.MaxInt64
+	putHead(*hb)
+	*hb = nil
 	removeHopByHop(resp.Header)
 	h := w.Header()
 	for k, vv := range resp.Header {
@@ -235,7 +242,7 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 		h.Add("Trailer", strings.Join(keys, ", "))
 	}
 	w.WriteHeader(resp.StatusCode)
-	werr, rerr := copyResponseBody(w, resp, longLived(r), rr.br.Buffered() == 0)
+	werr, rerr := copyResponseBody(w, resp, rr.br, longLived(r), rr.br.Buffered() == 0)
 	if werr != nil || rerr != nil {
 		closeStream()
 		putRespReader(rr)
@@ -343,14 +350,11 @@ func readResponseHead(rr *respReader, r *http.Request, w http.ResponseWriter) (*
 // hours), the rest with 32 KiB; a response of unknown length (a watch, a chunked LIST, an event
 // stream) is flushed after every piece, as the ReverseProxy does, and its header at once when no
 // body byte is in hand yet (idle: a watch that has no event yet must still answer its header).
-func copyResponseBody(w http.ResponseWriter, resp *http.Response, long, idle bool) (werr, rerr error) {
+func copyResponseBody(w http.ResponseWriter, resp *http.Response, br *bufio.Reader, long, idle bool) (werr, rerr error) {
 	pool := &bufPool
 	if long {
 		pool = &rpPool
 	}
-	bp := pool.Get().(*[]byte)
-	defer pool.Put(bp)
-	buf := *bp
 	var fl http.Flusher
 	if resp.ContentLength == -1 || isEventStream(resp.Header) {
 		if fl, _ = w.(http.Flusher); fl == nil {
@@ -360,16 +364,26 @@ func copyResponseBody(w http.ResponseWriter, resp *http.Response, long, idle boo
 			fl.Flush()
 		}
 	}
+	// A watch waits for its next event holding only the stream's read buffer: the copy buffer is
+	// taken when bytes arrived. (Only where the body is not length-delimited: its last byte would
+	// leave the body reader short of its EOF, and the wait would block on a stream gone idle.)
+	wait := long && resp.ContentLength == -1 && br != nil
 	for {
-		n, err := resp.Body.Read(buf)
+		if wait && br.Buffered() == 0 {
+			_, _ = br.Peek(1) // an error reaches the body's Read below
+		}
+		bp := pool.Get().(*[]byte)
+		n, err := resp.Body.Read(*bp)
 		if n > 0 {
-			if _, werr = w.Write(buf[:n]); werr != nil {
+			if _, werr = w.Write((*bp)[:n]); werr != nil {
+				pool.Put(bp)
 				return werr, nil
 			}
 			if fl != nil {
 				fl.Flush()
 			}
 		}
+		pool.Put(bp)
 		if err == io.EOF {
 			return nil, nil
 		}

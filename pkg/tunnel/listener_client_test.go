@@ -643,7 +643,9 @@ func FuzzListenerResponse(f *testing.F) {
 		r := httptest.NewRequest(method, "http://kubernetes/api", nil)
 		rec := httptest.NewRecorder()
 		c := &bytesConn{r: bytes.NewReader(data)}
-		if fwd.exchange(rec, r, c, false, []byte("GET /api HTTP/1.1\r\nHost: kubernetes\r\n\r\n"), bodyNone) {
+		reqHead := append(make([]byte, 0, 64), "GET /api HTTP/1.1\r\nHost: kubernetes\r\n\r\n"...)
+		hb := &reqHead
+		if fwd.exchange(rec, r, c, false, &hb, bodyNone) {
 			t.Fatal("a fresh stream was retried")
 		}
 		if rec.Code < 100 || rec.Code > 999 {
@@ -678,7 +680,9 @@ func TestListenerWatchHeaderAtOnce(t *testing.T) {
 		_, _ = io.WriteString(st, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
 		<-release
 		_, _ = io.WriteString(st, "6\r\n{\"a\":1\r\n")
-		_, _ = io.Copy(io.Discard, br)
+		time.Sleep(10 * time.Millisecond)
+		_, _ = io.WriteString(st, "0\r\n\r\n") // the watch ends; the stream stays
+		serveOK(st, br)
 	})
 	_, c, base := listenWith(t, a)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
@@ -693,5 +697,12 @@ func TestListenerWatchHeaderAtOnce(t *testing.T) {
 	buf := make([]byte, 6)
 	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != `{"a":1` {
 		t.Fatalf("event: %q %v", buf, err)
+	}
+	if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
+		t.Fatalf("end of the watch: %q %v", rest, err)
+	}
+	// The stream that carried the watch carries the next request.
+	if code, body, err := getBody(c, base+"/api"); err != nil || code != 200 || body != "ok" || a.dials.Load() != 1 {
+		t.Fatalf("after the watch: %d %q %v, %d streams", code, body, err, a.dials.Load())
 	}
 }
