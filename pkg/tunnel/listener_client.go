@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"mime"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -397,13 +396,16 @@ type flusherFunc func()
 
 func (f flusherFunc) Flush() { f() }
 
+// isEventStream: Content-Type text/event-stream (with or without parameters), which the
+// ReverseProxy flushes as it arrives.
 func isEventStream(h http.Header) bool {
-	ct := h.Get("Content-Type")
-	if len(ct) < 17 || !strings.EqualFold(ct[:5], "text/") {
+	ct := textproto.TrimString(h.Get("Content-Type"))
+	const es = "text/event-stream"
+	if len(ct) < len(es) || !strings.EqualFold(ct[:len(es)], es) {
 		return false
 	}
-	mt, _, _ := mime.ParseMediaType(ct)
-	return mt == "text/event-stream"
+	rest := strings.TrimLeft(ct[len(es):], " \t")
+	return rest == "" || rest[0] == ';'
 }
 
 // writeRequestBody streams r's body to c (Content-Length or chunked framing). On failure it ends

@@ -706,3 +706,71 @@ func TestListenerWatchHeaderAtOnce(t *testing.T) {
 		t.Fatalf("after the watch: %d %q %v, %d streams", code, body, err, a.dials.Load())
 	}
 }
+
+func TestListenerIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream": true, "Text/Event-Stream; charset=utf-8": true, " text/event-stream ;x=1": true,
+		"text/event-streams": false, "text/plain": false, "application/json": false, "": false,
+	} {
+		if got := isEventStream(http.Header{"Content-Type": {ct}}); got != want {
+			t.Errorf("%q: %v, want %v", ct, got, want)
+		}
+	}
+}
+
+// TestListenerStreamIdleAlive: the reuse check on the two kinds of streams DialStream hands out:
+// yamux streams (ks-mc agents) and pipes (Tower sessions, served by the proxy's own server).
+func TestListenerStreamIdleAlive(t *testing.T) {
+	pair := map[string]func() (net.Conn, net.Conn){
+		"pipe": func() (net.Conn, net.Conn) { return net.Pipe() },
+		"yamux": func() (net.Conn, net.Conn) {
+			a, b := net.Pipe()
+			cfg := yamux.DefaultConfig()
+			cfg.LogOutput = io.Discard
+			cs, _ := yamux.Client(a, cfg)
+			ss, _ := yamux.Server(b, cfg)
+			t.Cleanup(func() { cs.Close(); ss.Close() })
+			st, err := cs.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			peer, err := ss.AcceptStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 1)
+			if _, err := io.ReadFull(peer, buf); err != nil {
+				t.Fatal(err)
+			}
+			return st, peer
+		},
+	}
+	for name, mk := range pair {
+		t.Run(name, func(t *testing.T) {
+			c, peer := mk()
+			for i := 0; i < 3; i++ {
+				if !streamIdleAlive(c) {
+					t.Fatalf("check %d: an open idle stream looks dead", i)
+				}
+			}
+			// The check leaves no deadline behind: a later read waits for data.
+			go func() { _, _ = peer.Write([]byte("y")) }()
+			buf := make([]byte, 1)
+			if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 'y' {
+				t.Fatalf("read after the checks: %q %v", buf, err)
+			}
+			_ = peer.Close()
+			waitFor(t, "close seen", func() bool { return !streamIdleAlive(c) })
+		})
+	}
+	t.Run("yamux unsolicited bytes", func(t *testing.T) {
+		c, peer := pair["yamux"]()
+		if _, err := peer.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "bytes seen", func() bool { return !streamIdleAlive(c) })
+	})
+}
