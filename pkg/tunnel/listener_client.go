@@ -190,12 +190,9 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 		_ = c.SetDeadline(aLongTimeAgo)
 		_ = c.Close()
 	})
-	closeStream := func() {
+	if _, err := c.Write(head); err != nil {
 		stop()
 		_ = c.Close()
-	}
-	if _, err := c.Write(head); err != nil {
-		closeStream()
 		if reused && mode != bodyStream && ctx.Err() == nil {
 			return true // nothing was written: safe to send again
 		}
@@ -213,7 +210,8 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 	resp, err := readResponseHead(rr, r, w)
 	if err != nil {
 		read := rr.lc.read
-		closeStream()
+		stop()
+		_ = c.Close()
 		putRespReader(rr)
 		if ctx.Err() != nil {
 			return false
@@ -243,12 +241,10 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 	w.WriteHeader(resp.StatusCode)
 	werr, rerr := copyResponseBody(w, resp, rr.br, longLived(r), rr.br.Buffered() == 0)
 	if werr != nil || rerr != nil {
-		closeStream()
+		stop()
+		_ = c.Close()
 		putRespReader(rr)
 		if ctx.Err() == nil && ctx.Value(http.ServerContextKey) != nil {
-			if rerr != nil {
-				f.l.cfg.Logger.V(1).Info("response from agent cut short", "cluster", f.l.cfg.Cluster, "err", rerr.Error())
-			}
 			panic(http.ErrAbortHandler)
 		}
 		return false
@@ -277,7 +273,8 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 		f.pool.put(c)
 		return false
 	}
-	closeStream()
+	stop()
+	_ = c.Close()
 	return false
 }
 
