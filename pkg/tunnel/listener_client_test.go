@@ -774,3 +774,82 @@ func TestListenerStreamIdleAlive(t *testing.T) {
 		waitFor(t, "bytes seen", func() bool { return !streamIdleAlive(c) })
 	})
 }
+
+// TestListenerStopAcceptingClosesIdleStreams: a draining listener keeps serving its established
+// client connections, closes its idle streams and keeps none afterwards.
+func TestListenerStopAcceptingClosesIdleStreams(t *testing.T) {
+	a := newScriptedAgent(t, serveOK)
+	cl, c, base := listenWith(t, a)
+	if code, _, err := getBody(c, base+"/api"); err != nil || code != 200 {
+		t.Fatalf("%d %v", code, err)
+	}
+	if n := cl.certFwd.pool.len(); n != 1 {
+		t.Fatalf("idle streams: %d, want 1", n)
+	}
+	cl.StopAccepting()
+	waitFor(t, "idle stream closed", func() bool { return a.sess.NumStreams() == 0 })
+	if code, body, err := getBody(c, base+"/api"); err != nil || code != 200 || body != "ok" {
+		t.Fatalf("request on an established connection while draining: %d %q %v", code, body, err)
+	}
+	waitFor(t, "stream closed after its response", func() bool { return a.sess.NumStreams() == 0 })
+	if n := cl.certFwd.pool.len(); n != 0 {
+		t.Fatalf("idle streams while draining: %d, want 0", n)
+	}
+}
+
+// TestListenerReuseOverHarness: over every transport of the harness, sequential requests of one
+// auth mode share one stream, the two modes never share one, and a POST's body arrives whole.
+func TestListenerReuseOverHarness(t *testing.T) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			h := newHarness(t, kind)
+			ready(t, h)
+			p := h.currentProxy()
+			admin, anon := h.client(true), h.client(false)
+			before := p.metrics.streamsTotal.Load()
+			for i := 0; i < 5; i++ {
+				if resp, _, err := h.get(admin, "/api/v1/namespaces/default", ""); err != nil || resp.Header.Get("X-Identity") != "agent" {
+					t.Fatalf("cert request %d: %v %v", i, resp, err)
+				}
+				if resp, _, err := h.get(anon, "/api/v1/namespaces/default", userToken); err != nil || resp.Header.Get("X-Identity") != "user" {
+					t.Fatalf("token request %d: %v %v", i, resp, err)
+				}
+			}
+			if n := p.metrics.streamsTotal.Load() - before; n != 2 {
+				t.Fatalf("10 sequential requests in two auth modes opened %d streams, want 2", n)
+			}
+			body := strings.Repeat("0123456789", 5000) // streamed, not inline
+			resp, err := admin.Post(h.kubeURL("/echo"), "text/plain", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || string(got) != body {
+				t.Fatalf("echo: %d bytes, %v", len(got), err)
+			}
+		})
+	}
+}
+
+// TestListenerAgentDrainReleasesIdleStreams: a draining agent closes its idle streams and waits
+// for them to end; the listener's sweep closes its side, so the agent exits without waiting out
+// its drain timeout.
+func TestListenerAgentDrainReleasesIdleStreams(t *testing.T) {
+	h := newHarness(t, "tcp")
+	h.cfg.DrainTimeout = time.Hour // the agent exits only once its streams ended
+	a := ready(t, h)
+	if resp, _, err := h.get(h.client(true), "/api/v1/namespaces/default", ""); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if n := h.cl.certFwd.pool.len(); n != 1 {
+		t.Fatalf("idle streams: %d, want 1", n)
+	}
+	a.cancel() // SIGTERM
+	select {
+	case <-a.done:
+	case <-time.After(waitLimit):
+		t.Fatal("the agent did not exit: its idle stream was never closed on the proxy's side")
+	}
+	waitFor(t, "pool empty", func() bool { return h.cl.certFwd.pool.len() == 0 })
+}

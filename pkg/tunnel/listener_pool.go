@@ -18,10 +18,18 @@ const (
 	listenerMaxIdleStreams = 1024
 	// listenerIdleTimeout closes a stream idle for that long (the old Transport's IdleConnTimeout).
 	listenerIdleTimeout = 90 * time.Second
-	// listenerSweepInterval is how often, while streams are idle, the pool closes the ones the
-	// agent closed (a draining agent waits for its streams to end) or that idled out.
-	listenerSweepInterval = time.Second
+	// The pool sweeps while streams are idle, closing the ones the agent closed (a draining agent
+	// waits for its streams to end) or that idled out: every 100 ms, or every millisecond per
+	// idle stream when there are more than 100 (at most about 1,000 checks a second), and at
+	// least once a second.
+	minSweepInterval = 100 * time.Millisecond
+	maxSweepInterval = time.Second
 )
+
+// sweepInterval is the wait before the next sweep with n idle streams.
+func sweepInterval(n int) time.Duration {
+	return min(max(time.Duration(n)*time.Millisecond, minSweepInterval), maxSweepInterval)
+}
 
 // aLongTimeAgo is an expired deadline: a read with it returns at once.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -82,7 +90,7 @@ func (p *streamPool) put(c net.Conn) {
 	}
 	p.idle = append(p.idle, idleStream{c: c, since: time.Now()})
 	if p.sweep == nil {
-		p.sweep = time.AfterFunc(listenerSweepInterval, p.sweepIdle)
+		p.sweep = time.AfterFunc(sweepInterval(len(p.idle)), p.sweepIdle)
 	}
 	p.mu.Unlock()
 	if evict != nil {
@@ -113,7 +121,7 @@ func (p *streamPool) sweepIdle() {
 	}
 	p.idle = keep
 	if len(p.idle) > 0 {
-		p.sweep = time.AfterFunc(listenerSweepInterval, p.sweepIdle)
+		p.sweep = time.AfterFunc(sweepInterval(len(p.idle)), p.sweepIdle)
 	}
 	p.mu.Unlock()
 	for _, c := range dead {
