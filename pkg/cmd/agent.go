@@ -169,6 +169,9 @@ func (o *AgentOptions) tokenSource() func() (string, error) {
 
 // Run connects until SIGTERM/SIGINT, then drains.
 func (o *AgentOptions) Run(ctx context.Context) error {
+	if err := setMemoryLimitFromEnv(); err != nil {
+		return err
+	}
 	ctx, stop := interruptible(ctx)
 	defer stop()
 	stopProfiles, err := o.profiles.start(ctx)

@@ -160,6 +160,9 @@ func (o *ProxyOptions) Validate() error {
 // Run serves until SIGTERM/SIGINT, then drains: listeners stop accepting, agents get GoAway, open
 // streams finish within --drain-timeout (pkg/tunnel/kube.RunProxy owns the wiring).
 func (o *ProxyOptions) Run(ctx context.Context) error {
+	if err := setMemoryLimitFromEnv(); err != nil {
+		return err
+	}
 	ctx, stop := interruptible(ctx)
 	defer stop()
 	stopProfiles, err := o.profiles.start(ctx)

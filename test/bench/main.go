@@ -59,6 +59,7 @@ type options struct {
 	agents              int
 	watches             int
 	towerAgent          string
+	deliveryTrace       string
 }
 
 func main() {
@@ -66,7 +67,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: do not write)")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a temporary one)")
 	flag.StringVar(&o.bin, "binary", "bin/kubectl-ks_mc", "the ks-mc binary run as proxy and agent")
-	flag.StringVar(&o.only, "only", "", "comma-separated subset of lan,wan,scale,restart (default: all; lan includes restart)")
+	flag.StringVar(&o.only, "only", "", "comma-separated subset of lan,wan,scale,restart (default: all; lan includes restart; wan-watch: the WAN watch delivery figure alone)")
 	flag.BoolVar(&o.quick, "quick", false, "fewer iterations (a smoke run; the figures are noisier)")
 	flag.DurationVar(&o.downFor, "proxy-down", 10*time.Second, "how long the proxy stays down in the restart figure")
 	flag.StringVar(&o.profileDir, "profile", "", "directory for CPU and heap profiles of proxy and agent (written when they stop; -only=lan profiles the LAN loads)")
@@ -76,6 +77,7 @@ func main() {
 	flag.IntVar(&o.agents, "agents", 1000, "agents on one proxy in the scale figure")
 	flag.IntVar(&o.watches, "watches", 10000, "idle watches through one agent in the scale figure")
 	flag.StringVar(&o.towerAgent, "tower-agent", "bin/tower-agent", "a Tower v0.2.x agent binary (test/toweragent/cmd/tower-agent) for the Tower column (empty: none)")
+	flag.StringVar(&o.deliveryTrace, "delivery-trace", "", "append every watch event's delivery time to this file (target, update start in Unix ns, update, event, ms), to study the tail")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -114,6 +116,8 @@ type env struct {
 	tower      *target // nil: not measured
 	towerAgent *proc
 	tunnelCfg  *rest.Config
+	// What the rendered manifests give the agent and proxy containers: memory limit and environment.
+	agentMem, proxyMem containerMem
 }
 
 func run(o options) error {
@@ -172,7 +176,7 @@ func run(o options) error {
 			return fmt.Errorf("lan: %w", err)
 		}
 	}
-	if o.want("wan") {
+	if o.want("wan") || o.want("wan-watch") {
 		if err := e.wan(ctx, r); err != nil {
 			return fmt.Errorf("wan: %w", err)
 		}
@@ -286,7 +290,10 @@ func (e *env) setup(ctx context.Context) error {
 	if e.o.profileDir != "" {
 		pargs = append(pargs, "--cpuprofile", filepath.Join(e.o.profileDir, "proxy.cpu.pprof"), "--memprofile", filepath.Join(e.o.profileDir, "proxy.heap.pprof"))
 	}
-	if e.proxy, err = startProc("proxy", filepath.Join(e.dir, "proxy.log"), nil, pargs...); err != nil {
+	if e.agentMem, e.proxyMem, err = renderedMem(); err != nil {
+		return err
+	}
+	if e.proxy, err = startProc("proxy", filepath.Join(e.dir, "proxy.log"), e.proxyMem.env, pargs...); err != nil {
 		return err
 	}
 	e.proxy.metrics = fmt.Sprintf("http://%s:%d/metrics", e.rootIP, mport)
@@ -358,7 +365,7 @@ func (e *env) setup(ctx context.Context) error {
 		}
 		return a
 	}
-	if e.agent, err = startProc("agent", filepath.Join(e.dir, "agent.log"), nil, e.agentArgs(e.proxyAddr)...); err != nil {
+	if e.agent, err = startProc("agent", filepath.Join(e.dir, "agent.log"), e.agentMem.env, e.agentArgs(e.proxyAddr)...); err != nil {
 		return err
 	}
 	e.agent.metrics = fmt.Sprintf("http://%s:%d/metrics", member.NodeIP, amport)
