@@ -4,6 +4,9 @@ import (
 	"slices"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/ks-mc/ks-mc/pkg/manifests"
 )
 
@@ -24,5 +27,31 @@ func TestRenderedMem(t *testing.T) {
 	}
 	if !slices.Contains(p.env, manifests.MemoryLimitEnv+"=536870912") {
 		t.Errorf("proxy env %q lacks %s from the downward API", p.env, manifests.MemoryLimitEnv)
+	}
+}
+
+// containerEnv resolves the downward API as the kubelet does: bytes, a divisor rounds up.
+func TestContainerEnv(t *testing.T) {
+	c := corev1.Container{Name: "c",
+		Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("200M")},
+			Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("100M")}},
+		Env: []corev1.EnvVar{
+			{Name: "PLAIN", Value: "x"},
+			{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+			{Name: "LIMIT", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory"}}},
+			{Name: "LIMIT_MI", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory", Divisor: resource.MustParse("1Mi")}}},
+			{Name: "REQ", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "requests.memory", Divisor: resource.MustParse("1")}}},
+		}}
+	env, err := containerEnv(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"LIMIT=200000000", "LIMIT_MI=191", "PLAIN=x", "REQ=100000000"}
+	if !slices.Equal(env, want) {
+		t.Fatalf("env = %q, want %q", env, want)
+	}
+	c.Env = []corev1.EnvVar{{Name: "CPU", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}}}
+	if _, err := containerEnv(c); err == nil {
+		t.Fatal("limits.cpu: no error (the bench would start the process without it)")
 	}
 }

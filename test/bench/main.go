@@ -2,7 +2,8 @@
 // tunnel, every component its own process: the client (this process), `kubectl-ks_mc proxy` and
 // `kubectl-ks_mc agent` (the real binary), the member's kube-apiserver v1.34.2 and etcd (sandbox
 // binaries; the member in a network namespace of its own). It prints every figure beside its goal
-// and writes docs/benchmarks.md. Run it with `make bench`; -only=lan|wan|scale runs a subset.
+// and writes docs/benchmarks.md. Run it with `make bench`; -only=lan|wan|scale runs a subset
+// (-only=wan-watch the WAN watch delivery figure alone; -delivery-trace FILE records every event).
 //
 // Benchmarks measure; nothing here asserts a time.
 package main
@@ -56,10 +57,12 @@ type options struct {
 	wanDelay            time.Duration
 	wanRate             float64
 	wanLoss             float64
+	wanRTOMin           time.Duration
 	agents              int
 	watches             int
 	towerAgent          string
 	deliveryTrace       string
+	agentEnv            string
 }
 
 func main() {
@@ -74,10 +77,12 @@ func main() {
 	flag.DurationVar(&o.wanDelay, "wan-delay", 25*time.Millisecond, "one-way delay of the WAN link (RTT = 2×)")
 	flag.Float64Var(&o.wanRate, "wan-rate", 100e6, "WAN link rate, bits/s, each direction")
 	flag.Float64Var(&o.wanLoss, "wan-loss", 1, "WAN packet loss in percent, each direction (nftables on the sandbox router)")
+	flag.DurationVar(&o.wanRTOMin, "wan-rto-min", 0, "diagnostic: rto_min on the member's route to the relay (both paths' senders: the member's kube-apiserver and the agent); 0 keeps the kernel's 200ms")
 	flag.IntVar(&o.agents, "agents", 1000, "agents on one proxy in the scale figure")
 	flag.IntVar(&o.watches, "watches", 10000, "idle watches through one agent in the scale figure")
 	flag.StringVar(&o.towerAgent, "tower-agent", "bin/tower-agent", "a Tower v0.2.x agent binary (test/toweragent/cmd/tower-agent) for the Tower column (empty: none)")
 	flag.StringVar(&o.deliveryTrace, "delivery-trace", "", "append every watch event's delivery time to this file (target, update start in Unix ns, update, event, ms), to study the tail")
+	flag.StringVar(&o.agentEnv, "agent-env", "", "comma-separated KEY=VALUE added to the agent's environment after the rendered one (e.g. GOGC=50, to compare)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -365,7 +370,11 @@ func (e *env) setup(ctx context.Context) error {
 		}
 		return a
 	}
-	if e.agent, err = startProc("agent", filepath.Join(e.dir, "agent.log"), e.agentMem.env, e.agentArgs(e.proxyAddr)...); err != nil {
+	aenv := e.agentMem.env
+	if e.o.agentEnv != "" {
+		aenv = append(slices.Clone(aenv), strings.Split(e.o.agentEnv, ",")...)
+	}
+	if e.agent, err = startProc("agent", filepath.Join(e.dir, "agent.log"), aenv, e.agentArgs(e.proxyAddr)...); err != nil {
 		return err
 	}
 	e.agent.metrics = fmt.Sprintf("http://%s:%d/metrics", member.NodeIP, amport)

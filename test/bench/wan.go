@@ -46,6 +46,14 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 		return err
 	}
 	defer lossOff()
+	if e.o.wanRTOMin > 0 {
+		routeOff, err := e.wanRTOMinRoute(e.o.wanRTOMin)
+		if err != nil {
+			return err
+		}
+		defer routeOff()
+		r.notes = append(r.notes, fmt.Sprintf("Diagnostic run: rto_min %s on the member's route to the relay (-wan-rto-min).", e.o.wanRTOMin))
+	}
 	// The agent now dials the proxy across the link.
 	if err := e.restartAgent(toProxy.Addr()); err != nil {
 		return err
@@ -65,7 +73,11 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 		"from a TCP relay in the bench process (each direction paced at the rate, delayed by half the RTT, at most two "+
 		"bandwidth-delay products in flight) and loss from an nftables rule on the sandbox router (numgen random). Both the "+
 		"direct connection and the agent's connection to the proxy cross it; the relay ends TCP, so loss is recovered on a short "+
-		"hop and TCP's congestion control does not see the RTT as a real WAN would.")
+		"hop and TCP's congestion control does not see the RTT as a real WAN would. On that sub-millisecond hop a lost segment "+
+		"followed by others is recovered at once (SACK), but a lost segment alone in flight waits for the retransmission "+
+		"timeout, at least Linux's rto_min of 200 ms: the agent writes one segment per watch event (one yamux frame each), "+
+		"often alone in flight, where the member's kube-apiserver writes a watch burst as a few full segments. "+
+		"`-wan-rto-min 20ms` shows the difference (see the findings).")
 
 	if !e.o.want("wan") { // -only=wan-watch
 		return e.wanDelivery(ctx, r)
@@ -164,4 +176,35 @@ func (e *env) wanLoss(pct float64) (func(), error) {
 	return func() {
 		_ = exec.Command("ip", "netns", "exec", rt, "nft", "delete", "table", "inet", "ksmcbench").Run()
 	}, nil
+}
+
+// wanRTOMinRoute sets rto_min on a route of the member's namespace to the root namespace (where the
+// relay listens): the senders of both paths' data (the member's kube-apiserver towards the relay,
+// the agent towards the relay) then use it. A diagnostic of the loss recovery on the relay's short
+// lossy hop (-wan-rto-min), off by default.
+func (e *env) wanRTOMinRoute(d time.Duration) (func(), error) {
+	ns := e.sb.Cluster(cluster).Netns
+	out, err := exec.Command("ip", "netns", "exec", ns, "ip", "-o", "route", "show", "default").Output()
+	if err != nil {
+		return nil, fmt.Errorf("member default route: %w", err)
+	}
+	f := strings.Fields(string(out))
+	var via, dev string
+	for i := 0; i+1 < len(f); i++ {
+		switch f[i] {
+		case "via":
+			via = f[i+1]
+		case "dev":
+			dev = f[i+1]
+		}
+	}
+	if via == "" || dev == "" {
+		return nil, fmt.Errorf("member default route %q: no via/dev", strings.TrimSpace(string(out)))
+	}
+	dst := e.rootIP + "/32"
+	if out, err := exec.Command("ip", "netns", "exec", ns, "ip", "route", "replace", dst, "via", via, "dev", dev,
+		"rto_min", fmt.Sprintf("%dms", d.Milliseconds())).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("route rto_min: %v: %s", err, out)
+	}
+	return func() { _ = exec.Command("ip", "netns", "exec", ns, "ip", "route", "del", dst).Run() }, nil
 }
