@@ -43,16 +43,17 @@ func applyMemoryLimit(getenv func(string) string, set func(int64) int64) (int64,
 	return limit, nil
 }
 
-// setMemoryLimitFromEnv applies applyMemoryLimit to this process and logs what it set.
-func setMemoryLimitFromEnv() error {
+// setMemoryLimitFromEnv applies applyMemoryLimit to this process and logs what it set. A value it
+// cannot use is logged and ignored: a tuning variable is no reason for the agent or the proxy not
+// to run (the runtime's default, GOGC alone, then applies).
+func setMemoryLimitFromEnv() {
 	limit, err := applyMemoryLimit(os.Getenv, debug.SetMemoryLimit)
-	if err != nil {
-		return err
-	}
-	if limit > 0 {
+	switch {
+	case err != nil:
+		klog.InfoS("WARNING: no Go memory limit", "err", err.Error())
+	case limit > 0:
 		klog.InfoS("Go memory limit from the container's limit", "env", MemoryLimitEnv, "bytes", limit, "percent", memoryLimitPercent)
 	}
-	return nil
 }
 
 // short quotes at most 32 bytes of a value read from the environment.

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,22 +25,40 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 	if err != nil {
 		return err
 	}
-	toMember, err := newRelay(net.JoinHostPort(e.rootIP, "0"), mu.Host, e.o.wanDelay, e.o.wanRate)
-	if err != nil {
-		return err
-	}
-	defer toMember.Close()
-	toProxy, err := newRelay(net.JoinHostPort(e.rootIP, "0"), e.proxyAddr, e.o.wanDelay, e.o.wanRate)
-	if err != nil {
-		return err
-	}
-	defer toProxy.Close()
-	dcfg := rest.CopyConfig(e.memberCfg)
-	dcfg.Host = "https://" + toMember.Addr()
-	dcfg.ServerName = member.NodeIP
-	wanDirect, err := newTarget("direct", dcfg, nil)
-	if err != nil {
-		return err
+	// The link: the relay (default) or the router's forwarding path (-wan-link=nfqueue).
+	var wanDirect *target
+	agentDials := e.proxyAddr
+	switch e.o.wanLink {
+	case "relay":
+		toMember, err := newRelay(net.JoinHostPort(e.rootIP, "0"), mu.Host, e.o.wanDelay, e.o.wanRate)
+		if err != nil {
+			return err
+		}
+		defer toMember.Close()
+		toProxy, err := newRelay(net.JoinHostPort(e.rootIP, "0"), e.proxyAddr, e.o.wanDelay, e.o.wanRate)
+		if err != nil {
+			return err
+		}
+		defer toProxy.Close()
+		dcfg := rest.CopyConfig(e.memberCfg)
+		dcfg.Host = "https://" + toMember.Addr()
+		dcfg.ServerName = member.NodeIP
+		if wanDirect, err = newTarget("direct", dcfg, nil); err != nil {
+			return err
+		}
+		agentDials = toProxy.Addr()
+	case "nfqueue":
+		off, err := e.wanQueue()
+		if err != nil {
+			return err
+		}
+		defer off()
+		// A client of its own: its connections are opened across the link.
+		if wanDirect, err = newTarget("direct", e.memberCfg, nil); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("-wan-link %q: relay or nfqueue", e.o.wanLink)
 	}
 	lossOff, err := e.wanLoss(e.o.wanLoss)
 	if err != nil {
@@ -55,7 +74,7 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 		r.notes = append(r.notes, fmt.Sprintf("Diagnostic run: rto_min %s on the member's route to the relay (-wan-rto-min).", e.o.wanRTOMin))
 	}
 	// The agent now dials the proxy across the link.
-	if err := e.restartAgent(toProxy.Addr()); err != nil {
+	if err := e.restartAgent(agentDials); err != nil {
 		return err
 	}
 	lanDirect, tower := e.direct, e.tower
@@ -69,15 +88,24 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 		}
 	}()
 	link := fmt.Sprintf("%s RTT, %.0f Mbit/s, %.1f %% loss each way", rtt, e.o.wanRate/1e6, e.o.wanLoss)
-	r.notes = append(r.notes, "WAN link: "+link+". The machine's kernel has no sch_netem (CONFIG_NET_SCH_NETEM is off), so delay and rate come "+
-		"from a TCP relay in the bench process (each direction paced at the rate, delayed by half the RTT, at most two "+
-		"bandwidth-delay products in flight) and loss from an nftables rule on the sandbox router (numgen random). Both the "+
-		"direct connection and the agent's connection to the proxy cross it; the relay ends TCP, so loss is recovered on a short "+
-		"hop and TCP's congestion control does not see the RTT as a real WAN would. On that sub-millisecond hop a lost segment "+
-		"followed by others is recovered at once (SACK), but a lost segment alone in flight waits for the retransmission "+
-		"timeout, at least Linux's rto_min of 200 ms: the agent writes one segment per watch event (one yamux frame each), "+
-		"often alone in flight, where the member's kube-apiserver writes a watch burst as a few full segments. "+
-		"`-wan-rto-min 20ms` shows the difference (see the findings).")
+	if e.o.wanLink == "nfqueue" {
+		r.notes = append(r.notes, "WAN link: "+link+". The machine's kernel has no sch_netem (CONFIG_NET_SCH_NETEM is off), so the sandbox "+
+			"router sends the member's packets to an NFQUEUE (iptables) and the bench gives each its verdict when the link would "+
+			"deliver it: paced at the rate, delayed by half the RTT in each direction, tail drop beyond one RTT of queue "+
+			"(-wan-link=nfqueue); loss from an nftables rule on the same router (numgen random). Every TCP connection of both paths "+
+			"(client → member kube-apiserver; agent → proxy) runs end to end over the delayed, lossy link, as on a real WAN; the "+
+			"watch updates cross it too.")
+	} else {
+		r.notes = append(r.notes, "WAN link: "+link+". The machine's kernel has no sch_netem (CONFIG_NET_SCH_NETEM is off), so delay and rate come "+
+			"from a TCP relay in the bench process (each direction paced at the rate, delayed by half the RTT, at most two "+
+			"bandwidth-delay products in flight) and loss from an nftables rule on the sandbox router (numgen random). Both the "+
+			"direct connection and the agent's connection to the proxy cross it; the relay ends TCP, so loss is recovered on a short "+
+			"hop and TCP's congestion control does not see the RTT as a real WAN would. On that sub-millisecond hop a lost segment "+
+			"followed by others is recovered at once (SACK), but a lost segment alone in flight waits for the retransmission "+
+			"timeout, at least Linux's rto_min of 200 ms: the agent writes one segment per watch event (one yamux frame each), "+
+			"often alone in flight, where the member's kube-apiserver writes a watch burst as a few full segments "+
+			"(-wan-link=nfqueue runs the connections end to end over the link instead).")
+	}
 
 	if !e.o.want("wan") { // -only=wan-watch
 		return e.wanDelivery(ctx, r)
@@ -207,4 +235,44 @@ func (e *env) wanRTOMinRoute(d time.Duration) (func(), error) {
 		return nil, fmt.Errorf("route rto_min: %v: %s", err, out)
 	}
 	return func() { _ = exec.Command("ip", "netns", "exec", ns, "ip", "route", "del", dst).Run() }, nil
+}
+
+// wanQueue puts the WAN link into the sandbox router's forwarding path for the member's packets:
+// NFQUEUE 0 holds those to the member, 1 those from it (nfqueue_linux.go).
+func (e *env) wanQueue() (func(), error) {
+	member := e.sb.Cluster(cluster)
+	id := strings.TrimSuffix(strings.TrimPrefix(member.Netns, "ksmc-"), "-"+cluster)
+	rt := "ksmc-" + id + "-rt"
+	veth := fmt.Sprintf("ks%sc%d", id, member.Index)
+	ipt := "iptables-legacy"
+	if _, err := exec.LookPath(ipt); err != nil {
+		ipt = "iptables"
+	}
+	var links []*nfLink
+	var rules [][]string
+	off := func() {
+		for _, r := range rules {
+			_ = exec.Command("ip", append([]string{"netns", "exec", rt, ipt, "-D"}, r...)...).Run()
+		}
+		for _, l := range links {
+			if n := l.Close(); n > 0 {
+				fmt.Fprintf(os.Stderr, "  WAN link: %d packets tail-dropped by queue %d\n", n, l.num)
+			}
+		}
+	}
+	for num, dir := range []string{"-o", "-i"} {
+		l, err := openNFLink(rt, uint16(num), e.o.wanDelay, e.o.wanRate, 2*e.o.wanDelay)
+		if err != nil {
+			off()
+			return nil, err
+		}
+		links = append(links, l)
+		rule := []string{"FORWARD", dir, veth, "-j", "NFQUEUE", "--queue-num", strconv.Itoa(num)}
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", rt, ipt, "-I"}, rule...)...).CombinedOutput(); err != nil {
+			off()
+			return nil, fmt.Errorf("%s NFQUEUE rule: %v: %s", ipt, err, out)
+		}
+		rules = append(rules, rule)
+	}
+	return off, nil
 }
