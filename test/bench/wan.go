@@ -91,7 +91,7 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 	if e.o.wanLink == "nfqueue" {
 		r.notes = append(r.notes, "WAN link: "+link+". The machine's kernel has no sch_netem (CONFIG_NET_SCH_NETEM is off), so the sandbox "+
 			"router sends the member's packets to an NFQUEUE (iptables) and the bench gives each its verdict when the link would "+
-			"deliver it: paced at the rate, delayed by half the RTT in each direction, tail drop beyond one RTT of queue "+
+			"deliver it: paced at the rate, delayed by half the RTT in each direction, tail drop beyond two RTTs of queue (two bandwidth-delay products) "+
 			"(-wan-link=nfqueue); loss from an nftables rule on the same router (numgen random). Every TCP connection of both paths "+
 			"(client → member kube-apiserver; agent → proxy) runs end to end over the delayed, lossy link, as on a real WAN; the "+
 			"watch updates cross it too.")
@@ -261,13 +261,13 @@ func (e *env) wanQueue() (func(), error) {
 		}
 	}
 	for num, dir := range []string{"-o", "-i"} {
-		l, err := openNFLink(rt, uint16(num), e.o.wanDelay, e.o.wanRate, 2*e.o.wanDelay)
+		l, err := openNFLink(rt, uint16(num), e.o.wanDelay, e.o.wanRate, 4*e.o.wanDelay)
 		if err != nil {
 			off()
 			return nil, err
 		}
 		links = append(links, l)
-		rule := []string{"FORWARD", dir, veth, "-j", "NFQUEUE", "--queue-num", strconv.Itoa(num)}
+		rule := []string{"FORWARD", dir, veth, "-j", "NFQUEUE", "--queue-num", strconv.Itoa(num), "--queue-bypass"}
 		if out, err := exec.Command("ip", append([]string{"netns", "exec", rt, ipt, "-I"}, rule...)...).CombinedOutput(); err != nil {
 			off()
 			return nil, fmt.Errorf("%s NFQUEUE rule: %v: %s", ipt, err, out)
