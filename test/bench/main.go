@@ -78,7 +78,7 @@ func main() {
 	flag.DurationVar(&o.wanDelay, "wan-delay", 25*time.Millisecond, "one-way delay of the WAN link (RTT = 2×)")
 	flag.Float64Var(&o.wanRate, "wan-rate", 100e6, "WAN link rate, bits/s, each direction")
 	flag.Float64Var(&o.wanLoss, "wan-loss", 1, "WAN packet loss in percent, each direction (nftables on the sandbox router)")
-	flag.StringVar(&o.wanLink, "wan-link", "relay", "how the WAN link is emulated: relay (a TCP relay in the bench: delay and rate) or nfqueue (the sandbox router holds the member's packets: TCP runs end to end over the delay)")
+	flag.StringVar(&o.wanLink, "wan-link", "auto", "how the WAN link is emulated: nfqueue (the sandbox router holds the member's packets: TCP runs end to end over the delay), relay (a TCP relay in the bench: TCP ends at it), or auto (nfqueue where iptables and NFQUEUE work, else relay)")
 	flag.DurationVar(&o.wanRTOMin, "wan-rto-min", 0, "diagnostic: rto_min on the member's route to the relay (both paths' senders: the member's kube-apiserver and the agent); 0 keeps the kernel's 200ms")
 	flag.IntVar(&o.agents, "agents", 1000, "agents on one proxy in the scale figure")
 	flag.IntVar(&o.watches, "watches", 10000, "idle watches through one agent in the scale figure")

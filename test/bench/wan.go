@@ -15,8 +15,10 @@ import (
 )
 
 // wan measures with the member behind a WAN link: both the direct path (client → member) and the
-// tunnel's agent → proxy connection cross the same emulated link (relay.go), with loss added by
-// nftables on the sandbox router for the member's traffic.
+// tunnel's agent → proxy connection cross the same emulated link, with loss added by nftables on
+// the sandbox router for the member's traffic. The link is the router's forwarding path held by an
+// NFQUEUE (nfqueue_linux.go: TCP runs end to end over the delay, as on a real WAN) or, where
+// NFQUEUE or iptables is missing (or with -wan-link=relay), a TCP relay in the bench (relay.go).
 func (e *env) wan(ctx context.Context, r *report) (err error) {
 	fmt.Fprintln(os.Stderr, "bench: WAN figures")
 	rtt := 2 * e.o.wanDelay
@@ -28,7 +30,22 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 	// The link: the relay (default) or the router's forwarding path (-wan-link=nfqueue).
 	var wanDirect *target
 	agentDials := e.proxyAddr
-	switch e.o.wanLink {
+	linkMode := e.o.wanLink
+	if linkMode == "auto" || linkMode == "nfqueue" {
+		queueOff, qerr := e.wanQueue()
+		switch {
+		case qerr != nil && linkMode == "nfqueue":
+			return qerr
+		case qerr != nil:
+			fmt.Fprintln(os.Stderr, "bench: no NFQUEUE link, the relay instead:", qerr)
+			r.notes = append(r.notes, "WAN link: NFQUEUE unavailable ("+qerr.Error()+"): the relay emulates the link.")
+			linkMode = "relay"
+		default:
+			linkMode = "nfqueue"
+			defer queueOff()
+		}
+	}
+	switch linkMode {
 	case "relay":
 		toMember, err := newRelay(net.JoinHostPort(e.rootIP, "0"), mu.Host, e.o.wanDelay, e.o.wanRate)
 		if err != nil {
@@ -48,17 +65,12 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 		}
 		agentDials = toProxy.Addr()
 	case "nfqueue":
-		off, err := e.wanQueue()
-		if err != nil {
-			return err
-		}
-		defer off()
 		// A client of its own: its connections are opened across the link.
 		if wanDirect, err = newTarget("direct", e.memberCfg, nil); err != nil {
 			return err
 		}
 	default:
-		return fmt.Errorf("-wan-link %q: relay or nfqueue", e.o.wanLink)
+		return fmt.Errorf("-wan-link %q: auto, nfqueue or relay", e.o.wanLink)
 	}
 	lossOff, err := e.wanLoss(e.o.wanLoss)
 	if err != nil {
@@ -88,7 +100,7 @@ func (e *env) wan(ctx context.Context, r *report) (err error) {
 		}
 	}()
 	link := fmt.Sprintf("%s RTT, %.0f Mbit/s, %.1f %% loss each way", rtt, e.o.wanRate/1e6, e.o.wanLoss)
-	if e.o.wanLink == "nfqueue" {
+	if linkMode == "nfqueue" {
 		r.notes = append(r.notes, "WAN link: "+link+". The machine's kernel has no sch_netem (CONFIG_NET_SCH_NETEM is off), so the sandbox "+
 			"router sends the member's packets to an NFQUEUE (iptables) and the bench gives each its verdict when the link would "+
 			"deliver it: paced at the rate, delayed by half the RTT in each direction, tail drop beyond two RTTs of queue (two bandwidth-delay products) "+
