@@ -40,6 +40,9 @@ host-deps:
 	@command -v nft >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null) || \
 	  echo "warning: nftables missing: network-isolation tests will be skipped"; }
+	@command -v iptables >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null) || \
+	  echo "warning: iptables missing: make bench emulates the WAN link with its relay (no NFQUEUE)"; }
 
 bench: build host-deps ## Tunnel benchmarks, every component its own process (BENCH_FLAGS=-only=lan|wan|scale, -quick); writes docs/benchmarks.md (needs root: network namespaces)
 	$(GO) build -o $(BIN_DIR)/ksmc-bench ./test/bench

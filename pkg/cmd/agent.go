@@ -169,6 +169,7 @@ func (o *AgentOptions) tokenSource() func() (string, error) {
 
 // Run connects until SIGTERM/SIGINT, then drains.
 func (o *AgentOptions) Run(ctx context.Context) error {
+	setMemoryLimitFromEnv()
 	ctx, stop := interruptible(ctx)
 	defer stop()
 	stopProfiles, err := o.profiles.start(ctx)

@@ -160,6 +160,7 @@ func (o *ProxyOptions) Validate() error {
 // Run serves until SIGTERM/SIGINT, then drains: listeners stop accepting, agents get GoAway, open
 // streams finish within --drain-timeout (pkg/tunnel/kube.RunProxy owns the wiring).
 func (o *ProxyOptions) Run(ctx context.Context) error {
+	setMemoryLimitFromEnv()
 	ctx, stop := interruptible(ctx)
 	defer stop()
 	stopProfiles, err := o.profiles.start(ctx)

@@ -30,6 +30,11 @@ var agentTemplateFS embed.FS
 // The names of the agent objects on a member (kubesphere.AgentName, kubesphere.AgentTokenSecretName,
 // ...) are in pkg/kubesphere.
 
+// MemoryLimitEnv is the environment variable of the bundled agent's and the proxy's containers that
+// carries the container's memory limit in bytes (downward API, resourceFieldRef limits.memory); the
+// binary gives the Go runtime a soft memory limit of 90 % of it (pkg/cmd, memlimit.go).
+const MemoryLimitEnv = "KSMC_MEMORY_LIMIT"
+
 // AgentTokenMountPath is where the bundled agent reads its token file.
 const AgentTokenMountPath = "/var/run/secrets/ks-mc/agent"
 

@@ -397,16 +397,27 @@ func (e *env) delivery(ctx context.Context, w, u int) (p50, p99 map[string][]mea
 			return 0, 0, firstErr
 		}
 		var lat []time.Duration
+		var trace *os.File
+		if e.o.deliveryTrace != "" {
+			if trace, err = os.OpenFile(e.o.deliveryTrace, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
+				return 0, 0, err
+			}
+			defer trace.Close()
+		}
 		for i := 0; i < u; i++ {
 			cm.Data["n"] = fmt.Sprint(i + 1)
 			start := time.Now()
 			if cm, err = cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 				return 0, 0, err
 			}
+			updated := time.Since(start)
 			for k := 0; k < w; k++ {
 				select {
 				case at := <-events:
 					lat = append(lat, at.Sub(start))
+					if trace != nil {
+						fmt.Fprintf(trace, "%s\t%d\t%d\t%d\t%.2f\t%.2f\n", t.name, start.UnixNano(), i, k, ms(at.Sub(start)), ms(updated))
+					}
 				case <-time.After(30 * time.Second):
 					return 0, 0, fmt.Errorf("update %d: %d of %d events", i, k, w)
 				}

@@ -2,7 +2,8 @@
 // tunnel, every component its own process: the client (this process), `kubectl-ks_mc proxy` and
 // `kubectl-ks_mc agent` (the real binary), the member's kube-apiserver v1.34.2 and etcd (sandbox
 // binaries; the member in a network namespace of its own). It prints every figure beside its goal
-// and writes docs/benchmarks.md. Run it with `make bench`; -only=lan|wan|scale runs a subset.
+// and writes docs/benchmarks.md. Run it with `make bench`; -only=lan|wan|scale runs a subset
+// (-only=wan-watch the WAN watch delivery figure alone; -delivery-trace FILE records every event).
 //
 // Benchmarks measure; nothing here asserts a time.
 package main
@@ -56,9 +57,13 @@ type options struct {
 	wanDelay            time.Duration
 	wanRate             float64
 	wanLoss             float64
+	wanRTOMin           time.Duration
+	wanLink             string
 	agents              int
 	watches             int
 	towerAgent          string
+	deliveryTrace       string
+	agentEnv            string
 }
 
 func main() {
@@ -66,16 +71,20 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: do not write)")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a temporary one)")
 	flag.StringVar(&o.bin, "binary", "bin/kubectl-ks_mc", "the ks-mc binary run as proxy and agent")
-	flag.StringVar(&o.only, "only", "", "comma-separated subset of lan,wan,scale,restart (default: all; lan includes restart)")
+	flag.StringVar(&o.only, "only", "", "comma-separated subset of lan,wan,scale,restart (default: all; lan includes restart; wan-watch: the WAN watch delivery figure alone)")
 	flag.BoolVar(&o.quick, "quick", false, "fewer iterations (a smoke run; the figures are noisier)")
 	flag.DurationVar(&o.downFor, "proxy-down", 10*time.Second, "how long the proxy stays down in the restart figure")
 	flag.StringVar(&o.profileDir, "profile", "", "directory for CPU and heap profiles of proxy and agent (written when they stop; -only=lan profiles the LAN loads)")
 	flag.DurationVar(&o.wanDelay, "wan-delay", 25*time.Millisecond, "one-way delay of the WAN link (RTT = 2×)")
 	flag.Float64Var(&o.wanRate, "wan-rate", 100e6, "WAN link rate, bits/s, each direction")
 	flag.Float64Var(&o.wanLoss, "wan-loss", 1, "WAN packet loss in percent, each direction (nftables on the sandbox router)")
+	flag.StringVar(&o.wanLink, "wan-link", "auto", "how the WAN link is emulated: nfqueue (the sandbox router holds the member's packets: TCP runs end to end over the delay), relay (a TCP relay in the bench: TCP ends at it), or auto (nfqueue where iptables and NFQUEUE work, else relay)")
+	flag.DurationVar(&o.wanRTOMin, "wan-rto-min", 0, "diagnostic: rto_min on the member's route to the relay (both paths' senders: the member's kube-apiserver and the agent); 0 keeps the kernel's 200ms")
 	flag.IntVar(&o.agents, "agents", 1000, "agents on one proxy in the scale figure")
 	flag.IntVar(&o.watches, "watches", 10000, "idle watches through one agent in the scale figure")
 	flag.StringVar(&o.towerAgent, "tower-agent", "bin/tower-agent", "a Tower v0.2.x agent binary (test/toweragent/cmd/tower-agent) for the Tower column (empty: none)")
+	flag.StringVar(&o.deliveryTrace, "delivery-trace", "", "append every watch event's delivery time to this file (target, update start in Unix ns, update, event, ms), to study the tail")
+	flag.StringVar(&o.agentEnv, "agent-env", "", "comma-separated KEY=VALUE added to the agent's environment after the rendered one (e.g. GOGC=50, to compare)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -114,6 +123,8 @@ type env struct {
 	tower      *target // nil: not measured
 	towerAgent *proc
 	tunnelCfg  *rest.Config
+	// What the rendered manifests give the agent and proxy containers: memory limit and environment.
+	agentMem, proxyMem containerMem
 }
 
 func run(o options) error {
@@ -172,7 +183,7 @@ func run(o options) error {
 			return fmt.Errorf("lan: %w", err)
 		}
 	}
-	if o.want("wan") {
+	if o.want("wan") || o.want("wan-watch") {
 		if err := e.wan(ctx, r); err != nil {
 			return fmt.Errorf("wan: %w", err)
 		}
@@ -286,7 +297,10 @@ func (e *env) setup(ctx context.Context) error {
 	if e.o.profileDir != "" {
 		pargs = append(pargs, "--cpuprofile", filepath.Join(e.o.profileDir, "proxy.cpu.pprof"), "--memprofile", filepath.Join(e.o.profileDir, "proxy.heap.pprof"))
 	}
-	if e.proxy, err = startProc("proxy", filepath.Join(e.dir, "proxy.log"), nil, pargs...); err != nil {
+	if e.agentMem, e.proxyMem, err = renderedMem(); err != nil {
+		return err
+	}
+	if e.proxy, err = startProc("proxy", filepath.Join(e.dir, "proxy.log"), e.proxyMem.env, pargs...); err != nil {
 		return err
 	}
 	e.proxy.metrics = fmt.Sprintf("http://%s:%d/metrics", e.rootIP, mport)
@@ -358,7 +372,11 @@ func (e *env) setup(ctx context.Context) error {
 		}
 		return a
 	}
-	if e.agent, err = startProc("agent", filepath.Join(e.dir, "agent.log"), nil, e.agentArgs(e.proxyAddr)...); err != nil {
+	aenv := e.agentMem.env
+	if e.o.agentEnv != "" {
+		aenv = append(slices.Clone(aenv), strings.Split(e.o.agentEnv, ",")...)
+	}
+	if e.agent, err = startProc("agent", filepath.Join(e.dir, "agent.log"), aenv, e.agentArgs(e.proxyAddr)...); err != nil {
 		return err
 	}
 	e.agent.metrics = fmt.Sprintf("http://%s:%d/metrics", member.NodeIP, amport)

@@ -7,17 +7,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -339,7 +343,11 @@ func (r *PodRunner) resolveEnv(ctx context.Context, ns, podName string, spec cor
 				return nil, fmt.Errorf("env %s: fieldRef %s is not supported by the sandbox", e.Name, vf.FieldRef.FieldPath)
 			}
 		case vf.ResourceFieldRef != nil:
-			add(e.Name, "0")
+			v, err := resourceFieldValue(c, vf.ResourceFieldRef)
+			if err != nil {
+				return nil, fmt.Errorf("env %s: %w", e.Name, err)
+			}
+			add(e.Name, v)
 		}
 	}
 	return out, nil
@@ -528,3 +536,60 @@ func (r *PodRunner) clusterCA() ([]byte, error) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// resourceFieldValue resolves a downward-API resourceFieldRef as the kubelet does
+// (kubernetes pkg/api/v1/resource/helpers.go, ExtractContainerResourceValue: the value divided by
+// the divisor, rounded up; memory in bytes, cpu in cores unless the divisor says otherwise). A limit
+// the container does not set is the node's allocatable (pkg/kubelet/kubelet_pods.go merges it in
+// first): here the machine's memory and cores, the sandbox's node.
+func resourceFieldValue(c *corev1.Container, ref *corev1.ResourceFieldSelector) (string, error) {
+	var q resource.Quantity
+	var ok bool
+	var name corev1.ResourceName
+	switch ref.Resource {
+	case "limits.memory", "requests.memory":
+		name = corev1.ResourceMemory
+	case "limits.cpu", "requests.cpu":
+		name = corev1.ResourceCPU
+	default:
+		return "", fmt.Errorf("resourceFieldRef %s is not supported by the sandbox", ref.Resource)
+	}
+	if strings.HasPrefix(ref.Resource, "limits.") {
+		q, ok = c.Resources.Limits[name]
+		if !ok {
+			q = nodeAllocatable(name)
+		}
+	} else {
+		q = c.Resources.Requests[name]
+	}
+	div := ref.Divisor
+	if name == corev1.ResourceCPU {
+		d := div.MilliValue()
+		if d <= 0 {
+			d = 1000
+		}
+		return strconv.FormatInt(int64(math.Ceil(float64(q.MilliValue())/float64(d))), 10), nil
+	}
+	d := div.Value()
+	if d <= 0 {
+		d = 1
+	}
+	return strconv.FormatInt(int64(math.Ceil(float64(q.Value())/float64(d))), 10), nil
+}
+
+// nodeAllocatable is what the sandbox's node offers: the machine's memory and cores.
+func nodeAllocatable(name corev1.ResourceName) resource.Quantity {
+	if name == corev1.ResourceCPU {
+		return *resource.NewQuantity(int64(runtime.NumCPU()), resource.DecimalSI)
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+				if kb, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+					return *resource.NewQuantity(kb*1024, resource.BinarySI)
+				}
+			}
+		}
+	}
+	return *resource.NewQuantity(8<<30, resource.BinarySI)
+}
