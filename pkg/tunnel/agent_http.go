@@ -43,6 +43,11 @@ func readAgentRequest(br *bufio.Reader, lr *io.LimitedReader) (*http.Request, er
 	bad := func(msg string) (*http.Request, error) {
 		return nil, &headError{code: http.StatusBadRequest, msg: "Bad Request", err: errors.New(msg)}
 	}
+	for k := range req.Header {
+		if !validToken(k) {
+			return bad("invalid header name")
+		}
+	}
 	// http.ReadRequest moved the Host header to req.Host.
 	switch {
 	case req.ProtoMajor != 1:
@@ -65,6 +70,23 @@ func quietReadError(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// validToken accepts a header field name (RFC 9110 token).
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // validHost accepts the bytes httpguts.ValidHostHeader accepts.
