@@ -54,6 +54,8 @@ func readAgentRequest(br *bufio.Reader, lr *io.LimitedReader) (*http.Request, er
 		return bad("unsupported protocol version")
 	case req.Method == http.MethodConnect:
 		return bad("CONNECT is not served")
+	case req.URL.Opaque != "":
+		return bad("request target is neither a path nor an absolute URL")
 	case req.ProtoAtLeast(1, 1) && req.Host == "":
 		return bad("missing required Host header")
 	case !validHost(req.Host):
