@@ -233,8 +233,9 @@ var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b
 
 // respWriter writes one response to the stream.
 type respWriter struct {
-	conn net.Conn
-	req  *http.Request
+	conn   net.Conn
+	method string
+	http11 bool // the request is HTTP/1.1 (chunked framing allowed)
 	// close: the response says Connection: close and the stream closes after it.
 	close bool
 	err   error
@@ -283,7 +284,7 @@ func bodyAllowed(method string, code int) bool {
 
 // streamsBody reports a response whose body is copied piece by piece as it arrives (no length).
 func (w *respWriter) streamsBody(resp *http.Response) bool {
-	return resp.ContentLength < 0 && bodyAllowed(w.req.Method, resp.StatusCode)
+	return resp.ContentLength < 0 && bodyAllowed(w.method, resp.StatusCode)
 }
 
 // appendHead renders the status line and headers of resp (hop-by-hop headers removed, framing
@@ -304,7 +305,7 @@ func (w *respWriter) appendHead(b []byte, resp *http.Response, upgrade bool) []b
 	if !upgrade {
 		removeHopHeaders(h)
 	}
-	body := bodyAllowed(w.req.Method, code)
+	body := bodyAllowed(w.method, code)
 	if body {
 		delete(h, "Content-Length")
 	}
@@ -322,7 +323,7 @@ func (w *respWriter) appendHead(b []byte, resp *http.Response, upgrade bool) []b
 			b = append(b, "Content-Length: "...)
 			b = strconv.AppendInt(b, resp.ContentLength, 10)
 			b = append(b, "\r\n"...)
-		case w.req.ProtoAtLeast(1, 1):
+		case w.http11:
 			w.chunked = true
 			if len(resp.Trailer) > 0 {
 				keys := make([]string, 0, len(resp.Trailer))
@@ -363,7 +364,7 @@ func (w *respWriter) head(resp *http.Response, body []byte) error {
 	defer w.mu.Unlock()
 	bp := headPool.Get().(*[]byte)
 	b := w.appendHead((*bp)[:0], resp, false)
-	if bodyAllowed(w.req.Method, resp.StatusCode) {
+	if bodyAllowed(w.method, resp.StatusCode) {
 		b = append(b, body...)
 	}
 	w.headSent = true
@@ -397,7 +398,7 @@ func (w *respWriter) writeUpgradeHead(resp *http.Response) error {
 // 32 KiB allow (the head and a small body leave together), a body without one chunk by chunk as
 // it arrives. It reports whether the response ended cleanly.
 func (w *respWriter) writeResponse(resp *http.Response, long bool) bool {
-	if !bodyAllowed(w.req.Method, resp.StatusCode) {
+	if !bodyAllowed(w.method, resp.StatusCode) {
 		_ = resp.Body.Close()
 		return w.head(resp, nil) == nil
 	}
@@ -464,49 +465,100 @@ func readFull(r io.Reader, p []byte) (int, error) {
 // copyBody copies a body without a length as it arrives: each piece read leaves at once as one
 // chunk in one write (one yamux frame per watch event), 2 KiB at a time for watches and upgrades,
 // 32 KiB for the rest; then the last chunk and the trailers. It reports a clean end.
+//
+// A watch waits for its next event holding no buffer: it reads the event's first byte into a
+// one-byte array and takes a pooled buffer for the rest, which arrived with it (the
+// kube-apiserver flushes each event whole: one HTTP/2 DATA frame or HTTP/1.1 chunk).
 func (w *respWriter) copyBody(resp *http.Response, long bool) bool {
 	defer resp.Body.Close()
-	var bp *[]byte
-	if long {
-		bp = rpPool.Get().(*[]byte)
-		defer rpPool.Put(bp)
-	} else {
-		bp = bufPool.Get().(*[]byte)
-		defer bufPool.Put(bp)
-	}
-	buf := *bp
 	const pre = 10 // room for the chunk size line (8 hex digits + CRLF)
+	var first [1]byte
+	for {
+		var bp *[]byte
+		got := 0
+		if long {
+			n, err := resp.Body.Read(first[:])
+			if n == 0 {
+				if err == io.EOF {
+					return w.endBody(resp, nil)
+				}
+				if err != nil {
+					return false
+				}
+				continue
+			}
+			bp = rpPool.Get().(*[]byte)
+			got = 1
+			if w.chunked {
+				(*bp)[pre] = first[0]
+			} else {
+				(*bp)[0] = first[0]
+			}
+			if err != nil {
+				// The byte came with the end: write it, then finish.
+				ok := w.writePiece(*bp, got, pre) && err == io.EOF && w.endBody(resp, *bp)
+				rpPool.Put(bp)
+				return ok
+			}
+		} else {
+			bp = bufPool.Get().(*[]byte)
+		}
+		ok, end := w.copyPieces(resp, *bp, got, pre, long)
+		if long {
+			rpPool.Put(bp)
+		} else {
+			bufPool.Put(bp)
+		}
+		if !ok || end {
+			return ok
+		}
+	}
+}
+
+// copyPieces copies pieces with buf (got bytes already in it) and reports (clean, ended); a watch
+// returns to copyBody after each piece, to wait for the next one without the buffer.
+func (w *respWriter) copyPieces(resp *http.Response, buf []byte, got, pre int, long bool) (bool, bool) {
 	for {
 		var n int
 		var err error
 		if w.chunked {
-			n, err = resp.Body.Read(buf[pre : len(buf)-2])
+			n, err = resp.Body.Read(buf[pre+got : len(buf)-2])
 		} else {
-			n, err = resp.Body.Read(buf)
+			n, err = resp.Body.Read(buf[got:])
 		}
-		if n > 0 {
-			var werr error
-			if w.chunked {
-				size := strconv.AppendInt(make([]byte, 0, 8), int64(n), 16)
-				start := pre - 2 - len(size)
-				copy(buf[start:], size)
-				buf[pre-2], buf[pre-1] = '\r', '\n'
-				buf[pre+n], buf[pre+n+1] = '\r', '\n'
-				werr = w.write(buf[start : pre+n+2])
-			} else {
-				werr = w.write(buf[:n])
-			}
-			if werr != nil {
-				return false
-			}
+		n += got
+		got = 0
+		if n > 0 && !w.writePiece(buf, n, pre) {
+			return false, true
 		}
 		if err == io.EOF {
-			break
+			return w.endBody(resp, buf), true
 		}
 		if err != nil {
-			return false
+			return false, true
+		}
+		if long && n > 0 {
+			return true, false
 		}
 	}
+}
+
+// writePiece writes n bytes of buf (from pre when chunked) as one chunk in one write.
+func (w *respWriter) writePiece(buf []byte, n, pre int) bool {
+	if !w.chunked {
+		return w.write(buf[:n]) == nil
+	}
+	var size [8]byte
+	hex := strconv.AppendInt(size[:0], int64(n), 16)
+	start := pre - 2 - len(hex)
+	copy(buf[start:], hex)
+	buf[pre-2], buf[pre-1] = '\r', '\n'
+	buf[pre+n], buf[pre+n+1] = '\r', '\n'
+	return w.write(buf[start:pre+n+2]) == nil
+}
+
+// endBody writes the last chunk and the trailers (buf: scratch space, nil for a fresh one).
+func (w *respWriter) endBody(resp *http.Response, buf []byte) bool {
 	if !w.chunked {
 		return !w.rawToClose
 	}
