@@ -147,37 +147,52 @@ func (s *agentServer) serveStream(conn net.Conn, br *bufio.Reader, h StreamHeade
 	s.conns[c] = struct{}{}
 	s.active.Add(1)
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		c.closeConn()
-		s.active.Done()
-	}()
 	if n := br.Buffered(); n > 0 {
 		// The first request came with the header (in the same frame): read those bytes first.
 		b, _ := br.Peek(n)
 		c.pre.pre, c.has = b, true
 	}
-	c.loop()
+	if c.loop() != stepHandedOff {
+		c.end()
+	}
 }
 
-// loop serves requests until the stream ends or must close.
-func (c *agentConn) loop() {
+// end unregisters the stream and closes it.
+func (c *agentConn) end() {
+	c.s.mu.Lock()
+	delete(c.s.conns, c)
+	c.s.mu.Unlock()
+	c.closeConn()
+	c.s.active.Done()
+}
+
+// step is what follows a request: the next one, the end of the stream, or nothing in this
+// goroutine (a watch handed the stream to goroutines of its own, see watch).
+type step int
+
+const (
+	stepNext step = iota
+	stepStop
+	stepHandedOff
+)
+
+// loop serves requests until the stream ends or must close (stepStop: the caller ends the stream)
+// or another goroutine took it over (stepHandedOff).
+func (c *agentConn) loop() step {
 	for {
 		if c.br == nil && !c.has {
 			if !c.setIdle(true) {
-				return
+				return stepStop
 			}
 			shrink(c.conn)
 			n, err := c.conn.Read(c.one[:])
 			if !c.setIdle(false) || err != nil || n == 0 {
-				return
+				return stepStop
 			}
 			c.pre.pre, c.has = c.one[:1], true
 		}
-		if !c.serveOne() {
-			return
+		if st := c.serveOne(); st != stepNext {
+			return st
 		}
 	}
 }
@@ -241,8 +256,8 @@ func (r *bytesThenReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// serveOne reads, forwards and answers one request; it reports whether the stream serves another.
-func (c *agentConn) serveOne() bool {
+// serveOne reads, forwards and answers one request.
+func (c *agentConn) serveOne() step {
 	br := c.reader()
 	_ = c.conn.SetReadDeadline(time.Now().Add(c.s.headTimeout))
 	c.lr.N = int64(c.s.maxHeader) + 4096
@@ -255,7 +270,7 @@ func (c *agentConn) serveOne() bool {
 			writeRaw(c.conn, he.code, he.msg)
 			c.s.log.V(1).Info("bad request on stream", "reason", he.Error())
 		}
-		return false
+		return stepStop
 	}
 	return c.forward(req)
 }
@@ -291,9 +306,8 @@ func (b *agentBody) Read(p []byte) (int, error) {
 
 func (b *agentBody) Close() error { return nil }
 
-// forward sends req to its upstream and writes the answer; it reports whether the stream serves
-// another request.
-func (c *agentConn) forward(req *http.Request) bool {
+// forward sends req to its upstream and writes the answer.
+func (c *agentConn) forward(req *http.Request) step {
 	clientClose := req.Close
 	req.Close = false
 	hasBody := req.ContentLength != 0
@@ -310,12 +324,12 @@ func (c *agentConn) forward(req *http.Request) bool {
 		body.continue100 = w.writeContinue
 	}
 	// done tells whether the stream can serve the next request.
-	done := func(ok bool) bool {
+	done := func(ok bool) step {
 		if !ok || w.close || (hasBody && (!body.done.Load() || body.bad.Load())) || c.s.noKeepAlive.Load() {
-			return false
+			return stepStop
 		}
 		c.release()
-		return true
+		return stepNext
 	}
 	var up *upstream
 	switch c.header.Target {
@@ -334,7 +348,7 @@ func (c *agentConn) forward(req *http.Request) bool {
 	default:
 		w.close = true
 		w.writeStatus(http.StatusForbidden, "Forbidden", "ks-mc agent: unknown target")
-		return false
+		return stepStop
 	}
 	long := longLived(req)
 	upgrade := isUpgrade(req)
@@ -346,14 +360,13 @@ func (c *agentConn) forward(req *http.Request) bool {
 		w.close = true
 		w.writeStatus(http.StatusBadGateway, "ServiceUnavailable",
 			fmt.Sprintf("ks-mc agent: %s unreachable: client tried to switch to invalid protocol %q", up.name, upType))
-		return false
+		return stepStop
 	}
 	ctx := c.ctx
 	var cancel context.CancelFunc = func() {}
 	if long {
 		ctx, cancel = context.WithCancel(ctx)
 	}
-	defer cancel()
 	if body != nil && body.continue100 != nil {
 		// The upstream's own "100 Continue" is not passed on: the agent answers it when the
 		// upstream transport first reads the body.
@@ -362,8 +375,9 @@ func (c *agentConn) forward(req *http.Request) bool {
 	req = req.WithContext(ctx)
 	resp, err := up.rt.RoundTrip(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return false // the caller went away
+		cancel()
+		if ctx.Err() != nil && c.s.ctx.Err() != nil {
+			return stepStop // the agent stops
 		}
 		c.s.log.V(1).Info("forward failed", "target", up.name, "path", req.URL.Path, "err", err.Error())
 		w.writeStatus(http.StatusBadGateway, "ServiceUnavailable", fmt.Sprintf("ks-mc agent: %s unreachable: %v", up.name, err))
@@ -371,50 +385,66 @@ func (c *agentConn) forward(req *http.Request) bool {
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		c.upgrade(w, req, resp, upType, cancel)
-		return false
+		cancel()
+		return stepStop
 	}
 	if long && !hasBody && w.streamsBody(resp) {
-		return done(c.watch(w, resp, cancel))
+		return c.watch(w, resp, cancel)
 	}
+	defer cancel()
 	return done(w.writeResponse(resp, long))
 }
 
-// watch copies an unbounded response in a goroutine of its own while the loop goroutine waits on
-// the stream: the caller going away (end of stream) cancels the upstream request; a byte arriving
-// is the next request, served once the response ends.
-func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.CancelFunc) bool {
+// watch copies an unbounded response (a watch) in a goroutine of its own while another one waits
+// on the stream: the caller going away (end of stream) cancels the upstream request; a byte
+// arriving is the next request, served by that goroutine once the response ends. Both goroutines
+// are new, so an idle watch holds two small stacks, not the one that read and forwarded the
+// request: the calling goroutine returns stepHandedOff and ends.
+func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.CancelFunc) step {
 	if err := w.writeHead(resp); err != nil {
 		_ = resp.Body.Close()
-		return false
+		cancel()
+		return stepStop
 	}
 	result := make(chan bool, 1)
 	go func() {
 		ok := w.copyBody(resp, true)
-		if ok && !c.setIdle(true) {
-			c.closeConn() // keep-alive went off while the watch ran: end the stream now
+		if ok && (w.close || !c.setIdle(true)) {
+			c.closeConn() // the stream ends with the watch (keep-alive went off meanwhile)
 		}
 		result <- ok
 	}()
-	var err error
-	n := 0
 	if c.br != nil && c.br.Buffered() > 0 {
 		// Pipelined bytes: nothing to watch on the stream until the response ends.
 		ok := <-result
-		return ok
+		cancel()
+		if !ok || w.close || !c.setIdle(false) {
+			return stepStop
+		}
+		return stepNext
 	}
 	c.release()
 	shrink(c.conn)
-	n, err = c.conn.Read(c.one[:])
-	if n == 0 || err != nil {
+	go func() {
+		n, err := c.conn.Read(c.one[:])
+		if n == 0 || err != nil {
+			cancel()
+			<-result
+			c.end()
+			return
+		}
+		ok := <-result
 		cancel()
-		<-result
-		return false
-	}
-	if !<-result || !c.setIdle(false) {
-		return false
-	}
-	c.pre.pre, c.has = c.one[:1], true
-	return true
+		if !ok || w.close || !c.setIdle(false) {
+			c.end()
+			return
+		}
+		c.pre.pre, c.has = c.one[:1], true
+		if c.loop() != stepHandedOff {
+			c.end()
+		}
+	}()
+	return stepHandedOff
 }
 
 // upgrade writes the 101 and splices the stream and the upstream connection until either ends.
