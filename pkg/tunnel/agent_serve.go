@@ -388,19 +388,21 @@ func (c *agentConn) forward(req *http.Request) step {
 		cancel()
 		return stepStop
 	}
-	if long && !hasBody && w.streamsBody(resp) {
-		return c.watch(w, resp, cancel)
+	if !hasBody && w.streamsBody(resp) {
+		// No length: a watch, or a response that may stream for long (logs -f, a chunked
+		// LIST): watch the stream for the caller going away while copying.
+		return c.watch(w, resp, cancel, long)
 	}
 	defer cancel()
 	return done(w.writeResponse(resp, long))
 }
 
-// watch copies an unbounded response (a watch) in a goroutine of its own while another one waits
+// watch copies an unbounded response (a watch, any response without a length) in a goroutine of its own while another one waits
 // on the stream: the caller going away (end of stream) cancels the upstream request; a byte
 // arriving is the next request, served by that goroutine once the response ends. Both goroutines
 // are new, so an idle watch holds two small stacks, not the one that read and forwarded the
 // request: the calling goroutine returns stepHandedOff and ends.
-func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.CancelFunc) step {
+func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.CancelFunc, long bool) step {
 	if err := w.writeHead(resp); err != nil {
 		_ = resp.Body.Close()
 		cancel()
@@ -408,7 +410,7 @@ func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.Can
 	}
 	result := make(chan bool, 1)
 	go func() {
-		ok := w.copyBody(resp, true)
+		ok := w.copyBody(resp, long)
 		if ok && (w.close || !c.setIdle(true)) {
 			c.closeConn() // the stream ends with the watch (keep-alive went off meanwhile)
 		}
@@ -428,7 +430,10 @@ func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.Can
 	go func() {
 		n, err := c.conn.Read(c.one[:])
 		if n == 0 || err != nil {
+			// The caller went away: end the upstream request (a watch's context; closing the
+			// body ends the others: an HTTP/2 stream reset, an HTTP/1.1 connection closed).
 			cancel()
+			_ = resp.Body.Close()
 			<-result
 			c.end()
 			return

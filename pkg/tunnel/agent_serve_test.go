@@ -36,6 +36,7 @@ func TestAgentServe(t *testing.T) {
 		{"HopByHopHeaders", caseServeHopByHop},
 		{"KeepAliveOffClosesIdle", caseServeKeepAliveOff},
 		{"IdleWatchGoroutines", caseServeWatchGoroutines},
+		{"StreamingResponseCancelled", caseServeStreamingCancelled},
 	}
 	for _, kind := range kinds {
 		t.Run(kind, func(t *testing.T) {
@@ -392,6 +393,28 @@ func caseServeWatchGoroutines(t *testing.T, h *harness, _ *runningAgent) {
 		_ = s.c.Close()
 	}
 	waitFor(t, "the watches to end upstream when their streams close", func() bool {
+		return runtime.NumGoroutine() <= before+2
+	})
+}
+
+// caseServeStreamingCancelled: a response without a length that is not a watch (/watch without
+// ?watch=true streams like logs -f) ends upstream when the caller closes its stream.
+func caseServeStreamingCancelled(t *testing.T, h *harness, _ *runningAgent) {
+	warm := certStream(t, h)
+	warm.send(getNS)
+	warm.read(http.MethodGet)
+	before := runtime.NumGoroutine()
+	s := certStream(t, h)
+	s.send("GET /watch HTTP/1.1\r\nHost: k\r\n\r\n")
+	resp, err := http.ReadResponse(s.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.Contains(line, "ADDED") {
+		t.Fatalf("first event %q %v", line, err)
+	}
+	_ = s.c.Close()
+	waitFor(t, "the streaming response to end upstream when its stream closes", func() bool {
 		return runtime.NumGoroutine() <= before+2
 	})
 }
