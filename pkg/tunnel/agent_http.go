@@ -425,8 +425,10 @@ func (w *respWriter) writeResponse(resp *http.Response, long bool) bool {
 	} else if w.write(h) != nil {
 		return false
 	}
-	*hb = h[:0]
-	headPool.Put(hb)
+	if cap(h) <= 16<<10 {
+		*hb = h[:0]
+		headPool.Put(hb)
+	}
 	left := resp.ContentLength
 	for {
 		n, err := readFull(resp.Body, buf[off:min(int64(len(buf)), int64(off)+left)])
