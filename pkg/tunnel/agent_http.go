@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Request reading and response writing of the agent's stream server (agent_serve.go): standard
@@ -236,9 +237,11 @@ type respWriter struct {
 	conn   net.Conn
 	method string
 	http11 bool // the request is HTTP/1.1 (chunked framing allowed)
-	// close: the response says Connection: close and the stream closes after it.
-	close bool
-	err   error
+	// close: the response says Connection: close and the stream closes after it; noKeepAlive
+	// (the server's) turns it on when a drain starts before the head leaves.
+	close       bool
+	noKeepAlive *atomic.Bool
+	err         error
 
 	mu         sync.Mutex // orders a "100 Continue" and the head
 	headSent   bool
@@ -336,6 +339,9 @@ func (w *respWriter) appendHead(b []byte, resp *http.Response, upgrade bool) []b
 		default:
 			w.rawToClose, w.close = true, true
 		}
+	}
+	if !w.close && w.noKeepAlive != nil && w.noKeepAlive.Load() {
+		w.close = true
 	}
 	if w.close {
 		b = append(b, "Connection: close\r\n"...)

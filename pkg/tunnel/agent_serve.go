@@ -318,7 +318,7 @@ func (c *agentConn) forward(req *http.Request) step {
 	} else {
 		req.Body = nil
 	}
-	w := &respWriter{conn: c.conn, method: req.Method, http11: req.ProtoAtLeast(1, 1)}
+	w := &respWriter{conn: c.conn, method: req.Method, http11: req.ProtoAtLeast(1, 1), noKeepAlive: &c.s.noKeepAlive}
 	w.close = clientClose || c.s.noKeepAlive.Load()
 	if hasBody && headerHasToken(req.Header, "Expect", "100-continue") && req.ProtoAtLeast(1, 1) {
 		body.continue100 = w.writeContinue
