@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -76,5 +77,52 @@ func benchGET(b *testing.B, proxySide net.Conn) {
 	b.ReportAllocs()
 	for b.Loop() {
 		get()
+	}
+}
+
+// cutBody yields one piece, then fails: an upstream connection lost in the middle of a response.
+type cutBody struct{ left []byte }
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	if len(b.left) == 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := copy(p, b.left)
+	b.left = b.left[n:]
+	return n, nil
+}
+
+func (b *cutBody) Close() error { return nil }
+
+type cutUpstream struct{}
+
+func (cutUpstream) RoundTrip(r *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: 200, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{}, ContentLength: -1, Body: &cutBody{left: []byte("{\"type\":\"ADDED\"}\n")}, Request: r}, nil
+}
+
+// TestAgentServeUpstreamCut: a response without a length that the upstream cuts short ends the
+// stream unterminated (the caller sees the error), for watches and other requests alike.
+func TestAgentServeUpstreamCut(t *testing.T) {
+	kube := upstream{name: "kube-apiserver", target: &url.URL{Scheme: "https", Host: "10.96.0.1:443"}, rt: cutUpstream{}}
+	s := newAgentServer(kube, kube, 10*time.Second, logr.Discard())
+	defer s.shutdown()
+	for _, path := range []string{"/api/v1/pods?watch=true", "/api/v1/namespaces/d/pods/p/log?follow=true"} {
+		proxySide, agentSide := net.Pipe()
+		go s.serveStream(agentSide, bufio.NewReader(bytes.NewReader(nil)), StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
+		_ = proxySide.SetDeadline(time.Now().Add(waitLimit))
+		go func() { _, _ = io.WriteString(proxySide, "GET "+path+" HTTP/1.1\r\nHost: k\r\n\r\n") }()
+		resp, err := http.ReadResponse(bufio.NewReader(proxySide), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err == nil || !bytes.Contains(b, []byte("ADDED")) {
+			t.Fatalf("%s: body %q, error %v: want the piece, then an unterminated end", path, b, err)
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("%s: the stream stayed open after the upstream cut the response", path)
+		}
+		_ = proxySide.Close()
 	}
 }

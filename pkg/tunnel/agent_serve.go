@@ -411,8 +411,10 @@ func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.Can
 	result := make(chan bool, 1)
 	go func() {
 		ok := w.copyBody(resp, long)
-		if ok && (w.close || !c.setIdle(true)) {
-			c.closeConn() // the stream ends with the watch (keep-alive went off meanwhile)
+		if !ok || w.close || !c.setIdle(true) {
+			// The stream ends with the response: cut short (the caller sees it unterminated), or
+			// Connection: close, or keep-alive went off meanwhile. Closing it ends the wait below.
+			c.closeConn()
 		}
 		result <- ok
 	}()
