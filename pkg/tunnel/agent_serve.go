@@ -397,9 +397,10 @@ func (c *agentConn) forward(req *http.Request) step {
 	return done(w.writeResponse(resp, long))
 }
 
-// watch copies an unbounded response (a watch, any response without a length) in a goroutine of its own while another one waits
-// on the stream: the caller going away (end of stream) cancels the upstream request; a byte
-// arriving is the next request, served by that goroutine once the response ends. Both goroutines
+// watch copies an unbounded response (a watch, any response without a length) in a goroutine of
+// its own while another one waits on the stream: the caller going away (end of stream) cancels
+// the upstream request; a byte arriving is the next request, served by that goroutine once the
+// response ends. Both goroutines
 // are new, so an idle watch holds two small stacks, not the one that read and forwarded the
 // request: the calling goroutine returns stepHandedOff and ends.
 func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.CancelFunc, long bool) step {
