@@ -486,9 +486,10 @@ func (c *agentConn) upgrade(w *respWriter, req *http.Request, resp *http.Respons
 		_ = c.conn.Close()
 		close(done)
 	}()
-	// stream → upstream, in the loop goroutine.
+	// stream → upstream, in the loop goroutine. At the caller's end (EOF), an upstream that can
+	// half-close gets it and finishes its side; otherwise both close.
 	err := adaptiveCopy(back, src)
-	if cw, ok := back.(interface{ CloseWrite() error }); ok && err == nil {
+	if cw, ok := back.(interface{ CloseWrite() error }); ok && errors.Is(err, io.EOF) {
 		_ = cw.CloseWrite()
 		<-done
 		return
