@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -110,9 +109,7 @@ type Agent struct {
 	id       string
 	proxyURL *url.URL
 	pin      string
-	handler  http.Handler
-	server   *http.Server
-	streams  *connListener
+	srv      *agentServer
 
 	mu      sync.Mutex
 	current *yamux.Session
@@ -137,18 +134,11 @@ func NewAgent(cfg *AgentConfig) (*Agent, error) {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	a.id = hex.EncodeToString(id[:])
-	h, err := newForwarder(cfg.Kubernetes, cfg.KubeSphereService, a.log)
+	kube, ks, err := newAgentUpstreams(cfg.Kubernetes, cfg.KubeSphereService)
 	if err != nil {
 		return nil, err
 	}
-	a.handler = h
-	a.streams = newConnListener()
-	a.server = &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: cfg.Config.StreamOpenTimeout,
-		ConnContext:       withStreamInfo,
-		ErrorLog:          log.New(io.Discard, "", 0),
-	}
+	a.srv = newAgentServer(kube, ks, cfg.Config.StreamOpenTimeout, a.log)
 	return a, nil
 }
 
@@ -156,8 +146,7 @@ func NewAgent(cfg *AgentConfig) (*Agent, error) {
 // every failure (auth failures included: they are reported, never fatal). On cancellation it sends
 // GoAway, drains open streams for up to Config.DrainTimeout and returns nil.
 func (a *Agent) Run(ctx context.Context) error {
-	go func() { _ = a.server.Serve(a.streams) }()
-	defer a.streams.Close()
+	defer a.srv.shutdown()
 	attempt := 0
 	for {
 		sess, err := a.connect(ctx)
@@ -174,7 +163,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		a.server.SetKeepAlivesEnabled(true)
+		a.srv.setKeepAlives(true)
 		a.log.Info("connected to proxy", "proxy", a.proxyURL.Host, "agent", a.id)
 		a.emit(AgentEvent{Connected: true, Attempt: attempt})
 		start := time.Now()
@@ -183,8 +172,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		err = a.serve(sess)
 		if !stop() {
 			<-drained
-			_ = a.server.Shutdown(context.Background())
-			return nil
+			return nil // the deferred shutdown waits for what is left of the requests
 		}
 		lived := time.Since(start)
 		if lived >= a.cfg.Config.Backoff.ResetAfter {
@@ -293,7 +281,7 @@ func (a *Agent) drain(sess *yamux.Session) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.Config.DrainTimeout)
 	defer cancel()
 	_ = sess.GoAway()
-	a.server.SetKeepAlivesEnabled(false)
+	a.srv.setKeepAlives(false)
 	a.log.Info("draining", "streams", sess.NumStreams(), "deadline", a.cfg.Config.DrainTimeout)
 	waitStreamsDone(ctx, func() int64 {
 		if sess.IsClosed() {
@@ -304,7 +292,8 @@ func (a *Agent) drain(sess *yamux.Session) {
 	_ = sess.Close()
 }
 
-// handleStream reads the stream header, answers it and hands the stream to the HTTP forwarder.
+// handleStream reads the stream header, answers it and serves the stream's HTTP/1.1 requests in
+// the same goroutine (agentServer).
 func (a *Agent) handleStream(st net.Conn) {
 	_ = st.SetReadDeadline(time.Now().Add(a.cfg.Config.StreamOpenTimeout))
 	br := bufio.NewReaderSize(st, 256)
@@ -321,17 +310,14 @@ func (a *Agent) handleStream(st net.Conn) {
 		// The proxy is draining: stop keeping idle connections so that its streams end as soon as
 		// their requests do.
 		a.log.Info("proxy is going away: closing idle streams")
-		a.server.SetKeepAlivesEnabled(false)
+		a.srv.setKeepAlives(false)
 		_ = st.Close()
 		return
 	}
 	// The answer leaves with the first response bytes (one frame instead of two); the proxy reads
 	// it before the response.
 	pw := &prefixWriter{Conn: st, prefix: []byte(answerOK + "\n")}
-	c := &streamConn{Conn: &bufferedConn{Conn: pw, r: br}, header: h}
-	if !a.streams.push(c) {
-		_ = st.Close()
-	}
+	a.srv.serveStream(pw, br, h)
 }
 
 // connect dials the proxy, performs TLS and the upgrade, and starts the yamux session.

@@ -17,10 +17,12 @@
 //	protocol.go    upgrade constants, stream header and answer, splice helpers
 //	backoff.go     full-jitter exponential backoff
 //	agent.go       Agent: TLS pin, upgrade, reconnect, serve streams, drain
-//	dial.go        the agent's dial (HTTP CONNECT proxies) and its stream listener
+//	dial.go        the agent's dial (HTTP CONNECT proxies); connListener (Tower sessions, tests)
+//	agent_serve.go the agent's stream server: keep-alive loop, watches, upgrades, drain registry
+//	agent_http.go  its request reading (header cap) and response writing, the upstream rewrite
 //	pin.go         kubeadm-style CA pinning (sha256 of the SubjectPublicKeyInfo)
-//	forward.go     the agent's forwarder to kube-apiserver / ks-apiserver (credential injection),
-//	               KubeUpstream (the transports, built by kube.AgentUpstream)
+//	forward.go     the agent's upstreams (credential choice: kubeTransport), KubeUpstream (the
+//	               transports, built by kube.AgentUpstream), the Tower sessions' forwarder
 //	proxy.go       Proxy: the proxy port (health, version, metrics, agent endpoint), DialStream
 //	auth.go        Authenticator, StaticAuthenticator, TokenEqual
 //	server.go      RunProxy, ServerOptions: a proxy process (port, TLS, metrics, drain order)

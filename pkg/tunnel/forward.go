@@ -15,7 +15,7 @@ import (
 	"github.com/go-logr/logr"
 )
 
-// streamConn is an accepted stream with its header; the forwarder reads the header from the
+// streamConn is a Tower session's stream with its header; the forwarder reads the header from the
 // request context.
 type streamConn struct {
 	net.Conn
@@ -36,8 +36,9 @@ func streamInfo(ctx context.Context) (StreamHeader, bool) {
 	return h, ok
 }
 
-// forwarder is the agent's HTTP handler: it forwards to the kube-apiserver or ks-apiserver, the
-// only two addresses the agent ever dials on the proxy's behalf.
+// forwarder is the HTTP handler of a Tower session (the proxy serves the streams of Tower agents
+// with net/http): it forwards to the kube-apiserver or ks-apiserver, the only two addresses a
+// Tower session's channels reach. The ks-mc agent serves its streams with agentServer.
 type forwarder struct {
 	log      logr.Logger
 	kube     *httputil.ReverseProxy // watches and upgrades: small buffers (rpBufferPool)
@@ -94,15 +95,13 @@ type KubeUpstream struct {
 	Creds, CredsH1, Anon, AnonH1 http.RoundTripper
 }
 
-func newForwarder(up *KubeUpstream, ksService string, log logr.Logger) (*forwarder, error) {
+// newAgentUpstreams builds the agent's two upstreams: the kube-apiserver through kubeTransport
+// (its choice of credentials and of HTTP/2 or HTTP/1.1) and ks-apiserver over plain HTTP.
+func newAgentUpstreams(up *KubeUpstream, ksService string) (kube, ks upstream, err error) {
 	if up.URL == nil || up.Creds == nil || up.CredsH1 == nil || up.Anon == nil || up.AnonH1 == nil {
-		return nil, fmt.Errorf("%w: incomplete kube-apiserver upstream", ErrInvalidConfig)
+		return kube, ks, fmt.Errorf("%w: incomplete kube-apiserver upstream", ErrInvalidConfig)
 	}
 	kt := &kubeTransport{creds: up.Creds, credsH1: up.CredsH1, anon: up.Anon, anonH1: up.AnonH1}
-	f := &forwarder{log: log}
-	f.kube = newReverseProxy(up.URL, kt, log, "kube-apiserver")
-	f.kubeBulk = withBulkBuffers(f.kube)
-	ksURL := &url.URL{Scheme: "http", Host: ksService}
 	ksTransport := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -111,8 +110,9 @@ func newForwarder(up *KubeUpstream, ksService string, log logr.Logger) (*forward
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true, // Accept-Encoding passes verbatim; bodies are never re-encoded
 	}
-	f.ks = newReverseProxy(ksURL, ksTransport, log, "ks-apiserver")
-	return f, nil
+	kube = upstream{name: "kube-apiserver", target: up.URL, rt: kt}
+	ks = upstream{name: "ks-apiserver", target: &url.URL{Scheme: "http", Host: ksService}, rt: ksTransport}
+	return kube, ks, nil
 }
 
 func newReverseProxy(target *url.URL, rt http.RoundTripper, log logr.Logger, name string) *httputil.ReverseProxy {

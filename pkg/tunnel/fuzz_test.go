@@ -146,9 +146,7 @@ func newAgentFuzzEnv(f *testing.F) *agentFuzzEnv {
 	if err != nil {
 		f.Fatal(err)
 	}
-	a.server.ReadHeaderTimeout = 50 * time.Millisecond
-	go func() { _ = a.server.Serve(a.streams) }()
-	f.Cleanup(func() { _ = a.streams.Close() })
+	f.Cleanup(a.srv.shutdown)
 	env.a = a
 	return env
 }
@@ -173,7 +171,7 @@ func FuzzAgentStream(f *testing.F) {
 	env := newAgentFuzzEnv(f)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		// A control stream turns keep-alives off for the whole agent: restore them.
-		defer env.a.server.SetKeepAlivesEnabled(true)
+		defer env.a.srv.setKeepAlives(true)
 		_, herr := readStreamHeader(bufio.NewReaderSize(bytes.NewReader(in), 256))
 		proxySide, agentSide := net.Pipe()
 		defer proxySide.Close()
