@@ -62,8 +62,6 @@ func newKubeForwarder(l *ClusterListener, h StreamHeader) *kubeForwarder {
 	return &kubeForwarder{l: l, header: h, pool: newStreamPool(listenerMaxIdleStreams, listenerIdleTimeout)}
 }
 
-var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
 // respReader reads one stream's responses: a 1 KiB bufio.Reader over a byte-counting,
 // header-limiting reader. It is taken from respReaderPool per request and given back once the
 // response ended, so an idle stream holds no buffer.
@@ -225,7 +223,7 @@ func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.C
 	rr.lc.left = math.MaxInt64
 	putHead(*hb)
 	*hb = nil
-	removeHopByHop(resp.Header)
+	removeHopHeaders(resp.Header)
 	h := w.Header()
 	for k, vv := range resp.Header {
 		h[k] = vv
@@ -598,21 +596,6 @@ func requestHeaderDropped(k string) bool {
 	return false
 }
 
-// removeHopByHop deletes the hop-by-hop headers of a response (as the ReverseProxy does).
-func removeHopByHop(h http.Header) {
-	for _, v := range h["Connection"] {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = textproto.TrimString(f); f != "" {
-				h.Del(f)
-			}
-		}
-	}
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		delete(h, k)
-	}
-}
-
 // appendRequestURI appends the request-URI the ReverseProxy's SetURL and the Transport wrote:
 // the path joined onto the target's empty path (so it starts with "/"), and the query with
 // unparsable parameters re-encoded.
@@ -638,31 +621,6 @@ func appendRequestURI(b []byte, in *url.URL) []byte {
 		b = append(b, u.RawQuery...)
 	}
 	return b
-}
-
-// cleanQuery re-encodes a query that holds a ';' or a bad %-escape (what the ReverseProxy does
-// before Rewrite); any other query is kept byte for byte.
-func cleanQuery(s string) string {
-	for i := 0; i < len(s); {
-		switch s[i] {
-		case ';':
-			v, _ := url.ParseQuery(s)
-			return v.Encode()
-		case '%':
-			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
-				v, _ := url.ParseQuery(s)
-				return v.Encode()
-			}
-			i += 3
-		default:
-			i++
-		}
-	}
-	return s
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 func headerValueHasToken(v, token string) bool {
