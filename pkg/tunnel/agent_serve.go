@@ -166,6 +166,12 @@ func (c *agentConn) end() {
 	c.s.active.Done()
 }
 
+// watchedLength is the response length from which the copy runs beside a goroutine watching the
+// stream (as for responses without a length): a caller that goes away in the middle of a large
+// GET or LIST ends the upstream request instead of the agent writing the rest into a closed
+// stream until its window is full.
+const watchedLength = 64 << 10
+
 // step is what follows a request: the next one, the end of the stream, or nothing in this
 // goroutine (a watch handed the stream to goroutines of its own, see watch).
 type step int
@@ -388,9 +394,9 @@ func (c *agentConn) forward(req *http.Request) step {
 		cancel()
 		return stepStop
 	}
-	if !hasBody && w.streamsBody(resp) {
+	if !hasBody && (w.streamsBody(resp) || resp.ContentLength > watchedLength && bodyAllowed(w.method, resp.StatusCode)) {
 		// No length: a watch, or a response that may stream for long (logs -f, a chunked
-		// LIST): watch the stream for the caller going away while copying.
+		// LIST); or a large one: watch the stream for the caller going away while copying.
 		return c.watch(w, resp, cancel, long)
 	}
 	defer cancel()
@@ -404,14 +410,22 @@ func (c *agentConn) forward(req *http.Request) step {
 // are new, so an idle watch holds two small stacks, not the one that read and forwarded the
 // request: the calling goroutine returns stepHandedOff and ends.
 func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.CancelFunc, long bool) step {
-	if err := w.writeHead(resp); err != nil {
-		_ = resp.Body.Close()
-		cancel()
-		return stepStop
+	bounded := resp.ContentLength >= 0
+	if !bounded {
+		if err := w.writeHead(resp); err != nil {
+			_ = resp.Body.Close()
+			cancel()
+			return stepStop
+		}
 	}
 	result := make(chan bool, 1)
 	go func() {
-		ok := w.copyBody(resp, long)
+		var ok bool
+		if bounded {
+			ok = w.writeResponse(resp, long)
+		} else {
+			ok = w.copyBody(resp, long)
+		}
 		if !ok || w.close || !c.setIdle(true) {
 			// The stream ends with the response: cut short (the caller sees it unterminated), or
 			// Connection: close, or keep-alive went off meanwhile. Closing it ends the wait below.
@@ -437,6 +451,7 @@ func (c *agentConn) watch(w *respWriter, resp *http.Response, cancel context.Can
 			// body ends the others: an HTTP/2 stream reset, an HTTP/1.1 connection closed).
 			cancel()
 			_ = resp.Body.Close()
+			c.closeConn() // a copy blocked in a write to the stream (window full) ends too
 			<-result
 			c.end()
 			return

@@ -37,6 +37,7 @@ func TestAgentServe(t *testing.T) {
 		{"KeepAliveOffClosesIdle", caseServeKeepAliveOff},
 		{"IdleWatchGoroutines", caseServeWatchGoroutines},
 		{"StreamingResponseCancelled", caseServeStreamingCancelled},
+		{"LargeResponseCancelled", caseServeLargeCancelled},
 	}
 	for _, kind := range kinds {
 		t.Run(kind, func(t *testing.T) {
@@ -415,6 +416,28 @@ func caseServeStreamingCancelled(t *testing.T, h *harness, _ *runningAgent) {
 	}
 	_ = s.c.Close()
 	waitFor(t, "the streaming response to end upstream when its stream closes", func() bool {
+		return runtime.NumGoroutine() <= before+2
+	})
+}
+
+// caseServeLargeCancelled: a caller that goes away in the middle of a large response (a length,
+// more than a stream window) ends the upstream request.
+func caseServeLargeCancelled(t *testing.T, h *harness, _ *runningAgent) {
+	warm := certStream(t, h)
+	warm.send(getNS)
+	warm.read(http.MethodGet)
+	before := runtime.NumGoroutine()
+	s := certStream(t, h)
+	s.send("GET /large?n=50000000 HTTP/1.1\r\nHost: k\r\n\r\n")
+	resp, err := http.ReadResponse(s.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil || resp.ContentLength != 50000000 {
+		t.Fatalf("large GET: length %d, %v", resp.ContentLength, err)
+	}
+	_ = s.c.Close()
+	waitFor(t, "the large response to end upstream when its stream closes", func() bool {
 		return runtime.NumGoroutine() <= before+2
 	})
 }
