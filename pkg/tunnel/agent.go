@@ -379,10 +379,12 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// Read through br: the proxy may already have sent frames that br buffered.
-	sess, err := yamux.Server(&coalescingConn{Conn: &bufferedConn{Conn: conn, r: br}}, a.cfg.Config.yamuxConfig())
+	cc := &coalescingConn{Conn: &bufferedConn{Conn: conn, r: br}}
+	sess, err := yamux.Server(cc, a.cfg.Config.yamuxConfig())
 	if err != nil {
 		return nil, err
 	}
+	cc.watchSendQueue(sess)
 	ok = true
 	return sess, nil
 }
