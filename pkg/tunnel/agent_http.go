@@ -75,62 +75,11 @@ func quietReadError(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// validToken accepts a header field name (RFC 9110 token).
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// validHost accepts the bytes httpguts.ValidHostHeader accepts.
-func validHost(h string) bool {
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!$%&'()*+,-./:;=?@[]_~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // writeRaw answers a request that could not be read (as net/http's server does) and closes.
 func writeRaw(w io.Writer, code int, msg string) {
 	s := strconv.Itoa(code) + " " + msg
 	_, _ = io.WriteString(w, "HTTP/1.1 "+s+"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"+s)
 }
-
-// hopHeaders are removed in both directions (httputil.ReverseProxy's list), with the headers
-// Connection names.
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-func removeHopHeaders(h http.Header) {
-	for _, f := range h["Connection"] {
-		for sf := range strings.SplitSeq(f, ",") {
-			if sf = textprotoTrim(sf); sf != "" {
-				h.Del(sf)
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
-}
-
-func textprotoTrim(s string) string { return strings.TrimSpace(s) }
 
 // outboundRequest turns a request read from the stream into the upstream's request, in place, as
 // the reverse proxy did: the target's scheme and host (its path prefix joined), the Host header the
@@ -203,34 +152,6 @@ func singleJoiningSlash(a, b string) string {
 	}
 	return a + b
 }
-
-// cleanQuery re-encodes a query url.ParseQuery would reject (semicolons, bad escapes), as the
-// reverse proxy does.
-func cleanQuery(s string) string {
-	for i := 0; i < len(s); {
-		switch s[i] {
-		case ';':
-			v, _ := url.ParseQuery(s)
-			return v.Encode()
-		case '%':
-			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
-				v, _ := url.ParseQuery(s)
-				return v.Encode()
-			}
-			i += 3
-		default:
-			i++
-		}
-	}
-	return s
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-// headPool holds the buffers response heads are written into.
-var headPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // respWriter writes one response to the stream.
 type respWriter struct {
@@ -345,21 +266,6 @@ func (w *respWriter) appendHead(b []byte, resp *http.Response, upgrade bool) []b
 	}
 	if w.close {
 		b = append(b, "Connection: close\r\n"...)
-	}
-	return append(b, "\r\n"...)
-}
-
-// appendHeaderLine appends "k: v\r\n", with CR and LF in v replaced by spaces (as net/http's
-// header writer does).
-func appendHeaderLine(b []byte, k, v string) []byte {
-	b = append(b, k...)
-	b = append(b, ": "...)
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c == '\r' || c == '\n' {
-			b = append(b, ' ')
-		} else {
-			b = append(b, c)
-		}
 	}
 	return append(b, "\r\n"...)
 }

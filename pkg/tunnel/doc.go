@@ -14,12 +14,15 @@
 //
 //	config.go      Config, DefaultConfig, Validate (session tuning shared by both sides)
 //	errors.go      sentinel errors
-//	protocol.go    upgrade constants, stream header and answer, splice helpers
+//	protocol.go    upgrade constants, stream header and answer, splice helpers, frame coalescing
+//	               and batching behind yamux's send queue (coalescingConn)
 //	backoff.go     full-jitter exponential backoff
 //	agent.go       Agent: TLS pin, upgrade, reconnect, serve streams, drain
 //	dial.go        the agent's dial (HTTP CONNECT proxies); connListener (Tower sessions, tests)
-//	agent_serve.go the agent's stream server: keep-alive loop, watches, upgrades, drain registry
+//	agent_serve.go the agent's stream server: keep-alive loop, forwarding, drain registry
+//	agent_long.go  its long-lived responses: watches (the stream watched for the caller leaving), upgrades
 //	agent_http.go  its request reading (header cap) and response writing, the upstream rewrite
+//	httpwire.go    the HTTP/1.1 pieces both ends of a stream share (hop-by-hop headers, validation)
 //	pin.go         kubeadm-style CA pinning (sha256 of the SubjectPublicKeyInfo)
 //	forward.go     the agent's upstreams (credential choice: kubeTransport), KubeUpstream (the
 //	               transports, built by kube.AgentUpstream), the Tower sessions' forwarder
@@ -31,6 +34,9 @@
 //	ping.go        PingAgents, ConnectedClusters (for kube.Heartbeat)
 //	ratelimit.go   rate limit of failed agent authentications
 //	listener.go    per-cluster listeners (kube TLS with client certificates, ks plain HTTP)
+//	listener_client.go the kube listener's own HTTP/1.1 client over tunnel streams (upgrades excepted)
+//	listener_request.go its request writing (head, framing, body)
+//	listener_pool.go   its pool of idle streams (reuse check, idle sweep)
 //	certs.go       per-installation CA, serving and client certificates, renewal
 //	sniff.go       TLS and plain HTTP on one port
 //	metrics.go     Prometheus text metrics
