@@ -14,8 +14,9 @@ func TestApplyMemoryLimit(t *testing.T) {
 		wantCall bool
 	}{
 		{name: "unset", env: nil},
-		{name: "from the downward API", env: map[string]string{MemoryLimitEnv: "200000000"}, want: 180000000, wantCall: true},
-		{name: "512Mi", env: map[string]string{MemoryLimitEnv: "536870912"}, want: 483183810, wantCall: true},
+		{name: "from the downward API", env: map[string]string{MemoryLimitEnv: "200000000"}, want: 166445568, wantCall: true},
+		{name: "512Mi", env: map[string]string{MemoryLimitEnv: "536870912"}, want: 483183822, wantCall: true},
+		{name: "a small limit keeps half", env: map[string]string{MemoryLimitEnv: "40000000"}, want: 20000000, wantCall: true},
 		{name: "GOMEMLIMIT wins", env: map[string]string{MemoryLimitEnv: "200000000", "GOMEMLIMIT": "50MiB"}},
 		{name: "not a number", env: map[string]string{MemoryLimitEnv: "200M"}, wantErr: "not a positive byte count"},
 		{name: "zero", env: map[string]string{MemoryLimitEnv: "0"}, wantErr: "not a positive byte count"},
