@@ -119,6 +119,16 @@ func memOf(pid int) (uint64, uint64, error) {
 	return procMem(string(b))
 }
 
+// rssParts is RssAnon and RssFile in KiB: the process's own memory, and the pages of files it maps
+// (the binary's code: the kernel can drop and re-read them under the container's limit).
+func rssParts(pid int) (anon, file uint64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	return procKiB(string(b), "RssAnon"), procKiB(string(b), "RssFile")
+}
+
 // cpuSet samples the CPU of several processes at once.
 type cpuSet map[string]time.Duration
 

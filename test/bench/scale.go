@@ -56,6 +56,8 @@ func (e *env) scale(_ context.Context, r *report) error {
 	cpu := sampleCPU(e.agent, e.proxy).since(c0)
 	rssA, _, _ := memOf(e.agent.PID())
 	rssP, _, _ := memOf(e.proxy.PID())
+	anonA, fileA := rssParts(e.agent.PID())
+	anonP, fileP := rssParts(e.proxy.PID())
 	if e.o.profileDir != "" {
 		// Heap profiles with the watches open (written on SIGTERM, before draining).
 		e.stopAll()
@@ -77,7 +79,8 @@ func (e *env) scale(_ context.Context, r *report) error {
 	r.add(row{section: "scale", name: fmt.Sprintf("%d idle watches: agent and proxy RSS within the rendered limits", n), ksmc: fmt.Sprintf("agent %.0f MiB, proxy %.0f MiB", float64(rssA)/1024, float64(rssP)/1024),
 		value: frac, valueStr: fmt.Sprintf("agent %.0f %%, proxy %.0f %% of its limit", 100*fa, 100*fp),
 		g: goal{op: "≤", limit: 1, unit: " (fraction of the limit)"},
-		note: fmt.Sprintf("limits rendered by ks-mc: agent %s (%.0f MiB), proxy %s (%.0f MiB); both run with their containers' memory environment (%s); idle CPU with the watches open: agent %.1f %%, proxy %.1f %% of a core",
+		note: fmt.Sprintf("RSS anonymous + file-backed (the binary's code): agent %.0f + %.0f MiB, proxy %.0f + %.0f MiB; limits rendered by ks-mc: agent %s (%.0f MiB), proxy %s (%.0f MiB); both run with their containers' memory environment (%s); idle CPU with the watches open: agent %.1f %%, proxy %.1f %% of a core",
+			float64(anonA)/1024, float64(fileA)/1024, float64(anonP)/1024, float64(fileP)/1024,
 			e.agentMem.limitStr, float64(e.agentMem.limit)/mib, e.proxyMem.limitStr, float64(e.proxyMem.limit)/mib, envNames(e.agentMem.env, e.proxyMem.env),
 			100*cpu["agent"].Seconds()/idle.Seconds(), 100*cpu["proxy"].Seconds()/idle.Seconds())})
 

@@ -150,3 +150,21 @@ func trimFloat(v float64) string {
 	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
 	return s
 }
+
+// procKiB is one "Key:   N kB" field of /proc/<pid>/status (RssAnon, RssFile, ...), 0 when absent.
+func procKiB(status, key string) uint64 {
+	sc := bufio.NewScanner(strings.NewReader(status))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || k != key {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0
+		}
+		n, _ := strconv.ParseUint(f[0], 10, 64)
+		return n
+	}
+	return 0
+}

@@ -135,3 +135,16 @@ func TestGoal(t *testing.T) {
 		t.Errorf("String %q", s)
 	}
 }
+
+func TestProcKiB(t *testing.T) {
+	st := "Name:\tx\nVmRSS:\t  2048 kB\nRssAnon:\t  1500 kB\nRssFile:\t   500 kB\nBad:\t12\n"
+	if got := procKiB(st, "RssAnon"); got != 1500 {
+		t.Fatalf("RssAnon = %d", got)
+	}
+	if got := procKiB(st, "RssFile"); got != 500 {
+		t.Fatalf("RssFile = %d", got)
+	}
+	if procKiB(st, "Bad") != 0 || procKiB(st, "Missing") != 0 {
+		t.Fatal("a malformed or missing field must read 0")
+	}
+}
