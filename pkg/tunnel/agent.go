@@ -379,12 +379,10 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// Read through br: the proxy may already have sent frames that br buffered.
-	cc := &coalescingConn{Conn: &bufferedConn{Conn: conn, r: br}}
-	sess, err := yamux.Server(cc, a.cfg.Config.yamuxConfig())
+	sess, err := yamux.Server(&coalescingConn{Conn: &bufferedConn{Conn: conn, r: br}}, a.cfg.Config.yamuxConfig())
 	if err != nil {
 		return nil, err
 	}
-	cc.watchSendQueue(sess)
 	ok = true
 	return sess, nil
 }

@@ -15,7 +15,6 @@
 //	config.go      Config, DefaultConfig, Validate (session tuning shared by both sides)
 //	errors.go      sentinel errors
 //	protocol.go    upgrade constants, stream header and answer, splice helpers, frame coalescing
-//	               and batching behind yamux's send queue (coalescingConn)
 //	backoff.go     full-jitter exponential backoff
 //	agent.go       Agent: TLS pin, upgrade, reconnect, serve streams, drain
 //	dial.go        the agent's dial (HTTP CONNECT proxies); connListener (Tower sessions, tests)

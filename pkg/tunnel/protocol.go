@@ -8,12 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"reflect"
 	"strings"
 	"sync"
-	"sync/atomic"
-
-	"github.com/hashicorp/yamux"
 )
 
 // Wire constants; pkg/tunnel/spec.md describes them in prose.
@@ -327,32 +323,14 @@ func httpError(w io.Writer, code int, reason, msg string) {
 // coalescingConn merges each yamux data-frame header with the body that yamux writes right after
 // it, so a frame costs one TLS record and one syscall instead of two. yamux writes to its conn
 // from its send loop only, one frame at a time: a 12-byte header of type Data with a non-zero
-// length is always followed by its body.
-//
-// It also batches: while more frames wait in the session's send queue (a burst of watch events
-// over many streams, a bulk response's next pieces), a frame is kept and leaves with the ones
-// after it, up to maxBatch bytes, in one write; the frame that finds the queue empty writes the
-// batch. Nothing waits for a timer or another goroutine: a lone frame leaves at once, as before,
-// and a burst of N small frames costs a few TLS records and syscalls instead of N (on a lossy
-// link, full segments instead of many small ones alone in flight). Writing frames behind the send
-// loop from a goroutine of its own (group commit) was measured too: it cost more CPU per MiB and
-// per small request than it saved, see test/bench/findings.md.
+// length is always followed by its body. (Writing frames behind the send loop in batches was
+// measured too: it cost more CPU per MiB and per small request than it saved, see
+// docs/benchmarks.md.)
 type coalescingConn struct {
 	net.Conn
 	hdr  [12]byte
 	held bool
 	buf  []byte
-	// queued reports how many frames wait in the session's send queue; set once the session
-	// exists (watchSendQueue), nil before (no batching).
-	queued atomic.Pointer[func() int]
-}
-
-// maxBatch bounds the bytes kept back for one write.
-const maxBatch = 64 << 10
-
-func (c *coalescingConn) more() bool {
-	q := c.queued.Load()
-	return q != nil && (*q)() > 0
 }
 
 func (c *coalescingConn) Write(p []byte) (int, error) {
@@ -361,49 +339,14 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 		c.held = true
 		return len(p), nil
 	}
-	n := len(p)
-	if c.held {
-		c.held = false
-		c.buf = append(c.buf, c.hdr[:]...)
-	} else if len(c.buf) == 0 && !c.more() {
+	if !c.held {
 		return c.Conn.Write(p)
 	}
-	c.buf = append(c.buf, p...)
-	if len(c.buf) < maxBatch && c.more() {
-		return n, nil
-	}
-	_, err := c.Conn.Write(c.buf)
-	c.buf = c.buf[:0]
+	c.held = false
+	c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
+	n, err := c.Conn.Write(c.buf)
 	if cap(c.buf) > 256*1024 {
 		c.buf = nil
 	}
-	if err != nil {
-		return 0, err
-	}
-	return n, nil
-}
-
-// watchSendQueue lets c batch frames behind sess's send queue. yamux does not export the queue's
-// length; its send channel is read through reflection (Len only, never a value), pinned by
-// TestSendQueueVisible so that a yamux upgrade that renames it fails a test instead of silently
-// turning batching off.
-func (c *coalescingConn) watchSendQueue(sess *yamux.Session) bool {
-	ch := sendQueue(sess)
-	if !ch.IsValid() {
-		return false
-	}
-	f := ch.Len
-	c.queued.Store(&f)
-	return true
-}
-
-func sendQueue(sess *yamux.Session) reflect.Value {
-	if sess == nil {
-		return reflect.Value{}
-	}
-	v := reflect.ValueOf(sess).Elem().FieldByName("sendCh")
-	if !v.IsValid() || v.Kind() != reflect.Chan {
-		return reflect.Value{}
-	}
-	return v
+	return max(n-12, 0), err
 }

@@ -341,14 +341,12 @@ func (p *Proxy) startSession(w http.ResponseWriter, r *http.Request, cluster, to
 	if brw.Reader.Buffered() > 0 {
 		c = &bufferedConn{Conn: conn, r: brw.Reader}
 	}
-	cc := &coalescingConn{Conn: c}
-	sess, err := yamux.Client(cc, p.cfg.Config.yamuxConfig())
+	sess, err := yamux.Client(&coalescingConn{Conn: c}, p.cfg.Config.yamuxConfig())
 	if err != nil {
 		_ = conn.Close()
 		log.Error(err, "start session")
 		return
 	}
-	cc.watchSendQueue(sess)
 	as := &agentSession{cluster: cluster, agentID: sanitizeAgentID(r.Header.Get(AgentIDHeader)), remote: ip, since: time.Now(),
 		sess: sess, token: token, identity: identity}
 	n := p.reg.add(as)

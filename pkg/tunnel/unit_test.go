@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/yamux"
 )
 
 func TestBackoffFullJitter(t *testing.T) {
@@ -276,83 +274,5 @@ func TestCoalescingConnOneWritePerFrame(t *testing.T) {
 		if !bytes.Equal(rc.writes[i], want[i]) {
 			t.Fatalf("write %d differs from frame %d", i, i)
 		}
-	}
-}
-
-// TestSendQueueVisible pins what coalescingConn's batching reads of yamux: the session's send
-// queue. A yamux upgrade that renames or retypes it must fail here, not silently stop batching.
-func TestSendQueueVisible(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	cc := &coalescingConn{Conn: a}
-	sess, err := yamux.Client(cc, DefaultConfig().yamuxConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
-	if !cc.watchSendQueue(sess) {
-		t.Fatal("yamux session's send queue (field sendCh) is not visible: batching is off")
-	}
-	if q := cc.queued.Load(); q == nil || (*q)() != 0 {
-		t.Fatal("an idle session's send queue should read empty")
-	}
-}
-
-// TestCoalescingConnBatches: while frames wait in the send queue they are kept and leave with the
-// one that finds the queue empty, in order and intact, never more than maxBatch (plus the frame
-// that crossed it) in one write; a lone frame leaves at once.
-func TestCoalescingConnBatches(t *testing.T) {
-	rc := &frameRecorder{}
-	c := &coalescingConn{Conn: rc}
-	waiting := 0
-	f := func() int { return waiting }
-	c.queued.Store(&f)
-	var all []byte
-	frame := func(i, size int) {
-		hdr := []byte{0, 0, 0, 0, 0, 0, 0, byte(i), byte(size >> 24), byte(size >> 16), byte(size >> 8), byte(size)}
-		body := bytes.Repeat([]byte{byte(i)}, size)
-		if _, err := c.Write(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if n, err := c.Write(body); err != nil || n != size {
-			t.Fatal(n, err)
-		}
-		all = append(append(all, hdr...), body...)
-		for j := range body {
-			body[j] = 0xee // the caller reuses its buffer at once
-		}
-	}
-	frame(1, 100)
-	if len(rc.writes) != 1 {
-		t.Fatalf("a lone frame: %d writes, want 1", len(rc.writes))
-	}
-	// A burst: 200 small frames while the queue holds more, then the last one.
-	for i := 0; i < 200; i++ {
-		waiting = 200 - i - 1
-		frame(i, 700)
-	}
-	// A window update (no body) while frames are queued is kept in order too.
-	waiting = 1
-	wu := []byte{0, 1, 0, 0, 0, 0, 0, 9, 0, 0, 1, 0}
-	if _, err := c.Write(wu); err != nil {
-		t.Fatal(err)
-	}
-	all = append(all, wu...)
-	waiting = 0
-	frame(7, 10)
-	var got []byte
-	for i, w := range rc.writes {
-		if len(w) > maxBatch+700+12 {
-			t.Fatalf("write %d holds %d bytes, over the batch bound", i, len(w))
-		}
-		got = append(got, w...)
-	}
-	if !bytes.Equal(got, all) {
-		t.Fatal("batched bytes differ from the frames written")
-	}
-	// 1 lone + ceil(200*712 / 64 KiB) batches for the burst + the final one (window update and frame).
-	if n := len(rc.writes); n < 4 || n > 6 {
-		t.Fatalf("%d writes for a lone frame, a burst of 200 and a last frame; want 4-6", n)
 	}
 }
