@@ -176,7 +176,9 @@ func putHead(hb *[]byte) {
 // exchange sends one request on c and copies its response; it returns true when the request
 // failed on a reused stream in a way that allows one retry on a fresh stream (the agent closed
 // the idle stream as the request left: nothing of a response was read, and the request can be
-// sent again as it was).
+// sent again as it was). It is longer than the house's ~80 lines on purpose: one exchange is a
+// sequence of decisions on the same stream state (written, read, reusable, retryable), and read
+// top-down in one place the retry rule stays checkable.
 func (f *kubeForwarder) exchange(w http.ResponseWriter, r *http.Request, c net.Conn, reused bool, hb **[]byte, mode int) (retry bool) {
 	ctx := r.Context()
 	head := **hb

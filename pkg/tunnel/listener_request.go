@@ -120,6 +120,19 @@ func appendRequestHead(b []byte, r *http.Request, length int64) ([]byte, error) 
 			b = append(append(append(b, "User-Agent: "...), v...), "\r\n"...)
 		}
 	}
+	b, err := appendFraming(b, r, length)
+	if err != nil {
+		return b, err
+	}
+	if b, err = appendHeaderFields(b, r); err != nil {
+		return b, err
+	}
+	return append(b, "\r\n"...), nil
+}
+
+// appendFraming appends the body framing of a request whose body is length bytes long (-1:
+// chunked, with the Trailer header the request announces).
+func appendFraming(b []byte, r *http.Request, length int64) ([]byte, error) {
 	switch {
 	case length < 0:
 		b = append(b, "Transfer-Encoding: chunked\r\n"...)
@@ -144,6 +157,12 @@ func appendRequestHead(b []byte, r *http.Request, length int64) ([]byte, error) 
 		// net/http sends Content-Length: 0 for these methods ("many servers expect" it).
 		b = append(b, "Content-Length: 0\r\n"...)
 	}
+	return b, nil
+}
+
+// appendHeaderFields appends r's header fields but the dropped ones (requestHeaderDropped) and
+// those Connection names, sorted, with "Te: trailers" kept when the client asked for trailers.
+func appendHeaderFields(b []byte, r *http.Request) ([]byte, error) {
 	var named []string // headers named by Connection
 	for _, v := range r.Header["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
@@ -189,7 +208,7 @@ func appendRequestHead(b []byte, r *http.Request, length int64) ([]byte, error) 
 			b = append(b, "\r\n"...)
 		}
 	}
-	return append(b, "\r\n"...), nil
+	return b, nil
 }
 
 // requestHeaderDropped: headers the agent never gets from the client (hop-by-hop, the forwarding
