@@ -129,15 +129,7 @@ func (e *env) lan(ctx context.Context, r *report) error {
 		return err
 	}
 	r.add(e.ratioRow("LAN", "small GET (a namespace), sequential, req/s", "req/s", res, goal{op: "≥", limit: 0.85, unit: "×"}, false))
-	cpuGet := cpuPer(res["ks-mc"], procNames(e.ksmc)...)
-	x := row{section: "LAN", name: "CPU per small GET, proxy + agent", ksmc: fmt.Sprintf("%.3f ms", cpuGet), value: cpuGet, valueStr: fmt.Sprintf("%.3f ms", cpuGet),
-		g: goal{op: "≤", limit: 0.12, unit: " ms"},
-		note: fmt.Sprintf("proxy %.3f + agent %.3f ms; member kube-apiserver per GET: %.3f ms direct, %.3f ms through ks-mc",
-			cpuPer(res["ks-mc"], "proxy"), cpuPer(res["ks-mc"], "agent"), cpuPer(res["direct"], e.apiserver.name), cpuPer(res["ks-mc"], e.apiserver.name))}
-	if tw, ok := res["tower"]; ok {
-		x.tower = fmt.Sprintf("%.3f ms", cpuPer(tw, procNames(e.tower)...))
-	}
-	r.add(x)
+	r.add(e.cpuRow("CPU per small GET, proxy + agent", "GET", "%.3f", 0.12, res))
 
 	conc, total := 32, e.n(6000, 1000)
 	res, err = e.reps(func(t *target) (float64, float64, error) {
@@ -190,15 +182,7 @@ func (e *env) lan(ctx context.Context, r *report) error {
 		x.noGoal = gz
 		r.add(x)
 		if !gz {
-			c := cpuPer(res["ks-mc"], procNames(e.ksmc)...)
-			x := row{section: "LAN", name: "CPU per MiB (LIST), proxy + agent", ksmc: fmt.Sprintf("%.2f ms", c), value: c, valueStr: fmt.Sprintf("%.2f ms", c),
-				g: goal{op: "≤", limit: 8, unit: " ms"},
-				note: fmt.Sprintf("proxy %.2f + agent %.2f ms; member kube-apiserver per MiB: %.2f ms direct, %.2f ms through ks-mc",
-					cpuPer(res["ks-mc"], "proxy"), cpuPer(res["ks-mc"], "agent"), cpuPer(res["direct"], e.apiserver.name), cpuPer(res["ks-mc"], e.apiserver.name))}
-			if tw, ok := res["tower"]; ok {
-				x.tower = fmt.Sprintf("%.2f ms", cpuPer(tw, procNames(e.tower)...))
-			}
-			r.add(x)
+			r.add(e.cpuRow("CPU per MiB (LIST), proxy + agent", "MiB", "%.2f", 8, res))
 		}
 	}
 
@@ -218,7 +202,7 @@ func (e *env) lan(ctx context.Context, r *report) error {
 	if err != nil {
 		return err
 	}
-	x = e.ratioRow("LAN", "watch event delivery p50 (500 watches, update → event)", "ms", res, goal{op: "≤", limit: 1.3, unit: "×"}, true)
+	x := e.ratioRow("LAN", "watch event delivery p50 (500 watches, update → event)", "ms", res, goal{op: "≤", limit: 1.3, unit: "×"}, true)
 	x.note = fmt.Sprintf("p99: %.2f ms direct, %.2f ms ks-mc", med(p99s["direct"]), med(p99s["ks-mc"]))
 	r.add(x)
 	return nil
@@ -427,4 +411,19 @@ func (e *env) delivery(ctx context.Context, w, u int) (p50, p99 map[string][]mea
 		return ms(percentile(lat, 0.5)), float64(len(lat)), nil
 	})
 	return p50, p99, err
+}
+
+// cpuRow is a "CPU per <unit>, proxy + agent" row: the figure with its goal, the split between
+// proxy and agent, the member kube-apiserver's own CPU per unit both ways, and the Tower column.
+// res holds CPU per unit of each series; f formats milliseconds.
+func (e *env) cpuRow(name, unit, f string, limit float64, res map[string][]meas) row {
+	c := cpuPer(res["ks-mc"], procNames(e.ksmc)...)
+	x := row{section: "LAN", name: name, ksmc: fmt.Sprintf(f+" ms", c), value: c, valueStr: fmt.Sprintf(f+" ms", c),
+		g: goal{op: "≤", limit: limit, unit: " ms"},
+		note: fmt.Sprintf("proxy "+f+" + agent "+f+" ms; member kube-apiserver per "+unit+": "+f+" ms direct, "+f+" ms through ks-mc",
+			cpuPer(res["ks-mc"], "proxy"), cpuPer(res["ks-mc"], "agent"), cpuPer(res["direct"], e.apiserver.name), cpuPer(res["ks-mc"], e.apiserver.name))}
+	if tw, ok := res["tower"]; ok {
+		x.tower = fmt.Sprintf(f+" ms", cpuPer(tw, procNames(e.tower)...))
+	}
+	return x
 }
