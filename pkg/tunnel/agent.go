@@ -139,6 +139,9 @@ func NewAgent(cfg *AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	a.srv = newAgentServer(kube, ks, cfg.Config.StreamOpenTimeout, a.log)
+	if r := cfg.Kubernetes.Relay; r != nil && r.Dial != nil && r.Token != nil {
+		a.srv.relay = r
+	}
 	return a, nil
 }
 
@@ -314,6 +317,10 @@ func (a *Agent) handleStream(st net.Conn) {
 		_ = st.Close()
 		return
 	}
+	if h.Target == TargetKubernetesH2 {
+		a.srv.serveKubeRelay(st, br, h)
+		return
+	}
 	// The answer leaves with the first response bytes (one frame instead of two); the proxy reads
 	// it before the response.
 	pw := &prefixWriter{Conn: st, prefix: []byte(answerOK + "\n")}
@@ -362,6 +369,7 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 		ClusterHeader + ": " + a.cfg.ClusterName + "\r\n" +
 		AgentIDHeader + ": " + a.id + "\r\n" +
 		"User-Agent: ks-mc-agent/" + a.cfg.Version + "\r\n" +
+		a.featuresHeader() +
 		"Authorization: Bearer " + token + "\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
 		return nil, fmt.Errorf("send upgrade request to proxy %s: %w", a.proxyURL.Host, err)
@@ -385,6 +393,14 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 	}
 	ok = true
 	return sess, nil
+}
+
+// featuresHeader is the upgrade request's FeaturesHeader line ("" when the agent offers none).
+func (a *Agent) featuresHeader() string {
+	if a.srv.relay == nil {
+		return ""
+	}
+	return FeaturesHeader + ": " + FeatureKubeH2 + "\r\n"
 }
 
 // upgradeRefused is the error of an upgrade the proxy did not switch (connect).

@@ -46,15 +46,19 @@ type agentServer struct {
 	ctx    context.Context // cancelled by shutdown: requests still waiting for an upstream end
 	cancel context.CancelFunc
 
+	// relay serves kubernetes-h2 streams (nil: the agent does not offer them).
+	relay *KubeRelay
+
 	noKeepAlive atomic.Bool
 	mu          sync.Mutex
 	conns       map[*agentConn]struct{}
+	relays      map[*h2Relay]struct{}
 	active      sync.WaitGroup
 }
 
 func newAgentServer(kube, ks upstream, headTimeout time.Duration, log logr.Logger) *agentServer {
 	s := &agentServer{log: log, kube: kube, ks: ks, headTimeout: headTimeout, maxHeader: agentMaxHeaderBytes,
-		conns: make(map[*agentConn]struct{})}
+		conns: make(map[*agentConn]struct{}), relays: make(map[*h2Relay]struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -75,6 +79,9 @@ func (s *agentServer) setKeepAlives(on bool) {
 			c.closeConn()
 		}
 	}
+	for r := range s.relays {
+		r.goAway()
+	}
 }
 
 // shutdown closes every stream still registered and cancels the requests in flight, then waits
@@ -86,6 +93,9 @@ func (s *agentServer) shutdown() {
 	for c := range s.conns {
 		c.closing = true
 		c.closeConn()
+	}
+	for r := range s.relays {
+		r.close()
 	}
 	s.mu.Unlock()
 	s.active.Wait()

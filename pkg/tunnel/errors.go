@@ -32,6 +32,11 @@ var (
 	// ErrNoAgent: no agent session of the cluster is connected (or all are going away).
 	ErrNoAgent = errors.New("tunnel: no agent connected for cluster")
 
+	// ErrNoRelay: the cluster's agents are connected, but none offers FeatureKubeH2 (an older
+	// agent, or one whose credentials are not a bearer token); the kube listener then forwards
+	// the client's requests one by one.
+	ErrNoRelay = errors.New("tunnel: no agent relays http/2 connections")
+
 	// ErrGoAway: the peer announced that it is shutting down; no new streams are opened on it.
 	ErrGoAway = errors.New("tunnel: peer is going away")
 

@@ -93,6 +93,8 @@ func (t *kubeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 type KubeUpstream struct {
 	URL                          *url.URL
 	Creds, CredsH1, Anon, AnonH1 http.RoundTripper
+	// Relay, when set, lets the agent relay clients' HTTP/2 connections whole (TargetKubernetesH2).
+	Relay *KubeRelay
 }
 
 // newAgentUpstreams builds the agent's two upstreams: the kube-apiserver through kubeTransport

@@ -218,6 +218,8 @@ type harness struct {
 	tweak func(*ProxyConfig)
 	// dialHook, when set, wraps every connection dialed to the proxy.
 	dialHook func(net.Conn) net.Conn
+	// noRelay makes the kube listener forward HTTP/2 clients request by request too.
+	noRelay bool
 
 	mu       sync.Mutex
 	proxy    *Proxy
@@ -572,7 +574,7 @@ func (h *harness) listen() *ClusterListener {
 		h.t.Fatal(err)
 	}
 	cl, err := ListenCluster(ClusterListenerConfig{Cluster: testCluster, BindAddress: "127.0.0.1",
-		TLS: rc.ServerTLS(h.ca.Pool()), Dialer: h, Logger: h.logs.logger()})
+		TLS: rc.ServerTLS(h.ca.Pool()), Dialer: h, Logger: h.logs.logger(), NoRelay: h.noRelay})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -37,6 +37,9 @@ type ClusterListenerConfig struct {
 	Dialer           StreamDialer
 	HandshakeTimeout time.Duration
 	Logger           logr.Logger
+	// NoRelay forwards every request one by one, even for HTTP/2 clients whose cluster has an agent
+	// that relays connections (listener_relay.go); tests and the bench compare the two.
+	NoRelay bool
 }
 
 // ClusterListener is a running pair of per-cluster listeners. The kube listener terminates TLS
@@ -46,7 +49,10 @@ type ClusterListenerConfig struct {
 type ClusterListener struct {
 	cfg      ClusterListenerConfig
 	kube, ks net.Listener
-	srv      *http.Server
+	tlsCfg   *tls.Config
+	// handoff feeds srv the connections the kube listener does not relay.
+	handoff *connQueue
+	srv     *http.Server
 	// certRP and tokenRP forward upgrades (exec, attach, port-forward): a ReverseProxy with an
 	// http.Transport, which splices the switched connection.
 	certRP  *httputil.ReverseProxy
@@ -93,7 +99,7 @@ func ListenCluster(cfg ClusterListenerConfig) (*ClusterListener, error) {
 		_ = kl.Close()
 		return nil, fmt.Errorf("listen for cluster %q ks-apiserver: %w", cfg.Cluster, err)
 	}
-	l := &ClusterListener{cfg: cfg, kube: kl, ks: kl2, conns: map[net.Conn]struct{}{}}
+	l := &ClusterListener{cfg: cfg, kube: kl, ks: kl2, tlsCfg: t, handoff: newConnQueue(kl.Addr()), conns: map[net.Conn]struct{}{}}
 	l.certRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
 	l.tokenRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthToken})
 	l.certFwd = newKubeForwarder(l, StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
@@ -105,12 +111,13 @@ func ListenCluster(cfg ClusterListenerConfig) (*ClusterListener, error) {
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
-	l.wg.Add(2)
+	l.wg.Add(3)
 	go func() {
 		defer l.wg.Done()
-		_ = l.srv.ServeTLS(kl, "", "")
+		_ = l.srv.Serve(l.handoff)
 	}()
-	go l.acceptLoop(kl2)
+	go l.acceptLoop(kl, l.serveKube)
+	go l.acceptLoop(kl2, func(c net.Conn) { l.forward(c, StreamHeader{Target: TargetKubeSphere, Auth: AuthNone}) })
 	return l, nil
 }
 
@@ -203,7 +210,9 @@ func (l *ClusterListener) Close() error {
 	l.conns = map[net.Conn]struct{}{}
 	l.mu.Unlock()
 	_ = l.srv.Close()
+	_ = l.kube.Close()
 	_ = l.ks.Close()
+	_ = l.handoff.Close()
 	for c := range conns {
 		_ = c.Close()
 	}
@@ -239,7 +248,9 @@ func (l *ClusterListener) track(c net.Conn, add bool) bool {
 	return true
 }
 
-func (l *ClusterListener) acceptLoop(ln net.Listener) {
+// acceptLoop accepts on ln and serves each connection with serve in a goroutine of its own,
+// tracked until serve returns.
+func (l *ClusterListener) acceptLoop(ln net.Listener, serve func(net.Conn)) {
 	defer l.wg.Done()
 	var delay time.Duration
 	for {
@@ -260,7 +271,7 @@ func (l *ClusterListener) acceptLoop(ln net.Listener) {
 		}
 		go func() {
 			defer l.track(c, false)
-			l.forward(c, StreamHeader{Target: TargetKubeSphere, Auth: AuthNone})
+			serve(c)
 		}()
 	}
 }

@@ -45,7 +45,10 @@ func (t *teeRecorder) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (d *captureDialer) DialStream(ctx context.Context, _ string, _ StreamHeader) (net.Conn, error) {
+func (d *captureDialer) DialStream(ctx context.Context, _ string, h StreamHeader) (net.Conn, error) {
+	if h.Target == TargetKubernetesH2 {
+		return nil, ErrNoRelay // an agent that serves requests only
+	}
 	a, b := net.Pipe()
 	go func() {
 		defer b.Close()
@@ -204,6 +207,9 @@ func newScriptedAgent(t testing.TB, handle func(st net.Conn, br *bufio.Reader)) 
 }
 
 func (s *scriptedAgent) DialStream(_ context.Context, _ string, h StreamHeader) (net.Conn, error) {
+	if h.Target == TargetKubernetesH2 {
+		return nil, ErrNoRelay // it scripts the request-by-request path
+	}
 	st, err := s.sess.OpenStream()
 	if err != nil {
 		return nil, errors.Join(ErrNoAgent, err)
@@ -561,6 +567,7 @@ next:
 func TestListenerGoroutinesPerWatch(t *testing.T) {
 	const n = 20
 	h := newHarness(t, "pipe")
+	h.noRelay = true // the request-by-request path (relay_h2_test.go counts the relay's)
 	ready(t, h)
 	tr := &http.Transport{TLSClientConfig: h.adminTLS.Clone(), ForceAttemptHTTP2: true}
 	defer tr.CloseIdleConnections()

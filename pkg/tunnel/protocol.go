@@ -22,9 +22,17 @@ const (
 	ClusterHeader = "X-Ksmc-Cluster"
 	// AgentIDHeader is a random id per agent process (logs and metrics only).
 	AgentIDHeader = "X-Ksmc-Agent-Id"
+	// FeaturesHeader lists, comma-separated, what the agent serves beyond version 1's targets;
+	// a proxy ignores names it does not know, and an older proxy the header.
+	FeaturesHeader = "X-Ksmc-Features"
+	// FeatureKubeH2: the agent serves TargetKubernetesH2.
+	FeatureKubeH2 = "kubernetes-h2"
 
 	// TargetKubernetes is the member's kube-apiserver.
 	TargetKubernetes = "kubernetes"
+	// TargetKubernetesH2 is the member's kube-apiserver, reached by relaying a client's whole
+	// HTTP/2 connection (relay_h2.go); only agents that offer FeatureKubeH2 are sent it.
+	TargetKubernetesH2 = "kubernetes-h2"
 	// TargetKubeSphere is the member's ks-apiserver.
 	TargetKubeSphere = "kubesphere"
 
@@ -56,7 +64,7 @@ type StreamHeader struct {
 // Validate accepts only the pairs the agent serves: kubernetes with cert|token, kubesphere with none.
 func (h StreamHeader) Validate() error {
 	switch {
-	case h.Target == TargetKubernetes && (h.Auth == AuthCert || h.Auth == AuthToken):
+	case (h.Target == TargetKubernetes || h.Target == TargetKubernetesH2) && (h.Auth == AuthCert || h.Auth == AuthToken):
 		return nil
 	case h.Target == TargetKubeSphere && h.Auth == AuthNone:
 		return nil

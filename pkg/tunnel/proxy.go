@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -348,7 +349,7 @@ func (p *Proxy) startSession(w http.ResponseWriter, r *http.Request, cluster, to
 		return
 	}
 	as := &agentSession{cluster: cluster, agentID: sanitizeAgentID(r.Header.Get(AgentIDHeader)), remote: ip, since: time.Now(),
-		sess: sess, token: token, identity: identity}
+		sess: sess, token: token, identity: identity, relayH2: headerHasToken(r.Header, FeaturesHeader, FeatureKubeH2)}
 	n := p.reg.add(as)
 	p.metrics.sessionsTotal.Add(1)
 	p.metrics.protoSessions.add(ProtocolKsMC)
@@ -393,6 +394,9 @@ func (p *Proxy) DialStream(ctx context.Context, cluster string, h StreamHeader) 
 		return nil, err
 	}
 	c, err := p.openStream(ctx, cluster, h.encode())
+	if h.Target == TargetKubernetesH2 {
+		return c, err // Tower sessions carry requests, not connections
+	}
 	if err != nil && (errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway)) && p.tower.reg.count(cluster) > 0 {
 		if tc, terr := p.dialTower(cluster, h); terr == nil || !errors.Is(terr, ErrNoAgent) {
 			return tc, terr
@@ -406,7 +410,7 @@ func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte) (
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	st, err := p.reg.open(cluster)
+	st, err := p.reg.open(cluster, bytes.HasPrefix(header, []byte(streamMagic+" "+TargetKubernetesH2+" ")))
 	if err != nil {
 		var sl *streamLimitError
 		if errors.As(err, &sl) {

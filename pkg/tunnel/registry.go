@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,8 @@ type agentSession struct {
 	// again whenever the Cluster changes. The token is never logged.
 	token, identity string
 	revoked         atomic.Bool
+	// relayH2: the agent offered FeatureKubeH2 in its upgrade request.
+	relayH2 bool
 }
 
 // registry holds the connected agents per cluster. Several agents of one cluster (a rolling
@@ -148,11 +151,18 @@ func (r *registry) snapshot() map[string]int {
 	return m
 }
 
-// openOn opens a stream on one of the cluster's sessions, skipping those going away or closed.
-func (r *registry) open(cluster string) (*yamux.Stream, error) {
+// open opens a stream on one of the cluster's sessions, skipping those going away or closed, and
+// with relayH2 those that do not offer FeatureKubeH2 (ErrNoRelay when none does).
+func (r *registry) open(cluster string, relayH2 bool) (*yamux.Stream, error) {
 	cands := r.candidates(cluster)
 	if len(cands) == 0 {
 		return nil, ErrNoAgent
+	}
+	if relayH2 {
+		cands = slices.DeleteFunc(cands, func(s *agentSession) bool { return !s.relayH2 })
+		if len(cands) == 0 {
+			return nil, ErrNoRelay
+		}
 	}
 	if r.maxPerCluster > 0 {
 		open := 0

@@ -41,5 +41,15 @@ func testUpstream(t testing.TB, rc *rest.Config) *KubeUpstream {
 		return rt
 	}
 	anon := rest.AnonymousClientConfig(rc)
-	return &KubeUpstream{URL: base, Creds: mk(rc, false), CredsH1: mk(rc, true), Anon: mk(anon, false), AnonH1: mk(anon, true)}
+	up := &KubeUpstream{URL: base, Creds: mk(rc, false), CredsH1: mk(rc, true), Anon: mk(anon, false), AnonH1: mk(anon, true)}
+	// The relay as pkg/tunnel/kube.relayFor builds it for a bearer-token config.
+	if base.Scheme == "https" && rc.BearerToken != "" {
+		tlsCfg, err := rest.TLSConfigFor(anon)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := rc.BearerToken
+		up.Relay = NewKubeRelay(base.Host, tlsCfg, func() (string, error) { return tok, nil })
+	}
+	return up
 }

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/transport"
 	"k8s.io/klog/v2"
 
 	"github.com/ks-mc/ks-mc/pkg/tunnel"
@@ -46,7 +48,49 @@ func AgentUpstream(kc *rest.Config) (*tunnel.KubeUpstream, error) {
 			return nil, fmt.Errorf("kube-apiserver transport: %w", err)
 		}
 	}
+	if up.Relay, err = relayFor(kc, base); err != nil {
+		return nil, fmt.Errorf("kube-apiserver relay: %w", err)
+	}
 	return up, nil
+}
+
+// relayFor builds the agent's HTTP/2 connection relay (tunnel.KubeRelay) when kc's credentials are
+// a bearer token (a ServiceAccount's, as in a member's pod) and the kube-apiserver is reached
+// over TLS without a proxy; nil otherwise (client certificates, exec or auth-provider plugins,
+// basic auth, impersonation, custom transports), and the agent then serves requests one by one.
+func relayFor(kc *rest.Config, base *url.URL) (*tunnel.KubeRelay, error) {
+	if base.Scheme != "https" || (kc.BearerToken == "" && kc.BearerTokenFile == "") ||
+		kc.ExecProvider != nil || kc.AuthProvider != nil || kc.Username != "" || kc.Password != "" ||
+		kc.CertFile != "" || kc.KeyFile != "" || len(kc.CertData) > 0 || len(kc.KeyData) > 0 ||
+		kc.Impersonate.UserName != "" || kc.Impersonate.UID != "" || len(kc.Impersonate.Groups) > 0 || len(kc.Impersonate.Extra) > 0 ||
+		kc.Transport != nil || kc.WrapTransport != nil || kc.Dial != nil || kc.Proxy != nil {
+		return nil, nil
+	}
+	if p, err := http.ProxyFromEnvironment(&http.Request{URL: base}); err != nil || p != nil {
+		return nil, nil
+	}
+	tlsCfg, err := rest.TLSConfigFor(rest.AnonymousClientConfig(kc))
+	if err != nil || tlsCfg == nil {
+		return nil, err
+	}
+	addr := base.Host
+	if base.Port() == "" {
+		addr = net.JoinHostPort(base.Hostname(), "443")
+	}
+	token := func() (string, error) { return kc.BearerToken, nil }
+	if kc.BearerTokenFile != "" {
+		// As client-go does: the file is re-read at most once a minute, so a projected token's
+		// rotation is followed.
+		src := transport.NewCachedFileTokenSource(kc.BearerTokenFile)
+		token = func() (string, error) {
+			t, err := src.Token()
+			if err != nil {
+				return "", err
+			}
+			return t.AccessToken, nil
+		}
+	}
+	return tunnel.NewKubeRelay(addr, tlsCfg, token), nil
 }
 
 // h1IdleConnsPerHost is the HTTP/1.1 idle pool: it holds a burst of concurrent requests (the

@@ -1,0 +1,105 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"time"
+)
+
+// The kube listener ends TLS itself. A client that negotiated HTTP/2 is, when one of the
+// cluster's agents offers FeatureKubeH2, spliced onto one kubernetes-h2 stream: the proxy copies
+// the decrypted bytes and the agent relays the connection to its kube-apiserver (relay_h2.go), so
+// no HTTP is spoken on the proxy at all. Every other client (HTTP/1.1, upgrades, an agent that
+// does not relay, a relay the agent could not start) is handed to the listener's http.Server, which
+// forwards request by request (listener_client.go).
+
+// serveKube completes the TLS handshake of an accepted kube-listener connection and relays it or
+// hands it to the HTTP server.
+func (l *ClusterListener) serveKube(c net.Conn) {
+	tc := tls.Server(c, l.tlsCfg)
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol == "h2" && !l.cfg.NoRelay {
+		auth := AuthToken
+		if len(cs.PeerCertificates) > 0 {
+			auth = AuthCert
+		}
+		if st := l.dialRelay(auth); st != nil {
+			splice(tc, st)
+			return
+		}
+	}
+	if !l.handoff.push(tc) {
+		_ = tc.Close()
+	}
+}
+
+// dialRelay opens a kubernetes-h2 stream and waits for the agent's answer (it is up once the
+// agent's connection to the kube-apiserver is), nil when the client must be served otherwise.
+func (l *ClusterListener) dialRelay(auth string) net.Conn {
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
+	defer cancel()
+	st, err := l.cfg.Dialer.DialStream(ctx, l.cfg.Cluster, StreamHeader{Target: TargetKubernetesH2, Auth: auth})
+	if err != nil {
+		if !errors.Is(err, ErrNoRelay) && !errors.Is(err, ErrNoAgent) {
+			l.cfg.Logger.V(1).Info("no relay stream: forwarding requests one by one", "cluster", l.cfg.Cluster, "err", err.Error())
+		}
+		return nil
+	}
+	_ = st.SetReadDeadline(time.Now().Add(l.cfg.HandshakeTimeout))
+	if _, err := st.Read(nil); err != nil { // the agent's answer
+		l.cfg.Logger.V(1).Info("agent refused the relay: forwarding requests one by one", "cluster", l.cfg.Cluster, "err", err.Error())
+		_ = st.Close()
+		return nil
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	return st
+}
+
+// connQueue is the http.Server's listener: the kube listener hands it connections whose TLS
+// handshake is done.
+type connQueue struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
+
+// push hands c to the server; false once the queue is closed.
+func (q *connQueue) push(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}
