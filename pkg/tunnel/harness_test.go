@@ -470,6 +470,7 @@ func (h *harness) lastConn() *faultConn {
 type agentOpts struct {
 	cluster, token, saToken, pin string
 	cfg                          *Config // nil: the harness's
+	noRelay                      bool    // an agent that does not relay HTTP/2 connections (an older one)
 }
 
 type runningAgent struct {
@@ -526,6 +527,9 @@ func (h *harness) startAgent(o agentOpts) *runningAgent {
 	}
 	ac.Kubernetes = testUpstream(h.t, &rest.Config{Host: h.backend.kube.URL, BearerToken: o.saToken,
 		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(h.backend.kube.Certificate())}})
+	if o.noRelay {
+		ac.Kubernetes.Relay = nil
+	}
 	ac.KubeSphereService = strings.TrimPrefix(h.backend.ks.URL, "http://")
 	ac.Dial = h.dial
 	ac.Logger = &log

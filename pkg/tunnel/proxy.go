@@ -338,9 +338,9 @@ func (p *Proxy) startSession(w http.ResponseWriter, r *http.Request, cluster, to
 		_ = conn.Close()
 		return
 	}
-	var c net.Conn = conn
+	c := tlsBatched(conn)
 	if brw.Reader.Buffered() > 0 {
-		c = &bufferedConn{Conn: conn, r: brw.Reader}
+		c = &bufferedConn{Conn: c, r: brw.Reader}
 	}
 	sess, err := yamux.Client(&coalescingConn{Conn: c}, p.cfg.Config.yamuxConfig())
 	if err != nil {

@@ -92,8 +92,16 @@ type h2Relay struct {
 	sw *bufio.Writer // to the server
 	sr *bufio.Reader // from the server
 
-	cmu sync.Mutex // guards cw: the server's frames and the agent's own
+	cmu sync.Mutex // guards cw, started and pending: the server's frames and the agent's own
 	cw  *bufio.Writer
+	// started: the server's first frame (its SETTINGS) has gone to the client; the agent's own
+	// frames wait in pending until then, since a client must see the server's SETTINGS first.
+	started bool
+	pending []byte
+
+	smu      sync.Mutex // guards open and draining
+	open     map[uint32]uint8
+	draining bool
 
 	dec     *hpack.Decoder
 	fields  []hpack.HeaderField
@@ -110,13 +118,16 @@ type h2Relay struct {
 	lastStream uint32              // highest stream the client opened
 	refused    map[uint32]struct{} // token-stream requests answered by the agent
 	conns      [2]net.Conn         // the stream and the kube-apiserver connection
+	// upReady reports whether the server's next TLS record is already read (tlsbatch.go): the
+	// frames copied so far then wait for it, and leave together.
+	upReady func() bool
 }
 
 func newH2Relay(auth string, token func() (string, error), client io.Reader, server io.ReadWriter, toClient io.Writer) *h2Relay {
 	r := &h2Relay{auth: auth, token: token,
 		cr: bufio.NewReaderSize(client, 16<<10), sw: bufio.NewWriterSize(server, 16<<10),
 		sr: bufio.NewReaderSize(server, 16<<10), cw: bufio.NewWriterSize(toClient, 32<<10),
-		refused: map[uint32]struct{}{}, encLimit: 4096}
+		refused: map[uint32]struct{}{}, open: map[uint32]uint8{}, encLimit: 4096}
 	r.tableSize.Store(4096)
 	r.dec = hpack.NewDecoder(4096, r.emit)
 	r.dec.SetMaxStringLength(h2MaxHeaderList)
@@ -151,6 +162,9 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 	defer func() { _ = up.Close() }()
 	r := newH2Relay(h.Auth, s.relay.Token, st, up, st)
 	r.conns = [2]net.Conn{st, up}
+	if b, ok := up.(interface{ recordReady() bool }); ok {
+		r.upReady = b.recordReady
+	}
 	if !s.trackRelay(r, true) {
 		return
 	}
@@ -198,13 +212,59 @@ func (r *h2Relay) close() {
 
 // goAway tells the client, as the server would before it stops, to open no new streams on this
 // connection (GOAWAY, NO_ERROR, last stream id 2^31-1: every stream it opened goes on); the
-// agent sends it when the proxy drains, so the client's next requests take a new connection
-// through another proxy replica while its watches finish here.
+// agent sends it when the proxy or the agent drains, so the client's next requests take a new
+// connection (through another proxy replica or agent) while its watches finish here. The relay
+// closes once no stream is open, as a server does after its GOAWAY.
 func (r *h2Relay) goAway() {
 	out := appendFrameHeader(nil, 8, h2FrameGoAway, 0, 0)
 	out = binary.BigEndian.AppendUint32(out, 0x7fffffff)
 	out = binary.BigEndian.AppendUint32(out, 0)
 	_ = r.toClient(out)
+	r.smu.Lock()
+	r.draining = true
+	idle := len(r.open) == 0
+	r.smu.Unlock()
+	if idle {
+		r.closeFlushed()
+	}
+}
+
+// Stream bookkeeping, for closing a drained relay once it is idle: a stream is open from the
+// client's HEADERS until both sides ended it (END_STREAM) or either reset it.
+const (
+	h2ClientEnded uint8 = 1
+	h2ServerEnded uint8 = 2
+)
+
+func (r *h2Relay) opened(stream uint32) {
+	r.smu.Lock()
+	r.open[stream] = 0
+	r.smu.Unlock()
+}
+
+// ended records the end of one side of stream (both with reset) and reports whether the relay
+// is drained and idle now.
+func (r *h2Relay) ended(stream uint32, side uint8, reset bool) bool {
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	st, ok := r.open[stream]
+	if !ok {
+		return false
+	}
+	if st |= side; reset || st == h2ClientEnded|h2ServerEnded {
+		delete(r.open, stream)
+	} else {
+		r.open[stream] = st
+	}
+	return r.draining && len(r.open) == 0
+}
+
+// closeFlushed sends what the client is owed, then ends the relay.
+func (r *h2Relay) closeFlushed() {
+	r.cmu.Lock()
+	_ = r.cw.Flush()
+	r.cmu.Unlock()
+	r.close()
 }
 
 // readFrameHeader reads the 9 bytes of a frame header.
@@ -263,6 +323,12 @@ func (r *h2Relay) clientToServer(started func()) error {
 			}
 			if _, err = r.sw.Write(r.frame[:]); err == nil {
 				_, err = io.CopyN(r.sw, r.cr, int64(length))
+			}
+			if err == nil && ((typ == h2FrameData && flags&h2FlagEndStream != 0) || typ == h2FrameRSTStream) &&
+				r.ended(stream, h2ClientEnded, typ == h2FrameRSTStream) {
+				// Drained and idle: what the client sent last must reach the server first.
+				_ = r.sw.Flush()
+				r.closeFlushed()
 			}
 		}
 		if err != nil {
@@ -329,6 +395,7 @@ func (r *h2Relay) headers(length uint32, flags byte, stream uint32) error {
 		if ok, err := r.authorize(stream, endStream); !ok || err != nil {
 			return err
 		}
+		r.opened(stream)
 	}
 	r.encBuf.Reset()
 	for _, f := range r.fields {
@@ -336,7 +403,14 @@ func (r *h2Relay) headers(length uint32, flags byte, stream uint32) error {
 			return err
 		}
 	}
-	return r.writeBlock(r.encBuf.Bytes(), stream, flags&h2FlagEndStream)
+	if err := r.writeBlock(r.encBuf.Bytes(), stream, flags&h2FlagEndStream); err != nil {
+		return err
+	}
+	if endStream && r.ended(stream, h2ClientEnded, false) {
+		_ = r.sw.Flush()
+		r.closeFlushed()
+	}
+	return nil
 }
 
 // readBlock collects a header block's fragments without padding or priority.
@@ -468,6 +542,10 @@ func (r *h2Relay) writeBlock(block []byte, stream uint32, endStream byte) error 
 func (r *h2Relay) toClient(p []byte) error {
 	r.cmu.Lock()
 	defer r.cmu.Unlock()
+	if !r.started {
+		r.pending = append(r.pending, p...)
+		return nil
+	}
 	if _, err := r.cw.Write(p); err != nil {
 		return err
 	}
@@ -481,6 +559,9 @@ func (r *h2Relay) serverToClient() error {
 	for {
 		length, typ, flags, stream, err := readFrameHeader(r.sr, &hdr)
 		if err != nil {
+			r.cmu.Lock()
+			_ = r.cw.Flush() // what the server sent before it ended
+			r.cmu.Unlock()
 			return err
 		}
 		r.cmu.Lock()
@@ -490,12 +571,22 @@ func (r *h2Relay) serverToClient() error {
 		} else if err == nil {
 			_, err = io.CopyN(r.cw, r.sr, int64(length))
 		}
-		if err == nil && r.sr.Buffered() == 0 {
+		if err == nil && !r.started {
+			r.started = true
+			_, err = r.cw.Write(r.pending)
+			r.pending = nil
+		}
+		if err == nil && r.sr.Buffered() == 0 && (r.upReady == nil || !r.upReady()) {
 			err = r.cw.Flush()
 		}
 		r.cmu.Unlock()
 		if err != nil {
 			return err
+		}
+		if ((typ == h2FrameHeaders || typ == h2FrameData) && flags&h2FlagEndStream != 0) || typ == h2FrameRSTStream {
+			if r.ended(stream, h2ServerEnded, typ == h2FrameRSTStream) {
+				r.closeFlushed()
+			}
 		}
 	}
 }
@@ -527,13 +618,21 @@ func isTimeout(err error) bool {
 func NewKubeRelay(addr string, tlsCfg *tls.Config, token func() (string, error)) *KubeRelay {
 	cfg := tlsCfg.Clone()
 	cfg.NextProtos = []string{"h2"}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, Config: cfg}
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	return &KubeRelay{Token: token, Dial: func(ctx context.Context) (net.Conn, error) {
-		c, err := d.DialContext(ctx, "tcp", addr)
+		raw, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("dial kube-apiserver %s: %w", addr, err)
 		}
-		if p := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != "h2" {
+		tc, c := tlsClientBatched(raw, cfg, true)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, fmt.Errorf("tls handshake with kube-apiserver %s: %w", addr, err)
+		}
+		if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
 			_ = c.Close()
 			return nil, fmt.Errorf("kube-apiserver %s does not speak http/2 (ALPN %q)", addr, p)
 		}
