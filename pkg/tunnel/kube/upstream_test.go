@@ -42,7 +42,10 @@ func TestAgentUpstreamRelay(t *testing.T) {
 		{"static token", func(c *rest.Config) { c.BearerToken = "static" }, true, "static"},
 		{"client certificate", func(c *rest.Config) { c.CertData, c.KeyData = certPEM, keyPEM }, false, ""},
 		{"basic auth", func(c *rest.Config) { c.Username, c.Password = "u", "p" }, false, ""},
-		{"exec plugin", func(c *rest.Config) { c.BearerToken = "t"; c.ExecProvider = &clientcmdapi.ExecConfig{Command: "true", APIVersion: "client.authentication.k8s.io/v1"} }, false, ""},
+		{"exec plugin", func(c *rest.Config) {
+			c.BearerToken = "t"
+			c.ExecProvider = &clientcmdapi.ExecConfig{Command: "true", APIVersion: "client.authentication.k8s.io/v1"}
+		}, false, ""},
 		{"impersonation", func(c *rest.Config) { c.BearerToken = "t"; c.Impersonate.UserName = "bob" }, false, ""},
 		{"plain http", func(c *rest.Config) { c.Host = "http://10.0.0.1:8080"; c.BearerToken = "t" }, false, ""},
 		{"no credentials", func(*rest.Config) {}, false, ""},
