@@ -4,13 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // h2Client is an HTTP/2 client of the kube listener (h.client speaks HTTP/1.1).
@@ -260,5 +264,119 @@ func caseRelayGoAway(t *testing.T, h *harness) {
 	resp, _, reused, err := h.reusedGet(c, "/api/v1/namespaces/default", "")
 	if err != nil || resp.StatusCode != 200 || reused {
 		t.Fatalf("after GOAWAY: %v %v reused=%v, want a new connection", resp, err, reused)
+	}
+}
+
+// TestRelayFallsBackWhenTheAgentCannotRelay: an agent that offers the relay but cannot reach its
+// kube-apiserver over HTTP/2 answers ERR; the client is then served request by request (and learns
+// nothing of the failed attempt).
+func TestRelayFallsBackWhenTheAgentCannotRelay(t *testing.T) {
+	h := newHarness(t, "tcp")
+	h.start()
+	h.listen()
+	h.startAgent(agentOpts{relay: &KubeRelay{Token: func() (string, error) { return "", nil },
+		Dial: func(context.Context) (net.Conn, error) { return nil, errors.New("no h2 here") }}})
+	h.waitAgents(1)
+	resp, _, err := h.get(h.h2Client(true), "/api/v1/namespaces/default", "")
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("X-Proto") != "HTTP/1.1" || resp.Header.Get("X-Identity") != "agent" {
+		t.Fatalf("%v %v", resp, err)
+	}
+}
+
+// TestRelayHostileClients: clients of the kube listener that negotiate HTTP/2 and then do not
+// speak it lose their connection, and the relay's goroutines end.
+func TestRelayHostileClients(t *testing.T) {
+	cfg := testConfig()
+	cfg.StreamOpenTimeout = 300 * time.Millisecond
+	h := newHarness(t, "tcp")
+	h.cfg = cfg
+	ready(t, h)
+	dial := func(t *testing.T) *tls.Conn {
+		c := h.anonTLS.Clone()
+		c.NextProtos = []string{"h2"}
+		conn, err := tls.Dial("tcp", h.cl.KubeAddr().String(), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if conn.ConnectionState().NegotiatedProtocol != "h2" {
+			t.Fatalf("ALPN %q", conn.ConnectionState().NegotiatedProtocol)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	closed := func(t *testing.T, c *tls.Conn) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second)) // a bound on the test, not a measurement
+		for {
+			var b [512]byte
+			if _, err := c.Read(b[:]); err != nil {
+				if isTimeout(err) {
+					t.Fatal("the connection was not closed")
+				}
+				return
+			}
+		}
+	}
+	t.Run("silent after the handshake", func(t *testing.T) { closed(t, dial(t)) })
+	t.Run("HTTP/1.1 instead of the preface", func(t *testing.T) {
+		c := dial(t)
+		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		closed(t, c)
+	})
+	t.Run("preface then CONTINUATION alone", func(t *testing.T) {
+		c := dial(t)
+		_, _ = io.WriteString(c, h2Preface)
+		_, _ = c.Write(appendFrameHeader(nil, 0, h2FrameSettings, 0, 0))
+		_, _ = c.Write(appendFrameHeader(nil, 1, h2FrameContinuation, h2FlagEndHeaders, 1))
+		_, _ = c.Write([]byte{0x82})
+		closed(t, c)
+	})
+	waitFor(t, "the relays to end", func() bool {
+		return countStacks(goroutineStacks(), "tunnel.(*h2Relay)") == 0
+	})
+}
+
+// TestRelayOnlyToAgentsThatOfferIt: kubernetes-h2 streams go only to sessions whose upgrade
+// request named the feature (an unknown or look-alike name does not count), never to Tower
+// sessions; a cluster whose agents do not offer it answers ErrNoRelay, one without agents
+// ErrNoAgent.
+func TestRelayOnlyToAgentsThatOfferIt(t *testing.T) {
+	for _, tc := range []struct {
+		header string
+		want   bool
+	}{
+		{"kubernetes-h2", true}, {"other, Kubernetes-H2", true}, {"kubernetes-h2x", false}, {"kubernetes", false}, {"", false},
+	} {
+		h := http.Header{}
+		if tc.header != "" {
+			h.Set(FeaturesHeader, tc.header)
+		}
+		if got := headerHasToken(h, FeaturesHeader, FeatureKubeH2); got != tc.want {
+			t.Errorf("%q: offers the relay %v, want %v", tc.header, got, tc.want)
+		}
+	}
+	h := newHarness(t, "pipe")
+	h.start()
+	h.listen()
+	ctx := context.Background()
+	if _, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{TargetKubernetesH2, AuthCert}); !errors.Is(err, ErrNoAgent) {
+		t.Fatalf("no agent: %v", err)
+	}
+	h.startAgent(agentOpts{noRelay: true})
+	h.waitAgents(1)
+	if _, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{TargetKubernetesH2, AuthCert}); !errors.Is(err, ErrNoRelay) {
+		t.Fatalf("an agent without the relay: %v", err)
+	}
+	h.startAgent(agentOpts{})
+	h.waitAgents(2)
+	for i := 0; i < 4; i++ { // round robin would reach the first agent every other time
+		st, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{TargetKubernetesH2, AuthCert})
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if _, err := st.Read(nil); err != nil {
+			t.Fatalf("dial %d: answer %v", i, err)
+		}
+		st.Close()
 	}
 }
