@@ -90,8 +90,10 @@ func caseRelayCredentials(t *testing.T, h *harness) {
 				t.Fatalf("status %d identity %q, want %d %q: %s", resp.StatusCode, resp.Header.Get("X-Identity"), tc.wantCode, tc.wantIdent, body)
 			}
 			if tc.wantCode == 401 {
-				if !strings.Contains(resp.Header.Get("X-Ks-Mc-Error"), "client certificate") {
-					t.Fatalf("401 without the advice header: %v", resp.Header)
+				// The Status body of the request-by-request path, so client-go shows its message.
+				if !bytes.Contains(body, []byte(`"message":"ks-mc proxy: present a client certificate`)) ||
+					resp.Header.Get("Content-Type") != "application/json" {
+					t.Fatalf("401 without the advice: %v %s", resp.Header, body)
 				}
 				return
 			}
