@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"strings"
 	"sync"
@@ -24,6 +25,18 @@ func (h *harness) h2Client(admin bool) *http.Client {
 		cfg = h.adminTLS
 	}
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}}
+}
+
+// relayedConnections is the proxy's count of kubernetes-h2 streams (relayed client connections).
+func (h *harness) relayedConnections(t *testing.T) string {
+	rec := httptest.NewRecorder()
+	h.proxy.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, l := range strings.Split(rec.Body.String(), "\n") {
+		if strings.HasPrefix(l, `ksmc_proxy_target_streams_total{target="kubernetes-h2"} `) {
+			return strings.TrimPrefix(l, `ksmc_proxy_target_streams_total{target="kubernetes-h2"} `)
+		}
+	}
+	return "0"
 }
 
 // reusedGet is h.get that also reports whether the request rode an existing connection.
@@ -102,6 +115,10 @@ func caseRelayCredentials(t *testing.T, h *harness) {
 				t.Fatalf("backend saw %q, want the relayed HTTP/2.0", resp.Header.Get("X-Proto"))
 			}
 		})
+	}
+	// One relayed connection per client (each case built its own).
+	if got := h.relayedConnections(t); got != "4" {
+		t.Fatalf("ksmc_proxy_target_streams_total{target=\"kubernetes-h2\"} = %s, want 4", got)
 	}
 }
 
@@ -226,6 +243,9 @@ func caseRelayOlderAgent(t *testing.T, h *harness) {
 	}
 	if resp.Header.Get("X-Proto") != "HTTP/1.1" || resp.ProtoMajor != 2 {
 		t.Fatalf("client %s, backend %q: want HTTP/2 to the listener and the agent's HTTP/1.1", resp.Proto, resp.Header.Get("X-Proto"))
+	}
+	if got := h.relayedConnections(t); got != "0" {
+		t.Fatalf("%s relayed connections to an agent that does not relay", got)
 	}
 }
 
