@@ -257,9 +257,9 @@ func (r *h2Relay) clientToServer(started func()) error {
 		case h2FramePushPromise:
 			err = fmt.Errorf("%w: PUSH_PROMISE from a client", ErrH2Relay)
 		default:
-			// A frame of a request the agent answered itself, or of a stream the kube-apiserver never
-			// saw opened: idle there, where anything but PRIORITY ends the whole connection.
-			if _, ok := r.refused[stream]; stream != 0 && (ok || (stream > r.lastStream && typ != h2FramePriority)) {
+			// A frame of a request the agent answered itself, or of a client stream the kube-apiserver
+			// never saw opened: idle there, where anything but PRIORITY ends the whole connection.
+			if _, ok := r.refused[stream]; stream != 0 && (ok || (stream > r.lastStream && stream%2 == 1 && typ != h2FramePriority)) {
 				err = r.dropRefused(length, typ, flags, stream)
 				break
 			}
