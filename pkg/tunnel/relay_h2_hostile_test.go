@@ -1038,12 +1038,21 @@ func TestH2RelayHostileRefusedStreamFrames(t *testing.T) {
 	h.headers(1, true, hxReq("GET", "/api/v1/pods")...)
 	h.must(h.fr.WriteRSTStream(1, http2.ErrCodeCancel)) // the client gave up before the 401 arrived
 	h.must(h.fr.WriteWindowUpdate(1, 1000))
+	h.must(h.fr.WriteWindowUpdate(2, 1000)) // a stream the server opened (a push): its to judge
+	h.must(h.fr.WritePriority(5, http2.PriorityParam{Weight: 7}))
 	h.headers(3, true, hxReq("GET", "/api/v1/pods", hxAuth("Bearer user"))...)
 	frames, _ := h.serverView(1)
+	var others []uint32
 	for _, f := range frames {
 		if f.stream == 1 {
 			t.Fatalf("a frame of type %d of the refused stream reached the kube-apiserver", f.typ)
 		}
+		if f.stream != 0 && f.stream != 3 {
+			others = append(others, f.stream)
+		}
+	}
+	if !slices.Equal(others, []uint32{2, 5}) {
+		t.Fatalf("frames of streams %v reached the kube-apiserver, want the WINDOW_UPDATE of 2 and the PRIORITY of 5", others)
 	}
 }
 
