@@ -356,11 +356,11 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 		} else {
 			tcfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: a.cfg.RootCAs, NextProtos: []string{"http/1.1"}}
 		}
-		tc := tls.Client(conn, tcfg)
+		tc, bc := tlsClientBatched(conn, tcfg, false)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return nil, fmt.Errorf("tls handshake with proxy %s: %w", a.proxyURL.Host, err)
 		}
-		conn = tc
+		conn = bc
 	}
 	req := "GET " + TunnelPath + " HTTP/1.1\r\n" +
 		"Host: " + a.proxyURL.Host + "\r\n" +

@@ -469,7 +469,9 @@ func (h *harness) lastConn() *faultConn {
 // agentOpts tweak an agent.
 type agentOpts struct {
 	cluster, token, saToken, pin string
-	cfg                          *Config // nil: the harness's
+	cfg                          *Config    // nil: the harness's
+	noRelay                      bool       // an agent that does not relay HTTP/2 connections (an older one)
+	relay                        *KubeRelay // replaces the agent's relay
 }
 
 type runningAgent struct {
@@ -526,6 +528,12 @@ func (h *harness) startAgent(o agentOpts) *runningAgent {
 	}
 	ac.Kubernetes = testUpstream(h.t, &rest.Config{Host: h.backend.kube.URL, BearerToken: o.saToken,
 		TLSClientConfig: rest.TLSClientConfig{CAData: pemCert(h.backend.kube.Certificate())}})
+	if o.noRelay {
+		ac.Kubernetes.Relay = nil
+	}
+	if o.relay != nil {
+		ac.Kubernetes.Relay = o.relay
+	}
 	ac.KubeSphereService = strings.TrimPrefix(h.backend.ks.URL, "http://")
 	ac.Dial = h.dial
 	ac.Logger = &log

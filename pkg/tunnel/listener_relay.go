@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -19,7 +18,7 @@ import (
 // serveKube completes the TLS handshake of an accepted kube-listener connection and relays it or
 // hands it to the HTTP server.
 func (l *ClusterListener) serveKube(c net.Conn) {
-	tc := tls.Server(c, l.tlsCfg)
+	tc, bc := tlsServerBatched(c, l.tlsCfg, true)
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -34,7 +33,7 @@ func (l *ClusterListener) serveKube(c net.Conn) {
 			auth = AuthCert
 		}
 		if st := l.dialRelay(auth); st != nil {
-			splice(tc, st)
+			spliceRelay(bc, st)
 			return
 		}
 	}
@@ -102,4 +101,16 @@ func (q *connQueue) push(c net.Conn) bool {
 	case <-q.done:
 		return false
 	}
+}
+
+// spliceRelay is splice for a relayed client: its records that arrived together leave on the
+// stream in one frame (recordCopy); the agent's side is copied as splice does.
+func spliceRelay(client *batchedTLS, st net.Conn) {
+	done := make(chan struct{}, 2)
+	go func() { _ = recordCopy(st, client); done <- struct{}{} }()
+	go func() { _ = adaptiveCopy(client, st); done <- struct{}{} }()
+	<-done
+	_ = client.Close()
+	_ = st.Close()
+	<-done
 }

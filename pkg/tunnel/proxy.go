@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -338,9 +337,9 @@ func (p *Proxy) startSession(w http.ResponseWriter, r *http.Request, cluster, to
 		_ = conn.Close()
 		return
 	}
-	var c net.Conn = conn
+	c := tlsBatched(conn)
 	if brw.Reader.Buffered() > 0 {
-		c = &bufferedConn{Conn: conn, r: brw.Reader}
+		c = &bufferedConn{Conn: c, r: brw.Reader}
 	}
 	sess, err := yamux.Client(&coalescingConn{Conn: c}, p.cfg.Config.yamuxConfig())
 	if err != nil {
@@ -386,18 +385,15 @@ func (p *Proxy) refuseAgentStreams(as *agentSession, log logr.Logger) {
 	}
 }
 
-// DialStream opens a stream to an agent of cluster for target with the given auth mode (see
-// StreamHeader). The agent's answer is checked on the first Read of the returned conn. A ks-mc
-// session is preferred; the cluster's Tower session serves only while no ks-mc session can.
+// DialStream opens a stream to an agent of cluster (StreamHeader), its answer checked on the first
+// Read. Tower sessions serve only while no ks-mc session can, and never a relay (kubernetes-h2).
 func (p *Proxy) DialStream(ctx context.Context, cluster string, h StreamHeader) (net.Conn, error) {
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}
-	c, err := p.openStream(ctx, cluster, h.encode())
-	if h.Target == TargetKubernetesH2 {
-		return c, err // Tower sessions carry requests, not connections
-	}
-	if err != nil && (errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway)) && p.tower.reg.count(cluster) > 0 {
+	relay := h.Target == TargetKubernetesH2
+	c, err := p.openStream(ctx, cluster, h.encode(), relay)
+	if !relay && err != nil && (errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway)) && p.tower.reg.count(cluster) > 0 {
 		if tc, terr := p.dialTower(cluster, h); terr == nil || !errors.Is(terr, ErrNoAgent) {
 			return tc, terr
 		}
@@ -406,11 +402,11 @@ func (p *Proxy) DialStream(ctx context.Context, cluster string, h StreamHeader) 
 }
 
 // openStream writes a raw header (tests use it to send what DialStream refuses to).
-func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte) (net.Conn, error) {
+func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte, relayH2 bool) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	st, err := p.reg.open(cluster, bytes.HasPrefix(header, []byte(streamMagic+" "+TargetKubernetesH2+" ")))
+	st, err := p.reg.open(cluster, relayH2)
 	if err != nil {
 		var sl *streamLimitError
 		if errors.As(err, &sl) {

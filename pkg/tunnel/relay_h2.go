@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -92,8 +91,16 @@ type h2Relay struct {
 	sw *bufio.Writer // to the server
 	sr *bufio.Reader // from the server
 
-	cmu sync.Mutex // guards cw: the server's frames and the agent's own
+	cmu sync.Mutex // guards cw, started and pending: the server's frames and the agent's own
 	cw  *bufio.Writer
+	// started: the server's first frame (its SETTINGS) has gone to the client; the agent's own
+	// frames wait in pending until then, since a client must see the server's SETTINGS first.
+	started bool
+	pending []byte
+
+	smu      sync.Mutex // guards open and draining
+	open     map[uint32]uint8
+	draining bool
 
 	dec     *hpack.Decoder
 	fields  []hpack.HeaderField
@@ -110,13 +117,16 @@ type h2Relay struct {
 	lastStream uint32              // highest stream the kube-apiserver saw opened
 	refused    map[uint32]struct{} // token-stream requests answered by the agent
 	conns      [2]net.Conn         // the stream and the kube-apiserver connection
+	// upReady reports whether the server's next TLS record is already read (tlsbatch.go): the
+	// frames copied so far then wait for it, and leave together.
+	upReady func() bool
 }
 
 func newH2Relay(auth string, token func() (string, error), client io.Reader, server io.ReadWriter, toClient io.Writer) *h2Relay {
 	r := &h2Relay{auth: auth, token: token,
 		cr: bufio.NewReaderSize(client, 16<<10), sw: bufio.NewWriterSize(server, 16<<10),
 		sr: bufio.NewReaderSize(server, 16<<10), cw: bufio.NewWriterSize(toClient, 32<<10),
-		refused: map[uint32]struct{}{}, encLimit: 4096}
+		refused: map[uint32]struct{}{}, open: map[uint32]uint8{}, encLimit: 4096}
 	r.tableSize.Store(4096)
 	r.dec = hpack.NewDecoder(4096, r.emit)
 	r.dec.SetMaxStringLength(h2MaxHeaderList)
@@ -151,6 +161,9 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 	defer func() { _ = up.Close() }()
 	r := newH2Relay(h.Auth, s.relay.Token, st, up, st)
 	r.conns = [2]net.Conn{st, up}
+	if b, ok := up.(interface{ recordReady() bool }); ok {
+		r.upReady = b.recordReady
+	}
 	if !s.trackRelay(r, true) {
 		return
 	}
@@ -194,31 +207,6 @@ func (r *h2Relay) close() {
 	for _, c := range r.conns {
 		_ = c.Close()
 	}
-}
-
-// goAway tells the client, as the server would before it stops, to open no new streams on this
-// connection (GOAWAY, NO_ERROR, last stream id 2^31-1: every stream it opened goes on); the
-// agent sends it when the proxy drains, so the client's next requests take a new connection
-// through another proxy replica while its watches finish here.
-func (r *h2Relay) goAway() {
-	out := appendFrameHeader(nil, 8, h2FrameGoAway, 0, 0)
-	out = binary.BigEndian.AppendUint32(out, 0x7fffffff)
-	out = binary.BigEndian.AppendUint32(out, 0)
-	_ = r.toClient(out)
-}
-
-// readFrameHeader reads the 9 bytes of a frame header.
-func readFrameHeader(br *bufio.Reader, b *[9]byte) (length uint32, typ, flags byte, stream uint32, err error) {
-	if _, err = io.ReadFull(br, b[:]); err != nil {
-		return
-	}
-	length = uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2])
-	return length, b[3], b[4], binary.BigEndian.Uint32(b[5:]) & 0x7fffffff, nil
-}
-
-func appendFrameHeader(p []byte, length int, typ, flags byte, stream uint32) []byte {
-	p = append(p, byte(length>>16), byte(length>>8), byte(length), typ, flags)
-	return binary.BigEndian.AppendUint32(p, stream)
 }
 
 // clientToServer relays the client's frames until either side fails; started is called once the
@@ -266,29 +254,17 @@ func (r *h2Relay) clientToServer(started func()) error {
 			if _, err = r.sw.Write(r.frame[:]); err == nil {
 				_, err = io.CopyN(r.sw, r.cr, int64(length))
 			}
+			if err == nil && ((typ == h2FrameData && flags&h2FlagEndStream != 0) || typ == h2FrameRSTStream) &&
+				r.ended(stream, h2ClientEnded, typ == h2FrameRSTStream) {
+				// Drained and idle: what the client sent last must reach the server first.
+				_ = r.sw.Flush()
+				r.closeFlushed()
+			}
 		}
 		if err != nil {
 			return err
 		}
 	}
-}
-
-// dropRefused swallows a frame of a request the agent answered itself, giving the client back the
-// connection-level flow-control credit its DATA took (the kube-apiserver never saw it).
-func (r *h2Relay) dropRefused(length uint32, typ, flags byte, stream uint32) error {
-	if _, err := r.cr.Discard(int(length)); err != nil {
-		return err
-	}
-	if (typ == h2FrameData && flags&h2FlagEndStream != 0) || typ == h2FrameRSTStream {
-		delete(r.refused, stream)
-	}
-	if typ != h2FrameData || length == 0 {
-		return nil
-	}
-	var p [13]byte
-	out := appendFrameHeader(p[:0], 4, h2FrameWindowUpdate, 0, 0)
-	out = binary.BigEndian.AppendUint32(out, length)
-	return r.toClient(out)
 }
 
 // headers reads a header block (HEADERS, then CONTINUATION frames of the same stream), decodes
@@ -333,6 +309,12 @@ func (r *h2Relay) headers(length uint32, flags byte, stream uint32) error {
 			return err
 		}
 		r.lastStream = stream
+		r.opened(stream)
+	} else if !r.isOpen(stream) {
+		// Not a new request, and not the trailers of an open one: the stream has ended (or never
+		// was). It is not passed on, so no header block the agent did not authorize reaches the
+		// kube-apiserver whatever it would make of it.
+		return nil
 	}
 	r.encBuf.Reset()
 	for _, f := range r.fields {
@@ -340,7 +322,14 @@ func (r *h2Relay) headers(length uint32, flags byte, stream uint32) error {
 			return err
 		}
 	}
-	return r.writeBlock(r.encBuf.Bytes(), stream, flags&h2FlagEndStream)
+	if err := r.writeBlock(r.encBuf.Bytes(), stream, flags&h2FlagEndStream); err != nil {
+		return err
+	}
+	if endStream && r.ended(stream, h2ClientEnded, false) {
+		_ = r.sw.Flush()
+		r.closeFlushed()
+	}
+	return nil
 }
 
 // readBlock collects a header block's fragments without padding or priority.
@@ -425,124 +414,26 @@ func (r *h2Relay) authorize(stream uint32, endStream bool) (bool, error) {
 	return false, r.toClient(refusal(stream, !endStream))
 }
 
-// refusal is the agent's 401 for a token-stream request without Authorization: a HEADERS frame
-// whose fields are literals that touch no HPACK table (the client's decoder keeps the server's
-// table), then RST_STREAM(NO_ERROR) when the request's body may still be coming. It carries no
-// body, so the flow-control windows the client and server keep are not disturbed.
-func refusal(stream uint32, reset bool) []byte {
-	var blk bytes.Buffer
-	e := hpack.NewEncoder(&blk)
-	for _, f := range []hpack.HeaderField{
-		{Name: ":status", Value: "401"},
-		{Name: "content-length", Value: "0"},
-		{Name: "x-ks-mc-error", Value: "present a client certificate issued by the proxy CA (the kubeconfig in the Cluster's spec.connection) or a bearer token"},
-	} {
-		f.Sensitive = true // never indexed: the client's decoder table stays the server's
-		_ = e.WriteField(f)
-	}
-	out := appendFrameHeader(nil, blk.Len(), h2FrameHeaders, h2FlagEndHeaders|h2FlagEndStream, stream)
-	out = append(out, blk.Bytes()...)
-	if reset {
-		out = appendFrameHeader(out, 4, h2FrameRSTStream, 0, stream)
-		out = binary.BigEndian.AppendUint32(out, 0)
-	}
-	return out
-}
-
-// writeBlock sends a header block as HEADERS and CONTINUATION frames of at most h2OutFrame.
-func (r *h2Relay) writeBlock(block []byte, stream uint32, endStream byte) error {
-	typ, flags := byte(h2FrameHeaders), endStream
-	for {
-		n := min(len(block), h2OutFrame)
-		f := flags
-		if n == len(block) {
-			f |= h2FlagEndHeaders
-		}
-		hdr := appendFrameHeader(r.frame[:0], n, typ, f, stream)
-		if _, err := r.sw.Write(hdr); err != nil {
-			return err
-		}
-		if _, err := r.sw.Write(block[:n]); err != nil {
-			return err
-		}
-		block = block[n:]
-		if len(block) == 0 {
-			return nil
-		}
-		typ, flags = h2FrameContinuation, 0
-	}
-}
-
-// toClient writes the agent's own frames between the server's.
-func (r *h2Relay) toClient(p []byte) error {
-	r.cmu.Lock()
-	defer r.cmu.Unlock()
-	if _, err := r.cw.Write(p); err != nil {
-		return err
-	}
-	return r.cw.Flush()
-}
-
-// serverToClient copies the server's frames to the client unchanged, reading the header table
-// size from its SETTINGS; what arrived together leaves together.
-func (r *h2Relay) serverToClient() error {
-	var hdr [9]byte
-	for {
-		length, typ, flags, stream, err := readFrameHeader(r.sr, &hdr)
-		if err != nil {
-			return err
-		}
-		r.cmu.Lock()
-		_, err = r.cw.Write(hdr[:])
-		if err == nil && typ == h2FrameSettings && flags&h2FlagAck == 0 && stream == 0 && length <= 6*64 && length%6 == 0 {
-			err = r.settings(int(length))
-		} else if err == nil {
-			_, err = io.CopyN(r.cw, r.sr, int64(length))
-		}
-		if err == nil && r.sr.Buffered() == 0 {
-			err = r.cw.Flush()
-		}
-		r.cmu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// settings copies a SETTINGS frame's payload, noting SETTINGS_HEADER_TABLE_SIZE. A smaller table
-// applies to the agent's encoder before the server needs it to (always allowed); a larger one
-// lets the client's encoder, and so the agent's decoder, use more, up to h2MaxTableSize.
-func (r *h2Relay) settings(length int) error {
-	var p [6 * 64]byte
-	if _, err := io.ReadFull(r.sr, p[:length]); err != nil {
-		return err
-	}
-	for i := 0; i < length; i += 6 {
-		if binary.BigEndian.Uint16(p[i:]) == h2SettingHeaderTableSize {
-			r.tableSize.Store(min(binary.BigEndian.Uint32(p[i+2:]), h2MaxTableSize))
-		}
-	}
-	_, err := r.cw.Write(p[:length])
-	return err
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // NewKubeRelay is the KubeRelay of a kube-apiserver at addr (host:port) reached with tlsCfg
 // (server verification only: the relay carries no client certificate) and the agent's token.
 func NewKubeRelay(addr string, tlsCfg *tls.Config, token func() (string, error)) *KubeRelay {
 	cfg := tlsCfg.Clone()
 	cfg.NextProtos = []string{"h2"}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}, Config: cfg}
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	return &KubeRelay{Token: token, Dial: func(ctx context.Context) (net.Conn, error) {
-		c, err := d.DialContext(ctx, "tcp", addr)
+		raw, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("dial kube-apiserver %s: %w", addr, err)
 		}
-		if p := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != "h2" {
+		tc, c := tlsClientBatched(raw, cfg, true)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = raw.Close()
+			return nil, fmt.Errorf("tls handshake with kube-apiserver %s: %w", addr, err)
+		}
+		if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
 			_ = c.Close()
 			return nil, fmt.Errorf("kube-apiserver %s does not speak http/2 (ALPN %q)", addr, p)
 		}

@@ -14,8 +14,8 @@ import (
 
 // FuzzH2Relay feeds the connection preface and arbitrary frames to the agent's HTTP/2 relay as
 // the client's side of a kubernetes-h2 stream; the input's first byte picks the stream's kind
-// (bit 0: cert, else token) and the kube-apiserver's SETTINGS_HEADER_TABLE_SIZE (bits 1-2: none,
-// 0, 256, 1 MiB). Invariants: no panic; the relay ends with an error wrapping ErrH2Relay or the
+// (bit 0: cert, else token) and the kube-apiserver's SETTINGS_HEADER_TABLE_SIZE (bits 1-2: not
+// said, 0, 256, 1 MiB). Invariants: no panic; the relay ends with an error wrapping ErrH2Relay or the
 // client's EOF, never showing the agent's token; what reached the kube-apiserver is the preface
 // and frames whose header blocks its decoder reads; every block it takes as a new request (a
 // stream above all it saw) carries credentials, and a token stream never reads the agent's
@@ -34,11 +34,13 @@ func FuzzH2Relay(f *testing.F) {
 		if mode&1 == 1 {
 			auth = AuthCert
 		}
-		var fromServer bytes.Buffer
+		var fromServer bytes.Buffer // the server's SETTINGS, its first frame
 		if ts := (mode >> 1) & 3; ts != 0 {
 			p := appendFrameHeader(nil, 6, h2FrameSettings, 0, 0)
 			p = binary.BigEndian.AppendUint16(p, h2SettingHeaderTableSize)
 			fromServer.Write(binary.BigEndian.AppendUint32(p, []uint32{0, 0, 256, 1 << 20}[ts]))
+		} else {
+			fromServer.Write(appendFrameHeader(nil, 0, h2FrameSettings, 0, 0))
 		}
 		var toServer bytes.Buffer
 		tokenCalls := 0

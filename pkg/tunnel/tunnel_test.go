@@ -334,7 +334,7 @@ func caseUnknownTarget(t *testing.T, h *harness) {
 	}
 	// And the agent refuses such streams from a peer that sends them anyway.
 	for _, raw := range []string{"KSMC1 etcd none\n", "KSMC1 kubesphere cert\n", "KSMC1 10.0.0.1:22 none\n", "GET / HTTP/1.1\n"} {
-		c, err := p.openStream(ctx, testCluster, []byte(raw))
+		c, err := p.openStream(ctx, testCluster, []byte(raw), false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -74,12 +74,14 @@ func TestTokenEqual(t *testing.T) {
 }
 
 func TestStreamHeader(t *testing.T) {
-	for _, h := range []StreamHeader{{TargetKubernetes, AuthCert}, {TargetKubernetes, AuthToken}, {TargetKubeSphere, AuthNone}, {TargetControl, ControlGoAway}} {
+	for _, h := range []StreamHeader{{TargetKubernetes, AuthCert}, {TargetKubernetes, AuthToken}, {TargetKubernetesH2, AuthCert},
+		{TargetKubernetesH2, AuthToken}, {TargetKubeSphere, AuthNone}, {TargetControl, ControlGoAway}} {
 		if err := h.Validate(); err != nil {
 			t.Errorf("%+v: %v", h, err)
 		}
 	}
-	for _, h := range []StreamHeader{{TargetKubernetes, AuthNone}, {TargetKubeSphere, AuthCert}, {"etcd", AuthNone}, {"10.0.0.1:22", AuthNone}, {"", ""}} {
+	for _, h := range []StreamHeader{{TargetKubernetes, AuthNone}, {TargetKubernetesH2, AuthNone}, {TargetKubeSphere, AuthCert},
+		{"etcd", AuthNone}, {"10.0.0.1:22", AuthNone}, {"", ""}} {
 		if err := h.Validate(); !errors.Is(err, ErrUnknownTarget) {
 			t.Errorf("%+v accepted: %v", h, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"time"
 
+	"golang.org/x/net/http/httpproxy"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/transport"
 	"k8s.io/klog/v2"
@@ -66,7 +67,8 @@ func relayFor(kc *rest.Config, base *url.URL) (*tunnel.KubeRelay, error) {
 		kc.Transport != nil || kc.WrapTransport != nil || kc.Dial != nil || kc.Proxy != nil {
 		return nil, nil
 	}
-	if p, err := http.ProxyFromEnvironment(&http.Request{URL: base}); err != nil || p != nil {
+	// The environment as it is now (http.ProxyFromEnvironment reads it once per process).
+	if p, err := httpproxy.FromEnvironment().ProxyFunc()(base); err != nil || p != nil {
 		return nil, nil
 	}
 	tlsCfg, err := rest.TLSConfigFor(rest.AnonymousClientConfig(kc))
