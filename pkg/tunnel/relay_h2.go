@@ -115,7 +115,7 @@ type h2Relay struct {
 	// so the agent's decoder, may use, and the most the agent's encoder may use.
 	tableSize  atomic.Uint32
 	encLimit   uint32
-	lastStream uint32              // highest stream the client opened
+	lastStream uint32              // highest stream the kube-apiserver saw opened
 	refused    map[uint32]struct{} // token-stream requests answered by the agent
 	// reserve is the connection-level window withheld from the server for the agent's own DATA,
 	// clientWindow the client's SETTINGS_INITIAL_WINDOW_SIZE (relay_h2_frames.go).
@@ -250,7 +250,9 @@ func (r *h2Relay) clientToServer(started func()) error {
 		case h2FramePushPromise:
 			err = fmt.Errorf("%w: PUSH_PROMISE from a client", ErrH2Relay)
 		default:
-			if _, ok := r.refused[stream]; ok && stream != 0 {
+			// A frame of a request the agent answered itself, or of a client stream the kube-apiserver
+			// never saw opened: idle there, where anything but PRIORITY ends the whole connection.
+			if _, ok := r.refused[stream]; stream != 0 && (ok || (stream > r.lastStream && stream%2 == 1 && typ != h2FramePriority)) {
 				err = r.dropRefused(length, typ, flags, stream)
 				break
 			}
@@ -311,10 +313,12 @@ func (r *h2Relay) headers(length uint32, flags byte, stream uint32) error {
 		return nil // trailers of a refused request
 	}
 	if stream > r.lastStream {
-		r.lastStream = stream
+		// A new request for the kube-apiserver (a stream above every one it saw), whatever the
+		// client did before with the streams the agent refused: it passes the credential rule.
 		if ok, err := r.authorize(stream, endStream); !ok || err != nil {
 			return err
 		}
+		r.lastStream = stream
 		r.opened(stream)
 	} else if !r.isOpen(stream) {
 		// Not a new request, and not the trailers of an open one: the stream has ended (or never
@@ -394,8 +398,11 @@ func (r *h2Relay) readBlock(length uint32, flags byte, stream uint32) ([]byte, e
 // one is answered 401 by the agent. It reports whether the request goes on.
 func (r *h2Relay) authorize(stream uint32, endStream bool) (bool, error) {
 	for _, f := range r.fields {
-		if f.Name == "authorization" && f.Value != "" {
-			return true, nil
+		if f.Name == "authorization" {
+			if f.Value != "" {
+				return true, nil
+			}
+			break // the first one is the one the kube-apiserver reads (Header.Get)
 		}
 	}
 	if r.auth == AuthCert {
@@ -403,6 +410,8 @@ func (r *h2Relay) authorize(stream uint32, endStream bool) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("read the agent's token: %w", err)
 		}
+		// In place of empty ones, as the request-by-request path sets it.
+		r.fields = slices.DeleteFunc(r.fields, func(f hpack.HeaderField) bool { return f.Name == "authorization" })
 		r.fields = append(r.fields, hpack.HeaderField{Name: "authorization", Value: "Bearer " + tok, Sensitive: true})
 		return true, nil
 	}
