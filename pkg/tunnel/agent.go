@@ -140,7 +140,7 @@ func NewAgent(cfg *AgentConfig) (*Agent, error) {
 	}
 	a.srv = newAgentServer(kube, ks, cfg.Config.StreamOpenTimeout, a.log)
 	if r := cfg.Kubernetes.Relay; r != nil && r.Dial != nil && r.Token != nil {
-		a.srv.relay = r
+		a.srv.relay, a.srv.dialData = r, a.dialData
 	}
 	return a, nil
 }
@@ -329,6 +329,26 @@ func (a *Agent) handleStream(st net.Conn) {
 
 // connect dials the proxy, performs TLS and the upgrade, and starts the yamux session.
 func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
+	conn, err := a.upgrade(ctx, TunnelPath, UpgradeProtocol, AgentIDHeader+": "+a.id+"\r\n"+a.featuresHeader())
+	if err != nil {
+		return nil, err
+	}
+	sess, err := yamux.Server(&coalescingConn{Conn: conn}, a.cfg.Config.yamuxConfig())
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return sess, nil
+}
+
+// dialData opens a data connection for the relay id (proxy_relay.go).
+func (a *Agent) dialData(ctx context.Context, id string) (net.Conn, error) {
+	return a.upgrade(ctx, RelayPath, RelayUpgrade, RelayHeader+": "+id+"\r\n")
+}
+
+// upgrade dials the proxy, performs TLS and the upgrade to protocol on path with the agent's
+// token (extra: more header lines), and returns the connection, its deadlines cleared.
+func (a *Agent) upgrade(ctx context.Context, path, protocol, extra string) (net.Conn, error) {
 	token, err := a.cfg.Token()
 	if err != nil {
 		return nil, fmt.Errorf("read agent token: %w", err)
@@ -362,14 +382,13 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 		}
 		conn = bc
 	}
-	req := "GET " + TunnelPath + " HTTP/1.1\r\n" +
+	req := "GET " + path + " HTTP/1.1\r\n" +
 		"Host: " + a.proxyURL.Host + "\r\n" +
 		"Connection: Upgrade\r\n" +
-		"Upgrade: " + UpgradeProtocol + "\r\n" +
+		"Upgrade: " + protocol + "\r\n" +
 		ClusterHeader + ": " + a.cfg.ClusterName + "\r\n" +
-		AgentIDHeader + ": " + a.id + "\r\n" +
 		"User-Agent: ks-mc-agent/" + a.cfg.Version + "\r\n" +
-		a.featuresHeader() +
+		extra +
 		"Authorization: Bearer " + token + "\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
 		return nil, fmt.Errorf("send upgrade request to proxy %s: %w", a.proxyURL.Host, err)
@@ -382,17 +401,13 @@ func (a *Agent) connect(ctx context.Context) (*yamux.Session, error) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		return nil, a.upgradeRefused(resp)
 	}
-	if !headerHasToken(resp.Header, "Upgrade", UpgradeProtocol) {
+	if !headerHasToken(resp.Header, "Upgrade", protocol) {
 		return nil, fmt.Errorf("%w: proxy %s switched to %q", ErrHandshake, a.proxyURL.Host, resp.Header.Get("Upgrade"))
 	}
 	_ = conn.SetDeadline(time.Time{})
-	// Read through br: the proxy may already have sent frames that br buffered.
-	sess, err := yamux.Server(&coalescingConn{Conn: &bufferedConn{Conn: conn, r: br}}, a.cfg.Config.yamuxConfig())
-	if err != nil {
-		return nil, err
-	}
 	ok = true
-	return sess, nil
+	// Read through br: the proxy may already have sent bytes that br buffered.
+	return &bufferedConn{Conn: conn, r: br}, nil
 }
 
 // featuresHeader is the upgrade request's FeaturesHeader line ("" when the agent offers none).

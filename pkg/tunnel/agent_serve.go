@@ -46,8 +46,10 @@ type agentServer struct {
 	ctx    context.Context // cancelled by shutdown: requests still waiting for an upstream end
 	cancel context.CancelFunc
 
-	// relay serves kubernetes-h2 streams (nil: the agent does not offer them).
-	relay *KubeRelay
+	// relay serves kubernetes-h2 streams (nil: the agent does not offer them); dialData opens
+	// their data connections (Agent.dialData).
+	relay    *KubeRelay
+	dialData func(ctx context.Context, id string) (net.Conn, error)
 
 	noKeepAlive atomic.Bool
 	mu          sync.Mutex

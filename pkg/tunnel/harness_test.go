@@ -472,6 +472,7 @@ type agentOpts struct {
 	cfg                          *Config    // nil: the harness's
 	noRelay                      bool       // an agent that does not relay HTTP/2 connections (an older one)
 	relay                        *KubeRelay // replaces the agent's relay
+	noDataConn                   bool       // relays on the stream (no data connections)
 }
 
 type runningAgent struct {
@@ -546,6 +547,9 @@ func (h *harness) startAgent(o agentOpts) *runningAgent {
 	a, err := NewAgent(ac)
 	if err != nil {
 		h.t.Fatal(err)
+	}
+	if o.noDataConn {
+		a.srv.dialData = nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningAgent{a: a, cancel: cancel, done: make(chan struct{}), events: events}
@@ -637,4 +641,12 @@ func rawUpgrade(conn net.Conn, path string) (*bufio.Reader, *http.Response, erro
 
 func pemCert(c *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+func (h *harness) DialRelay(ctx context.Context, cluster, auth string) (net.Conn, error) {
+	p := h.currentProxy()
+	if p == nil {
+		return nil, ErrNoAgent
+	}
+	return p.DialRelay(ctx, cluster, auth)
 }

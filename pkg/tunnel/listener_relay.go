@@ -47,6 +47,13 @@ func (l *ClusterListener) serveKube(c net.Conn) {
 func (l *ClusterListener) dialRelay(auth string) net.Conn {
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
 	defer cancel()
+	if rd, ok := l.cfg.Dialer.(RelayDialer); ok {
+		c, err := rd.DialRelay(ctx, l.cfg.Cluster, auth)
+		if err != nil && !errors.Is(err, ErrNoRelay) && !errors.Is(err, ErrNoAgent) {
+			l.cfg.Logger.V(1).Info("no relay: forwarding requests one by one", "cluster", l.cfg.Cluster, "err", err.Error())
+		}
+		return c
+	}
 	st, err := l.cfg.Dialer.DialStream(ctx, l.cfg.Cluster, StreamHeader{Target: TargetKubernetesH2, Auth: auth})
 	if err != nil {
 		if !errors.Is(err, ErrNoRelay) && !errors.Is(err, ErrNoAgent) {

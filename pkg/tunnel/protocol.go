@@ -59,10 +59,16 @@ const (
 type StreamHeader struct {
 	Target string
 	Auth   string
+	// Relay, on a kubernetes-h2 stream only, names a data connection the agent may open instead
+	// of relaying on the stream (proxy_relay.go): 32 lowercase hex digits, random per stream.
+	Relay string
 }
 
 // Validate accepts only the pairs the agent serves: kubernetes with cert|token, kubesphere with none.
 func (h StreamHeader) Validate() error {
+	if h.Relay != "" && (h.Target != TargetKubernetesH2 || !validRelayID(h.Relay)) {
+		return fmt.Errorf("%w: target %q with relay %q", ErrUnknownTarget, h.Target, h.Relay)
+	}
 	switch {
 	case (h.Target == TargetKubernetes || h.Target == TargetKubernetesH2) && (h.Auth == AuthCert || h.Auth == AuthToken):
 		return nil
@@ -75,7 +81,23 @@ func (h StreamHeader) Validate() error {
 }
 
 func (h StreamHeader) encode() []byte {
+	if h.Relay != "" {
+		return []byte(streamMagic + " " + h.Target + " " + h.Auth + " " + h.Relay + "\n")
+	}
 	return []byte(streamMagic + " " + h.Target + " " + h.Auth + "\n")
+}
+
+// validRelayID: 32 lowercase hex digits.
+func validRelayID(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // readLine reads one '\n'-terminated line of at most maxHeaderLine bytes.
@@ -107,10 +129,15 @@ func readStreamHeader(r *bufio.Reader) (StreamHeader, error) {
 		return StreamHeader{}, err
 	}
 	f := strings.Split(line, " ")
-	if len(f) != 3 || f[0] != streamMagic {
+	if (len(f) != 3 && len(f) != 4) || f[0] != streamMagic {
 		return StreamHeader{}, fmt.Errorf("%w: %q", ErrBadStreamHeader, line)
 	}
 	h := StreamHeader{Target: f[1], Auth: f[2]}
+	if len(f) == 4 {
+		if h.Relay = f[3]; h.Relay == "" {
+			return StreamHeader{}, fmt.Errorf("%w: %q", ErrBadStreamHeader, line)
+		}
+	}
 	return h, h.Validate()
 }
 

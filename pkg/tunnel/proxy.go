@@ -9,7 +9,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +110,7 @@ type Proxy struct {
 	limiter *failureLimiter
 	mux     *http.ServeMux
 	tower   *towerState
+	relays  relayWaits // data connections awaited (proxy_relay.go)
 
 	mu       sync.Mutex
 	servers  []*http.Server
@@ -149,6 +149,7 @@ func NewProxy(cfg *ProxyConfig) (*Proxy, error) {
 	p.mux.HandleFunc(ReadyPath, p.serveReady)
 	p.mux.HandleFunc("/version", p.serveVersion)
 	p.mux.HandleFunc(TunnelPath, p.serveTunnel)
+	p.mux.HandleFunc(RelayPath, p.serveRelay)
 	return p, nil
 }
 
@@ -234,78 +235,10 @@ func remoteIP(addr string) string {
 const refusedAnswer = "Unauthorized: unknown cluster or wrong token"
 
 // serveTunnel authenticates an agent and turns the connection into a yamux session.
-//
-// Order: the cluster name is validated before any use; the token is checked (constant time,
-// unknown names cost the same) before the rate limiter is consulted, so a valid agent always gets
-// through; only failures consume the (remote IP, cluster) bucket, and a failure with an empty
-// bucket is answered 429 instead of 401.
 func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet || !headerHasToken(r.Header, "Connection", "upgrade") ||
-		!headerHasToken(r.Header, "Upgrade", UpgradeProtocol) {
-		w.Header().Set("Upgrade", UpgradeProtocol)
-		http.Error(w, "expected GET with Connection: Upgrade and Upgrade: "+UpgradeProtocol, http.StatusUpgradeRequired)
-		return
+	if a, ok := p.admit(w, r, UpgradeProtocol); ok {
+		p.startSession(w, r, a.cluster, a.token, a.identity, a.ip, a.log)
 	}
-	ip := remoteIP(r.RemoteAddr)
-	if p.draining.Load() {
-		http.Error(w, "proxy is shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	if p.standby.Load() {
-		http.Error(w, "proxy replica is on standby (not the leader)", http.StatusServiceUnavailable)
-		return
-	}
-	if p.starting.Load() {
-		http.Error(w, "proxy is starting (its Cluster cache is not synced yet): retry shortly", http.StatusServiceUnavailable)
-		return
-	}
-	cluster := r.Header.Get(ClusterHeader)
-	if !validClusterName(cluster) {
-		// Never logged, never a limiter key: the value is unbounded and unvalidated.
-		p.metrics.authFailures.add("invalid_cluster_name")
-		p.warn.log(p.log, "agent refused: malformed "+ClusterHeader+" header", "remote", ip, "length", len(cluster))
-		http.Error(w, refusedAnswer, http.StatusUnauthorized)
-		return
-	}
-	log := p.log.WithValues("cluster", cluster, "remote", ip)
-	if r.TLS == nil && !p.cfg.AllowPlaintextAgents {
-		p.metrics.authFailures.add("plaintext")
-		log.Info("agent refused: plaintext connection, use https")
-		http.Error(w, "agents must connect over https", http.StatusForbidden)
-		return
-	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	var err error
-	var identity string
-	if !ok || token == "" {
-		err = fmt.Errorf("no bearer token: %w", ErrUnauthorized)
-	} else if ia, isIA := p.cfg.Authenticator.(IdentityAuthenticator); isIA {
-		identity, err = ia.AuthenticateIdentity(cluster, token)
-	} else {
-		err = p.cfg.Authenticator.Authenticate(cluster, token)
-	}
-	if err != nil {
-		// Failures are counted per address and cluster: agents behind one NAT address (a NodePort,
-		// an egress gateway) do not pay for a misconfigured neighbour.
-		limitKey := ip + "/" + cluster
-		if !p.limiter.fail(limitKey) {
-			p.metrics.authFailures.add("rate_limited")
-			w.Header().Set("Retry-After", "1")
-			http.Error(w, "too many failed attempts", http.StatusTooManyRequests)
-			return
-		}
-		reason := "unauthorized"
-		if errorsIs(err, ErrUnknownCluster) {
-			reason = "unknown_cluster"
-		}
-		// The metric does not tell unknown names from wrong tokens (the port is public); the log
-		// does, and names the cluster and the address, never the token.
-		p.metrics.authFailures.add("unauthorized")
-		log.Info("agent refused", "reason", reason, "code", http.StatusUnauthorized)
-		http.Error(w, refusedAnswer, http.StatusUnauthorized)
-		return
-	}
-	p.startSession(w, r, cluster, token, identity, ip, log)
 }
 
 // startSession upgrades an admitted agent's connection (serveTunnel) and runs its yamux session
@@ -395,17 +328,23 @@ func (p *Proxy) DialStream(ctx context.Context, cluster string, h StreamHeader) 
 
 // openStream writes a raw header (tests use it to send what DialStream refuses to).
 func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte, relayH2 bool) (net.Conn, error) {
+	c, _, err := p.openStreamOn(ctx, cluster, header, relayH2)
+	return c, err
+}
+
+// openStreamOn is openStream that also returns the session the stream is on.
+func (p *Proxy) openStreamOn(ctx context.Context, cluster string, header []byte, relayH2 bool) (net.Conn, *agentSession, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	st, err := p.reg.open(cluster, relayH2)
+	st, as, err := p.reg.open(cluster, relayH2)
 	if err != nil {
 		var sl *streamLimitError
 		if errors.As(err, &sl) {
 			p.metrics.streamLimited.add(sl.scope)
 			p.warn.log(p.log, "stream refused: too many open streams", "cluster", cluster, "per", sl.scope)
 		}
-		return nil, fmt.Errorf("cluster %q: %w", cluster, err)
+		return nil, nil, fmt.Errorf("cluster %q: %w", cluster, err)
 	}
 	p.metrics.streamsTotal.Add(1)
 	p.metrics.protoStreams.add(ProtocolKsMC)
@@ -413,7 +352,7 @@ func (p *Proxy) openStream(ctx context.Context, cluster string, header []byte, r
 	// The header leaves with the first payload (one frame instead of two), or before the first
 	// Read when the caller reads first.
 	pw := &prefixWriter{Conn: st, prefix: header}
-	return &countedConn{Conn: &proxyStream{Conn: pw, flush: pw.flush}, dec: &p.metrics.streamsOpen}, nil
+	return &countedConn{Conn: &proxyStream{Conn: pw, flush: pw.flush}, dec: &p.metrics.streamsOpen}, as, nil
 }
 
 // Shutdown stops accepting agents, sends GoAway on every session, waits for open streams to finish

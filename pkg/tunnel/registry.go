@@ -153,15 +153,15 @@ func (r *registry) snapshot() map[string]int {
 
 // open opens a stream on one of the cluster's sessions, skipping those going away or closed, and
 // with relayH2 those that do not offer FeatureKubeH2 (ErrNoRelay when none does).
-func (r *registry) open(cluster string, relayH2 bool) (*yamux.Stream, error) {
+func (r *registry) open(cluster string, relayH2 bool) (*yamux.Stream, *agentSession, error) {
 	cands := r.candidates(cluster)
 	if len(cands) == 0 {
-		return nil, ErrNoAgent
+		return nil, nil, ErrNoAgent
 	}
 	if relayH2 {
 		cands = slices.DeleteFunc(cands, func(s *agentSession) bool { return !s.relayH2 })
 		if len(cands) == 0 {
-			return nil, ErrNoRelay
+			return nil, nil, ErrNoRelay
 		}
 	}
 	if r.maxPerCluster > 0 {
@@ -170,7 +170,7 @@ func (r *registry) open(cluster string, relayH2 bool) (*yamux.Stream, error) {
 			open += s.sess.NumStreams()
 		}
 		if open >= r.maxPerCluster {
-			return nil, &streamLimitError{scope: "cluster"}
+			return nil, nil, &streamLimitError{scope: "cluster"}
 		}
 	}
 	var lastErr error
@@ -182,7 +182,7 @@ func (r *registry) open(cluster string, relayH2 bool) (*yamux.Stream, error) {
 		}
 		st, err := s.sess.OpenStream()
 		if err == nil {
-			return st, nil
+			return st, s, nil
 		}
 		lastErr = err
 		if errors.Is(err, yamux.ErrRemoteGoAway) {
@@ -190,10 +190,10 @@ func (r *registry) open(cluster string, relayH2 bool) (*yamux.Stream, error) {
 		}
 	}
 	if lastErr == nil && full > 0 {
-		return nil, &streamLimitError{scope: "session"}
+		return nil, nil, &streamLimitError{scope: "session"}
 	}
 	if errors.Is(lastErr, yamux.ErrRemoteGoAway) {
-		return nil, ErrGoAway
+		return nil, nil, ErrGoAway
 	}
-	return nil, errors.Join(ErrNoAgent, lastErr)
+	return nil, nil, errors.Join(ErrNoAgent, lastErr)
 }

@@ -164,8 +164,23 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 		return
 	}
 	defer func() { _ = up.Close() }()
-	r := newH2Relay(h.Auth, s.relay.Token, st, up, st)
-	r.conns = [2]net.Conn{st, up}
+	// The client's connection: a data connection of its own when the proxy asked for one and it
+	// comes up (proxy_relay.go; the stream then ends unanswered), else the stream.
+	client := st
+	if h.Relay != "" && s.dialData != nil {
+		ctx, cancel := context.WithTimeout(s.ctx, s.headTimeout)
+		dc, err := s.dialData(ctx, h.Relay)
+		cancel()
+		if err == nil {
+			client = dc
+			_ = st.Close()
+			defer func() { _ = dc.Close() }()
+		} else {
+			s.log.V(1).Info("relay: no data connection, relaying on the stream", "err", err.Error())
+		}
+	}
+	r := newH2Relay(h.Auth, s.relay.Token, client, up, client)
+	r.conns = [2]net.Conn{client, up}
 	if b, ok := up.(interface{ recordReady() bool }); ok {
 		r.upReady = b.recordReady
 	}
@@ -173,14 +188,16 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 		return
 	}
 	defer s.trackRelay(r, false)
-	if err := writeAnswer(st, nil); err != nil {
-		return
+	if client == st {
+		if err := writeAnswer(st, nil); err != nil {
+			return
+		}
 	}
 	// The preface must arrive as promptly as a request head on the HTTP/1.1 path.
-	_ = st.SetReadDeadline(time.Now().Add(s.headTimeout))
+	_ = client.SetReadDeadline(time.Now().Add(s.headTimeout))
 	done := make(chan error, 1)
 	go func() { done <- r.serverToClient() }()
-	err = r.clientToServer(func() { _ = st.SetReadDeadline(time.Time{}) })
+	err = r.clientToServer(func() { _ = client.SetReadDeadline(time.Time{}) })
 	// Either side ending ends both: closing the kube-apiserver connection cancels its streams.
 	r.close()
 	if serr := <-done; errors.Is(err, io.EOF) {

@@ -29,11 +29,16 @@ func (h *harness) h2Client(admin bool) *http.Client {
 
 // relayedConnections is the proxy's count of kubernetes-h2 streams (relayed client connections).
 func (h *harness) relayedConnections(t *testing.T) string {
+	return h.metric(`ksmc_proxy_target_streams_total{target="kubernetes-h2"}`)
+}
+
+// metric is a sample of the proxy's metrics ("0" when absent).
+func (h *harness) metric(name string) string {
 	rec := httptest.NewRecorder()
 	h.proxy.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	for _, l := range strings.Split(rec.Body.String(), "\n") {
-		if strings.HasPrefix(l, `ksmc_proxy_target_streams_total{target="kubernetes-h2"} `) {
-			return strings.TrimPrefix(l, `ksmc_proxy_target_streams_total{target="kubernetes-h2"} `)
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			return v
 		}
 	}
 	return "0"
@@ -73,6 +78,7 @@ func TestRelay(t *testing.T) {
 				{"OlderAgentServedRequestByRequest", caseRelayOlderAgent},
 				{"ListenerWithoutRelay", caseRelayOff},
 				{"DrainSendsGoAway", caseRelayGoAway},
+				{"OnTheStreamWithoutDataConnections", caseRelayOnStream},
 			} {
 				t.Run(c.name, func(t *testing.T) { c.run(t, newHarness(t, kind)) })
 			}
@@ -116,9 +122,12 @@ func caseRelayCredentials(t *testing.T, h *harness) {
 			}
 		})
 	}
-	// One relayed connection per client (each case built its own).
+	// One relayed connection per client (each case built its own), each on a data connection.
 	if got := h.relayedConnections(t); got != "4" {
 		t.Fatalf("ksmc_proxy_target_streams_total{target=\"kubernetes-h2\"} = %s, want 4", got)
+	}
+	if got := h.metric("ksmc_proxy_relay_connections_total"); got != "4" {
+		t.Fatalf("ksmc_proxy_relay_connections_total = %s, want 4", got)
 	}
 }
 
@@ -246,6 +255,32 @@ func caseRelayOlderAgent(t *testing.T, h *harness) {
 	}
 	if got := h.relayedConnections(t); got != "0" {
 		t.Fatalf("%s relayed connections to an agent that does not relay", got)
+	}
+}
+
+// caseRelayOnStream: an agent that opens no data connection relays on the stream, with the same
+// credential rules.
+func caseRelayOnStream(t *testing.T, h *harness) {
+	h.start()
+	h.listen()
+	h.startAgent(agentOpts{noDataConn: true})
+	h.waitAgents(1)
+	for _, tc := range []struct {
+		admin  bool
+		bearer string
+		code   int
+		ident  string
+	}{{true, "", 200, "agent"}, {false, userToken, 200, "user"}, {false, "", 401, ""}} {
+		resp, _, err := h.get(h.h2Client(tc.admin), "/api/v1/namespaces/default", tc.bearer)
+		if err != nil || resp.StatusCode != tc.code || resp.Header.Get("X-Identity") != tc.ident {
+			t.Fatalf("%+v: %v %v", tc, resp, err)
+		}
+		if tc.code == 200 && resp.Header.Get("X-Proto") != "HTTP/2.0" {
+			t.Fatalf("backend saw %q, want the relayed HTTP/2.0", resp.Header.Get("X-Proto"))
+		}
+	}
+	if got, data := h.relayedConnections(t), h.metric("ksmc_proxy_relay_connections_total"); got != "3" || data != "0" {
+		t.Fatalf("%s relayed connections, %s on data connections; want 3 and 0", got, data)
 	}
 }
 
@@ -381,18 +416,18 @@ func TestRelayOnlyToAgentsThatOfferIt(t *testing.T) {
 	h.start()
 	h.listen()
 	ctx := context.Background()
-	if _, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{TargetKubernetesH2, AuthCert}); !errors.Is(err, ErrNoAgent) {
+	if _, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{Target: TargetKubernetesH2, Auth: AuthCert}); !errors.Is(err, ErrNoAgent) {
 		t.Fatalf("no agent: %v", err)
 	}
 	h.startAgent(agentOpts{noRelay: true})
 	h.waitAgents(1)
-	if _, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{TargetKubernetesH2, AuthCert}); !errors.Is(err, ErrNoRelay) {
+	if _, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{Target: TargetKubernetesH2, Auth: AuthCert}); !errors.Is(err, ErrNoRelay) {
 		t.Fatalf("an agent without the relay: %v", err)
 	}
 	h.startAgent(agentOpts{})
 	h.waitAgents(2)
 	for i := 0; i < 4; i++ { // round robin would reach the first agent every other time
-		st, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{TargetKubernetesH2, AuthCert})
+		st, err := h.proxy.DialStream(ctx, testCluster, StreamHeader{Target: TargetKubernetesH2, Auth: AuthCert})
 		if err != nil {
 			t.Fatalf("dial %d: %v", i, err)
 		}
@@ -400,5 +435,56 @@ func TestRelayOnlyToAgentsThatOfferIt(t *testing.T) {
 			t.Fatalf("dial %d: answer %v", i, err)
 		}
 		st.Close()
+	}
+}
+
+// TestRelayDataConnectionRefused: the data-connection endpoint admits an agent as the tunnel's
+// does (token, TLS, upgrade) and then only for a relay id its cluster is waited for, once.
+func TestRelayDataConnectionRefused(t *testing.T) {
+	h := newHarness(t, "tls") // agents must use TLS
+	h.start()
+	id, other := newRelayID(), newRelayID()
+	h.proxy.relays.add(id, &pendingRelay{cluster: testCluster, ch: make(chan net.Conn, 1)})
+	h.proxy.relays.add(other, &pendingRelay{cluster: "other", ch: make(chan net.Conn, 1)})
+	defer h.proxy.relays.remove(id)
+	defer h.proxy.relays.remove(other)
+	try := func(mut func(r *http.Request)) int {
+		r := httptest.NewRequest(http.MethodGet, RelayPath, nil)
+		r.TLS = &tls.ConnectionState{}
+		r.Header.Set("Connection", "Upgrade")
+		r.Header.Set("Upgrade", RelayUpgrade)
+		r.Header.Set(ClusterHeader, testCluster)
+		r.Header.Set("Authorization", "Bearer "+testToken)
+		r.Header.Set(RelayHeader, id)
+		mut(r)
+		rec := httptest.NewRecorder()
+		h.proxy.Handler().ServeHTTP(rec, r)
+		return rec.Code
+	}
+	for _, tc := range []struct {
+		name string
+		mut  func(*http.Request)
+		want int
+	}{
+		{"no token", func(r *http.Request) { r.Header.Del("Authorization") }, 401},
+		{"wrong token", func(r *http.Request) { r.Header.Set("Authorization", "Bearer nope") }, 401},
+		{"plaintext", func(r *http.Request) { r.TLS = nil }, 403},
+		{"the tunnel's upgrade", func(r *http.Request) { r.Header.Set("Upgrade", UpgradeProtocol) }, 426},
+		{"unknown id", func(r *http.Request) { r.Header.Set(RelayHeader, newRelayID()) }, 404},
+		{"malformed id", func(r *http.Request) { r.Header.Set(RelayHeader, strings.ToUpper(id)) }, 404},
+		{"overlong id", func(r *http.Request) { r.Header.Set(RelayHeader, id+strings.Repeat("0", 4096)) }, 404},
+		{"another cluster's id", func(r *http.Request) { r.Header.Set(RelayHeader, other) }, 404},
+	} {
+		if got := try(tc.mut); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	// A claim is once only: a replayed id is refused (the first claim took it; a recorder cannot
+	// be hijacked, so it answers 500 after the claim).
+	if got := try(func(*http.Request) {}); got != http.StatusInternalServerError {
+		t.Fatalf("first claim: %d", got)
+	}
+	if got := try(func(*http.Request) {}); got != 404 {
+		t.Fatalf("replayed id: %d, want 404", got)
 	}
 }

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -74,16 +75,29 @@ func TestTokenEqual(t *testing.T) {
 }
 
 func TestStreamHeader(t *testing.T) {
-	for _, h := range []StreamHeader{{TargetKubernetes, AuthCert}, {TargetKubernetes, AuthToken}, {TargetKubernetesH2, AuthCert},
-		{TargetKubernetesH2, AuthToken}, {TargetKubeSphere, AuthNone}, {TargetControl, ControlGoAway}} {
+	rid := strings.Repeat("0a", 16)
+	for _, h := range []StreamHeader{{TargetKubernetes, AuthCert, ""}, {TargetKubernetes, AuthToken, ""}, {TargetKubernetesH2, AuthCert, ""},
+		{TargetKubernetesH2, AuthToken, rid}, {TargetKubeSphere, AuthNone, ""}, {TargetControl, ControlGoAway, ""}} {
 		if err := h.Validate(); err != nil {
 			t.Errorf("%+v: %v", h, err)
 		}
+		got, err := readStreamHeader(bufio.NewReader(bytes.NewReader(h.encode())))
+		if err != nil || got != h {
+			t.Errorf("%+v read back as %+v, %v", h, got, err)
+		}
 	}
-	for _, h := range []StreamHeader{{TargetKubernetes, AuthNone}, {TargetKubernetesH2, AuthNone}, {TargetKubeSphere, AuthCert},
-		{"etcd", AuthNone}, {"10.0.0.1:22", AuthNone}, {"", ""}} {
+	for _, h := range []StreamHeader{{TargetKubernetes, AuthNone, ""}, {TargetKubernetesH2, AuthNone, ""}, {TargetKubeSphere, AuthCert, ""},
+		{"etcd", AuthNone, ""}, {"10.0.0.1:22", AuthNone, ""}, {"", "", ""},
+		// a relay id only on kubernetes-h2, and only 32 lowercase hex digits
+		{TargetKubernetes, AuthCert, rid}, {TargetKubernetesH2, AuthCert, strings.ToUpper(rid)}, {TargetKubernetesH2, AuthCert, rid[:31]},
+		{TargetKubernetesH2, AuthCert, rid + "0"}, {TargetKubernetesH2, AuthCert, "../" + rid[3:]}} {
 		if err := h.Validate(); !errors.Is(err, ErrUnknownTarget) {
 			t.Errorf("%+v accepted: %v", h, err)
+		}
+	}
+	for _, line := range []string{"KSMC1 kubernetes-h2 cert " + rid + " x\n", "KSMC1 kubernetes-h2 cert \n", "KSMC1 kubernetes-h2 cert  " + rid + "\n"} {
+		if _, err := readStreamHeader(bufio.NewReader(strings.NewReader(line))); err == nil {
+			t.Errorf("%q accepted", line)
 		}
 	}
 }
