@@ -178,8 +178,8 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 	err = r.clientToServer(func() { _ = st.SetReadDeadline(time.Time{}) })
 	// Either side ending ends both: closing the kube-apiserver connection cancels its streams.
 	r.close()
-	if serr := <-done; err == nil || errors.Is(err, io.EOF) {
-		err = serr
+	if serr := <-done; errors.Is(err, io.EOF) {
+		err = serr // the client left: why the server's side ended says more
 	}
 	if errors.Is(err, ErrH2Relay) {
 		s.log.V(1).Info("relay: connection ended", "reason", err.Error())
