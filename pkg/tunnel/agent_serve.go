@@ -355,8 +355,7 @@ func (c *agentConn) forward(req *http.Request) step {
 			if hasBody {
 				w.close = true
 			}
-			w.writeStatus(http.StatusUnauthorized, "Unauthorized",
-				"ks-mc proxy: present a client certificate issued by the proxy CA (the kubeconfig in the Cluster's spec.connection) or a bearer token")
+			w.writeStatus(http.StatusUnauthorized, "Unauthorized", tokenStreamAdvice)
 			return done(w.err == nil)
 		}
 		up = &c.s.kube

@@ -153,8 +153,7 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch h.Target {
 	case TargetKubernetes:
 		if h.Auth == AuthToken && r.Header.Get("Authorization") == "" {
-			writeStatus(w, http.StatusUnauthorized, "Unauthorized",
-				"ks-mc proxy: present a client certificate issued by the proxy CA (the kubeconfig in the Cluster's spec.connection) or a bearer token")
+			writeStatus(w, http.StatusUnauthorized, "Unauthorized", tokenStreamAdvice)
 			return
 		}
 		if longLived(r) || f.kubeBulk == nil {

@@ -103,12 +103,16 @@ func (q *connQueue) push(c net.Conn) bool {
 	}
 }
 
+// relayPool holds the burst buffers towards relayed clients: the agent sends up to 64 KiB per
+// frame (relay_h2.go), and one read then makes one write to the client.
+var relayPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
 // spliceRelay is splice for a relayed client: its records that arrived together leave on the
 // stream in one frame (recordCopy); the agent's side is copied as splice does.
 func spliceRelay(client *batchedTLS, st net.Conn) {
 	done := make(chan struct{}, 2)
 	go func() { _ = recordCopy(st, client); done <- struct{}{} }()
-	go func() { _ = adaptiveCopy(client, st); done <- struct{}{} }()
+	go func() { _ = adaptiveCopyPool(client, st, &relayPool); done <- struct{}{} }()
 	<-done
 	_ = client.Close()
 	_ = st.Close()

@@ -19,6 +19,7 @@ type proxyMetrics struct {
 	revokedSessions     labeledCounter // by reason
 	protoSessions       labeledCounter // sessions accepted, by protocol
 	protoStreams        labeledCounter // streams opened, by protocol
+	targetStreams       labeledCounter // ks-mc streams opened, by target (kubernetes-h2: relayed connections)
 	towerDropped        atomic.Int64   // Tower sessions dropped by the proxy's keepalive
 }
 
@@ -99,6 +100,7 @@ func (m *proxyMetrics) write(w io.Writer, agents, towers map[string]int) {
 	}
 	m.protoSessions.write(w, "ksmc_proxy_protocol_sessions_total", "Agent sessions accepted, by protocol.", "protocol")
 	m.protoStreams.write(w, "ksmc_proxy_protocol_streams_total", "Streams opened to agents, by protocol.", "protocol")
+	m.targetStreams.write(w, "ksmc_proxy_target_streams_total", "Streams opened to ks-mc agents, by target (kubernetes-h2: an HTTP/2 client's connection relayed whole).", "target")
 	fmt.Fprintln(w, "# HELP ksmc_proxy_tower_keepalive_dropped_total Tower agent sessions dropped because the proxy's keepalive went unanswered.")
 	fmt.Fprintln(w, "# TYPE ksmc_proxy_tower_keepalive_dropped_total counter")
 	fmt.Fprintf(w, "ksmc_proxy_tower_keepalive_dropped_total %d\n", m.towerDropped.Load())

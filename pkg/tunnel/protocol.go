@@ -281,7 +281,10 @@ func splice(a, b net.Conn) {
 
 // adaptiveCopy waits for data with a 2 KiB buffer and switches to a pooled 32 KiB one while a
 // burst lasts, so an idle connection (a watch, an exec session) holds 2 KiB, not 32.
-func adaptiveCopy(dst io.Writer, src io.Reader) error {
+func adaptiveCopy(dst io.Writer, src io.Reader) error { return adaptiveCopyPool(dst, src, &bufPool) }
+
+// adaptiveCopyPool is adaptiveCopy with the burst buffers of pool.
+func adaptiveCopyPool(dst io.Writer, src io.Reader, pool *sync.Pool) error {
 	small := make([]byte, 2048)
 	for {
 		n, err := src.Read(small)
@@ -296,24 +299,24 @@ func adaptiveCopy(dst io.Writer, src io.Reader) error {
 		if n < len(small) {
 			continue
 		}
-		bp := bufPool.Get().(*[]byte)
+		bp := pool.Get().(*[]byte)
 		for {
 			n, err = src.Read(*bp)
 			if n > 0 {
 				if _, werr := dst.Write((*bp)[:n]); werr != nil {
-					bufPool.Put(bp)
+					pool.Put(bp)
 					return werr
 				}
 			}
 			if err != nil {
-				bufPool.Put(bp)
+				pool.Put(bp)
 				return err
 			}
 			if n < len(*bp)/2 {
 				break
 			}
 		}
-		bufPool.Put(bp)
+		pool.Put(bp)
 	}
 }
 

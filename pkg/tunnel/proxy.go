@@ -222,17 +222,6 @@ func (p *Proxy) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	WriteRuntimeMetrics(w)
 }
 
-func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 func remoteIP(addr string) string {
 	if h, _, err := net.SplitHostPort(addr); err == nil {
 		return h
@@ -393,6 +382,9 @@ func (p *Proxy) DialStream(ctx context.Context, cluster string, h StreamHeader) 
 	}
 	relay := h.Target == TargetKubernetesH2
 	c, err := p.openStream(ctx, cluster, h.encode(), relay)
+	if err == nil {
+		p.metrics.targetStreams.add(h.Target)
+	}
 	if !relay && err != nil && (errors.Is(err, ErrNoAgent) || errors.Is(err, ErrGoAway)) && p.tower.reg.count(cluster) > 0 {
 		if tc, terr := p.dialTower(cluster, h); terr == nil || !errors.Is(terr, ErrNoAgent) {
 			return tc, terr

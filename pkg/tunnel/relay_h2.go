@@ -60,7 +60,8 @@ const (
 	h2FlagPadded     = 0x8
 	h2FlagPriority   = 0x20
 
-	h2SettingHeaderTableSize = 0x1
+	h2SettingHeaderTableSize   = 0x1
+	h2SettingInitialWindowSize = 0x4
 
 	// h2MaxHeaderBlock caps one header block (HEADERS and its CONTINUATIONs) as read, and
 	// h2MaxHeaderList the decoded header list (RFC 9113 size: name + value + 32 per field): 1 MiB,
@@ -116,7 +117,11 @@ type h2Relay struct {
 	encLimit   uint32
 	lastStream uint32              // highest stream the kube-apiserver saw opened
 	refused    map[uint32]struct{} // token-stream requests answered by the agent
-	conns      [2]net.Conn         // the stream and the kube-apiserver connection
+	// reserve is the connection-level window withheld from the server for the agent's own DATA,
+	// clientWindow the client's SETTINGS_INITIAL_WINDOW_SIZE (relay_h2_frames.go).
+	reserve      int
+	clientWindow uint32
+	conns        [2]net.Conn // the stream and the kube-apiserver connection
 	// upReady reports whether the server's next TLS record is already read (tlsbatch.go): the
 	// frames copied so far then wait for it, and leave together.
 	upReady func() bool
@@ -125,8 +130,8 @@ type h2Relay struct {
 func newH2Relay(auth string, token func() (string, error), client io.Reader, server io.ReadWriter, toClient io.Writer) *h2Relay {
 	r := &h2Relay{auth: auth, token: token,
 		cr: bufio.NewReaderSize(client, 16<<10), sw: bufio.NewWriterSize(server, 16<<10),
-		sr: bufio.NewReaderSize(server, 16<<10), cw: bufio.NewWriterSize(toClient, 32<<10),
-		refused: map[uint32]struct{}{}, open: map[uint32]uint8{}, encLimit: 4096}
+		sr: bufio.NewReaderSize(server, 16<<10), cw: bufio.NewWriterSize(toClient, 64<<10),
+		refused: map[uint32]struct{}{}, open: map[uint32]uint8{}, encLimit: 4096, clientWindow: 65535}
 	r.tableSize.Store(4096)
 	r.dec = hpack.NewDecoder(4096, r.emit)
 	r.dec.SetMaxStringLength(h2MaxHeaderList)
@@ -251,8 +256,13 @@ func (r *h2Relay) clientToServer(started func()) error {
 				err = r.dropRefused(length, typ, flags, stream)
 				break
 			}
-			if _, err = r.sw.Write(r.frame[:]); err == nil {
-				_, err = io.CopyN(r.sw, r.cr, int64(length))
+			switch {
+			case typ == h2FrameWindowUpdate && stream == 0:
+				err = r.windowUpdate(length)
+			case typ == h2FrameSettings && stream == 0:
+				err = r.clientSettings(length, flags)
+			default:
+				err = r.passFrame(length)
 			}
 			if err == nil && ((typ == h2FrameData && flags&h2FlagEndStream != 0) || typ == h2FrameRSTStream) &&
 				r.ended(stream, h2ClientEnded, typ == h2FrameRSTStream) {
@@ -411,7 +421,11 @@ func (r *h2Relay) authorize(stream uint32, endStream bool) (bool, error) {
 	if !endStream {
 		r.refused[stream] = struct{}{}
 	}
-	return false, r.toClient(refusal(stream, !endStream))
+	withBody := len(refusalBody) <= r.reserve && uint32(len(refusalBody)) <= r.clientWindow
+	if withBody {
+		r.reserve -= len(refusalBody)
+	}
+	return false, r.toClient(refusal(stream, !endStream, withBody))
 }
 
 // NewKubeRelay is the KubeRelay of a kube-apiserver at addr (host:port) reached with tlsCfg

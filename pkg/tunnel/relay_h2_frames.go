@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -111,28 +112,106 @@ func (r *h2Relay) dropRefused(length uint32, typ, flags byte, stream uint32) err
 	return r.toClient(out)
 }
 
+// refusalBody is the 401's body, the Kubernetes Status the request-by-request path answers.
+var refusalBody = statusJSON(401, "Unauthorized", tokenStreamAdvice)
+
 // refusal is the agent's 401 for a token-stream request without Authorization: a HEADERS frame
 // whose fields are literals that touch no HPACK table (the client's decoder keeps the server's
-// table), then RST_STREAM(NO_ERROR) when the request's body may still be coming. It carries no
-// body, so the flow-control windows the client and server keep are not disturbed.
-func refusal(stream uint32, reset bool) []byte {
+// table), with the Status body in a DATA frame when withBody, then RST_STREAM(NO_ERROR) when the
+// request's body may still be coming. Without the body the advice travels in x-ks-mc-error.
+func refusal(stream uint32, reset, withBody bool) []byte {
 	var blk bytes.Buffer
 	e := hpack.NewEncoder(&blk)
-	for _, f := range []hpack.HeaderField{
-		{Name: ":status", Value: "401"},
-		{Name: "content-length", Value: "0"},
-		{Name: "x-ks-mc-error", Value: "present a client certificate issued by the proxy CA (the kubeconfig in the Cluster's spec.connection) or a bearer token"},
-	} {
+	fields := []hpack.HeaderField{{Name: ":status", Value: "401"}, {Name: "content-length", Value: "0"},
+		{Name: "x-ks-mc-error", Value: tokenStreamAdvice}}
+	if withBody {
+		fields = []hpack.HeaderField{{Name: ":status", Value: "401"}, {Name: "content-type", Value: "application/json"},
+			{Name: "content-length", Value: strconv.Itoa(len(refusalBody))}}
+	}
+	for _, f := range fields {
 		f.Sensitive = true // never indexed: the client's decoder table stays the server's
 		_ = e.WriteField(f)
 	}
-	out := appendFrameHeader(nil, blk.Len(), h2FrameHeaders, h2FlagEndHeaders|h2FlagEndStream, stream)
+	flags := byte(h2FlagEndHeaders)
+	if !withBody {
+		flags |= h2FlagEndStream
+	}
+	out := appendFrameHeader(nil, blk.Len(), h2FrameHeaders, flags, stream)
 	out = append(out, blk.Bytes()...)
+	if withBody {
+		out = appendFrameHeader(out, len(refusalBody), h2FrameData, h2FlagEndStream, stream)
+		out = append(out, refusalBody...)
+	}
 	if reset {
 		out = appendFrameHeader(out, 4, h2FrameRSTStream, 0, stream)
 		out = binary.BigEndian.AppendUint32(out, 0)
 	}
 	return out
+}
+
+// Flow control of the agent's own DATA (the 401 bodies). The client counts them against its
+// connection's receive window, which the server also fills: so that the two together never
+// exceed what the client granted, the agent withholds up to h2Reserve bytes of the client's
+// connection-level WINDOW_UPDATEs from the server and spends only those. It takes them only from
+// a large grant (h2ReserveFrom: Go's clients open their connection window by 1 GiB at once), so a
+// client that grants its window in small steps is never kept waiting on what the agent holds back.
+// A 401 goes without its body when the reserve, or the client's window for a new stream, is too
+// small for it.
+const (
+	h2Reserve     = 64 << 10
+	h2ReserveFrom = 1 << 20
+)
+
+// windowUpdate relays the client's connection-level WINDOW_UPDATE, keeping what the reserve lacks.
+func (r *h2Relay) windowUpdate(length uint32) error {
+	if length != 4 {
+		return r.passFrame(length)
+	}
+	var p [4]byte
+	if _, err := io.ReadFull(r.cr, p[:]); err != nil {
+		return err
+	}
+	if inc := binary.BigEndian.Uint32(p[:]) & 0x7fffffff; inc >= h2ReserveFrom && r.reserve < h2Reserve {
+		take := h2Reserve - r.reserve // inc stays above zero: h2ReserveFrom > h2Reserve
+		r.reserve = h2Reserve
+		binary.BigEndian.PutUint32(p[:], inc-uint32(take))
+	}
+	if _, err := r.sw.Write(r.frame[:]); err != nil {
+		return err
+	}
+	_, err := r.sw.Write(p[:])
+	return err
+}
+
+// clientSettings relays the client's SETTINGS, noting SETTINGS_INITIAL_WINDOW_SIZE (a new
+// stream's window: a 401 body must fit in it).
+func (r *h2Relay) clientSettings(length uint32, flags byte) error {
+	if flags&h2FlagAck != 0 || length > 6*64 || length%6 != 0 {
+		return r.passFrame(length)
+	}
+	var p [6 * 64]byte
+	if _, err := io.ReadFull(r.cr, p[:length]); err != nil {
+		return err
+	}
+	for i := 0; i < int(length); i += 6 {
+		if binary.BigEndian.Uint16(p[i:]) == h2SettingInitialWindowSize {
+			r.clientWindow = binary.BigEndian.Uint32(p[i+2:])
+		}
+	}
+	if _, err := r.sw.Write(r.frame[:]); err != nil {
+		return err
+	}
+	_, err := r.sw.Write(p[:length])
+	return err
+}
+
+// passFrame sends the frame whose header is in r.frame on, unchanged.
+func (r *h2Relay) passFrame(length uint32) error {
+	if _, err := r.sw.Write(r.frame[:]); err != nil {
+		return err
+	}
+	_, err := io.CopyN(r.sw, r.cr, int64(length))
+	return err
 }
 
 // writeBlock sends a header block as HEADERS and CONTINUATION frames of at most h2OutFrame.

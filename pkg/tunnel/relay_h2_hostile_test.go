@@ -1365,3 +1365,81 @@ func TestH2RelayHostileSlowPreface(t *testing.T) {
 		}
 	})
 }
+
+// TestH2RelayRefusalBodyFlowControl: the 401's Status body is paid from the reserve withheld from
+// the client's large connection-level grant (the server is told 64 KiB less), never from a small
+// grant, and not sent when the client's stream window is too small for it.
+func TestH2RelayRefusalBodyFlowControl(t *testing.T) {
+	windowAtServer := func(h *hxRelay) []uint32 {
+		b := h.atServer.wait(t, "a WINDOW_UPDATE at the kube-apiserver", func(b []byte) bool {
+			frames, _, _ := hxServerView(b, 4096)
+			for _, f := range frames {
+				if f.typ == h2FrameWindowUpdate && f.stream == 0 {
+					return true
+				}
+			}
+			return false
+		})
+		frames, _, _ := hxServerView(b, 4096)
+		var incs []uint32
+		for _, f := range frames {
+			if f.typ == h2FrameWindowUpdate && f.stream == 0 {
+				incs = append(incs, binary.BigEndian.Uint32(f.payload))
+			}
+		}
+		return incs
+	}
+	body := func(frames []hxFrame, stream uint32) []byte {
+		for _, f := range frames {
+			if f.typ == h2FrameData && f.stream == stream {
+				return f.payload
+			}
+		}
+		return nil
+	}
+	t.Run("a large grant pays for the body", func(t *testing.T) {
+		h := hxStart(t, AuthToken)
+		h.preface()
+		h.must(h.fr.WriteWindowUpdate(0, 1<<30))
+		if got := windowAtServer(h); len(got) != 1 || got[0] != 1<<30-h2Reserve {
+			t.Fatalf("the kube-apiserver was granted %v, want %d", got, 1<<30-h2Reserve)
+		}
+		h.headers(1, true, hxReq("GET", "/api/v1/secrets")...)
+		frames, _ := h.clientView("the 401 and its body", func(f []hxFrame, _ []hxBlock) bool { return body(f, 1) != nil })
+		b := body(frames, 1)
+		if !bytes.Contains(b, []byte(`"reason":"Unauthorized"`)) || !bytes.Contains(b, []byte("client certificate")) {
+			t.Fatalf("401 body %q", b)
+		}
+		if h.r.reserve != h2Reserve-len(b) {
+			t.Fatalf("reserve %d after a %d-byte body, want %d", h.r.reserve, len(b), h2Reserve-len(b))
+		}
+	})
+	t.Run("a small grant passes whole and pays for nothing", func(t *testing.T) {
+		h := hxStart(t, AuthToken)
+		h.preface()
+		h.must(h.fr.WriteWindowUpdate(0, 4096))
+		if got := windowAtServer(h); len(got) != 1 || got[0] != 4096 {
+			t.Fatalf("the kube-apiserver was granted %v, want 4096", got)
+		}
+		h.headers(1, true, hxReq("GET", "/api/v1/secrets")...)
+		frames, blocks := h.clientView("the 401", func(_ []hxFrame, b []hxBlock) bool { return len(b) >= 1 })
+		hxRefusal(t, frames, blocks, 1, false)
+		if body(frames, 1) != nil {
+			t.Fatal("a 401 body without a reserve to pay for it")
+		}
+	})
+	t.Run("a stream window smaller than the body", func(t *testing.T) {
+		h := hxStart(t, AuthToken)
+		_, err := io.WriteString(h.client, h2Preface)
+		h.must(err)
+		h.must(h.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 16}))
+		h.must(h.fr.WriteWindowUpdate(0, 1<<30))
+		windowAtServer(h)
+		h.headers(1, true, hxReq("GET", "/api/v1/secrets")...)
+		frames, blocks := h.clientView("the 401", func(_ []hxFrame, b []hxBlock) bool { return len(b) >= 1 })
+		hxRefusal(t, frames, blocks, 1, false)
+		if body(frames, 1) != nil {
+			t.Fatal("a 401 body larger than the client's stream window")
+		}
+	})
+}

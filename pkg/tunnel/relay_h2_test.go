@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"strings"
 	"sync"
@@ -24,6 +25,18 @@ func (h *harness) h2Client(admin bool) *http.Client {
 		cfg = h.adminTLS
 	}
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: true}}
+}
+
+// relayedConnections is the proxy's count of kubernetes-h2 streams (relayed client connections).
+func (h *harness) relayedConnections(t *testing.T) string {
+	rec := httptest.NewRecorder()
+	h.proxy.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, l := range strings.Split(rec.Body.String(), "\n") {
+		if strings.HasPrefix(l, `ksmc_proxy_target_streams_total{target="kubernetes-h2"} `) {
+			return strings.TrimPrefix(l, `ksmc_proxy_target_streams_total{target="kubernetes-h2"} `)
+		}
+	}
+	return "0"
 }
 
 // reusedGet is h.get that also reports whether the request rode an existing connection.
@@ -90,8 +103,10 @@ func caseRelayCredentials(t *testing.T, h *harness) {
 				t.Fatalf("status %d identity %q, want %d %q: %s", resp.StatusCode, resp.Header.Get("X-Identity"), tc.wantCode, tc.wantIdent, body)
 			}
 			if tc.wantCode == 401 {
-				if !strings.Contains(resp.Header.Get("X-Ks-Mc-Error"), "client certificate") {
-					t.Fatalf("401 without the advice header: %v", resp.Header)
+				// The Status body of the request-by-request path, so client-go shows its message.
+				if !bytes.Contains(body, []byte(`"message":"ks-mc proxy: present a client certificate`)) ||
+					resp.Header.Get("Content-Type") != "application/json" {
+					t.Fatalf("401 without the advice: %v %s", resp.Header, body)
 				}
 				return
 			}
@@ -100,6 +115,10 @@ func caseRelayCredentials(t *testing.T, h *harness) {
 				t.Fatalf("backend saw %q, want the relayed HTTP/2.0", resp.Header.Get("X-Proto"))
 			}
 		})
+	}
+	// One relayed connection per client (each case built its own).
+	if got := h.relayedConnections(t); got != "4" {
+		t.Fatalf("ksmc_proxy_target_streams_total{target=\"kubernetes-h2\"} = %s, want 4", got)
 	}
 }
 
@@ -224,6 +243,9 @@ func caseRelayOlderAgent(t *testing.T, h *harness) {
 	}
 	if resp.Header.Get("X-Proto") != "HTTP/1.1" || resp.ProtoMajor != 2 {
 		t.Fatalf("client %s, backend %q: want HTTP/2 to the listener and the agent's HTTP/1.1", resp.Proto, resp.Header.Get("X-Proto"))
+	}
+	if got := h.relayedConnections(t); got != "0" {
+		t.Fatalf("%s relayed connections to an agent that does not relay", got)
 	}
 }
 

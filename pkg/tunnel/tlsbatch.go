@@ -150,11 +150,11 @@ func tlsBatched(c net.Conn) net.Conn {
 // recordReady: see recordBatcher.recordReady (false without read-ahead).
 func (c *batchedTLS) recordReady() bool { return c.under.recordReady() }
 
-// readAheadSize holds two whole records.
-const readAheadSize = 2 * (16384 + 2048)
+// readAheadSize holds four whole records: as much as the relay's 64 KiB writes take.
+const readAheadSize = 4 * (16384 + 2048)
 
 // tlsClientBatched and tlsServerBatched make a TLS connection over c whose large writes are
-// batched; with readAhead it also reads ahead (recordReady), at the cost of a 36 KiB buffer.
+// batched; with readAhead it also reads ahead (recordReady), at the cost of a 72 KiB buffer.
 func tlsClientBatched(c net.Conn, cfg *tls.Config, readAhead bool) (*tls.Conn, *batchedTLS) {
 	b := &recordBatcher{Conn: c}
 	if readAhead {

@@ -130,6 +130,11 @@ func (e *env) lan(ctx context.Context, r *report) error {
 	}
 	r.add(e.ratioRow("LAN", "small GET (a namespace), sequential, req/s", "req/s", res, goal{op: "≥", limit: 0.85, unit: "×"}, false))
 	r.add(e.cpuRow("CPU per small GET, proxy + agent", "GET", "%.3f", 0.12, res))
+	fl, err := e.floorRow(n)
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	r.add(fl)
 
 	conc, total := 32, e.n(6000, 1000)
 	res, err = e.reps(func(t *target) (float64, float64, error) {

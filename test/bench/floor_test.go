@@ -1,0 +1,32 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// TestMain lets the test binary be the floor figure's relay, as the bench binary is.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "-relay" {
+		if err := runRelay(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestFloorRow: the floor figure runs its relays, carries its round trips through them and
+// counts the relays' CPU.
+func TestFloorRow(t *testing.T) {
+	x, err := (&env{}).floorRow(200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(x.value > 0) || !x.noGoal || x.section != "LAN" {
+		t.Fatalf("floor row %+v", x)
+	}
+	t.Logf("%s: %s", x.name, x.valueStr)
+}
