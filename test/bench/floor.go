@@ -31,8 +31,9 @@ const (
 	floorAnswer  = 1000 // bytes: its answer
 )
 
-// runRelay is the bench binary as a relay: "-relay LISTEN-TLS|LISTEN TARGET[,tls]" prints its
-// address and relays every connection to TARGET.
+// runRelay is the bench binary as a relay: "-relay tls|plain TARGET[,tls]" listens on a port of
+// 127.0.0.1 (with TLS or not), prints its address and relays every connection to TARGET (over
+// TLS with ",tls"). It returns only when it fails.
 func runRelay(args []string) error {
 	if len(args) != 2 {
 		return fmt.Errorf("usage: -relay tls|plain TARGET[,tls]")

@@ -68,11 +68,8 @@ type options struct {
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "-relay" { // the floor figure's relays (floor.go)
-		if err := runRelay(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "bench relay:", err)
-			os.Exit(1)
-		}
-		return
+		fmt.Fprintln(os.Stderr, "bench relay:", runRelay(os.Args[2:]))
+		os.Exit(1)
 	}
 	var o options
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: do not write)")
