@@ -19,35 +19,47 @@ import (
 )
 
 // The floor of "CPU per small GET, proxy + agent": what two processes cost only to pass a small
-// request and its answer on, with nothing of a tunnel in them. The bench binary is started twice
-// as a byte relay (runRelay: io.Copy both ways per connection), in line between a client and an
-// echo server of the bench; the hop between the two relays carries TLS, as the tunnel session
-// does. Any design that keeps the proxy and the agent as the two processes a request crosses,
-// with the session encrypted, spends at least this; the client's own TLS, the multiplexer and
-// HTTP come on top.
+// request and its answer on, with nothing of a tunnel in them. The bench binary is started as a
+// byte relay where the proxy runs and as one where the agent runs (the member's network
+// namespace), and as an echo server beside the member's kube-apiserver; each relay copies both
+// ways (io.Copy per direction), and the hop between them carries TLS, as the tunnel does. Any
+// design that keeps the proxy and the agent as the two processes a request crosses spends at
+// least this per request on this machine; TLS on the other hops, HTTP/2 framing and HPACK, and a
+// multiplexer come on top.
 
 const (
 	floorRequest = 300  // bytes: a small GET's head
 	floorAnswer  = 1000 // bytes: its answer
 )
 
-// runRelay is the bench binary as a relay: "-relay tls|plain TARGET[,tls]" listens on a port of
-// 127.0.0.1 (with TLS or not), prints its address and relays every connection to TARGET (over
-// TLS with ",tls"). It returns only when it fails.
-func runRelay(args []string) error {
-	if len(args) != 2 {
-		return fmt.Errorf("usage: -relay tls|plain TARGET[,tls]")
-	}
-	var cfg *tls.Config
-	if args[0] == "tls" {
-		ca, err := selfSigned()
+// runHelper is the bench binary as the floor's relay or echo server:
+//
+//	-relay IP tls|plain TARGET[,tls]   listen on IP (with TLS or not), relay to TARGET (over TLS with ",tls")
+//	-echo IP                           answer every floorRequest bytes with floorAnswer bytes
+//
+// It prints its address and returns only when it fails.
+func runHelper(args []string) error {
+	if len(args) == 2 && args[0] == "-echo" {
+		ln, err := net.Listen("tcp", net.JoinHostPort(args[1], "0"))
 		if err != nil {
 			return err
 		}
-		cfg = &tls.Config{Certificates: []tls.Certificate{ca}}
+		fmt.Println(ln.Addr().String())
+		return serveEcho(ln)
 	}
-	target, dialTLS := strings.CutSuffix(args[1], ",tls")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if len(args) != 4 || args[0] != "-relay" {
+		return fmt.Errorf("usage: -relay IP tls|plain TARGET[,tls] | -echo IP")
+	}
+	var cfg *tls.Config
+	if args[2] == "tls" {
+		cert, err := selfSigned()
+		if err != nil {
+			return err
+		}
+		cfg = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
+	target, dialTLS := strings.CutSuffix(args[3], ",tls")
+	ln, err := net.Listen("tcp", net.JoinHostPort(args[1], "0"))
 	if err != nil {
 		return err
 	}
@@ -76,13 +88,39 @@ func runRelay(args []string) error {
 	}
 }
 
-// startRelay starts the bench binary as a relay and returns its process and address.
-func startRelay(args ...string) (*exec.Cmd, string, error) {
+func serveEcho(ln net.Listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			req, ans := make([]byte, floorRequest), make([]byte, floorAnswer)
+			for {
+				if _, err := io.ReadFull(c, req); err != nil {
+					return
+				}
+				if _, err := c.Write(ans); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// startHelper starts the bench binary as a floor helper, in network namespace netns unless it is
+// empty, and returns its process and address.
+func startHelper(netns string, args ...string) (*exec.Cmd, string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, "", err
 	}
-	cmd := exec.Command(exe, append([]string{"-relay"}, args...)...)
+	argv := append([]string{exe}, args...)
+	if netns != "" {
+		argv = append([]string{"ip", "netns", "exec", netns}, argv...) // ip execs it: same pid
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	setDeathSignal(cmd)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -94,52 +132,48 @@ func startRelay(args ...string) (*exec.Cmd, string, error) {
 	addr, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		_ = cmd.Process.Kill()
-		return nil, "", fmt.Errorf("relay: %w", err)
+		return nil, "", fmt.Errorf("floor helper %v: %w", args, err)
 	}
 	return cmd, strings.TrimSpace(addr), nil
 }
 
-// floorRow measures the floor: n sequential round trips through relay 1 → TLS → relay 2, median
-// of 3, CPU of both relays per round trip.
+// floorRow measures the floor: n sequential round trips, median of 3, CPU of both relays per
+// round trip. Without a sandbox (tests) everything runs on 127.0.0.1 here.
 func (e *env) floorRow(n int) (row, error) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return row{}, err
+	rootIP, memberIP := e.rootIP, e.memberIP
+	if rootIP == "" {
+		rootIP, memberIP = "127.0.0.1", "127.0.0.1"
 	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				req, ans := make([]byte, floorRequest), make([]byte, floorAnswer)
-				for {
-					if _, err := io.ReadFull(c, req); err != nil {
-						return
-					}
-					if _, err := c.Write(ans); err != nil {
-						return
-					}
-				}
-			}()
+	var cmds []*exec.Cmd
+	defer func() {
+		for _, c := range cmds {
+			_ = c.Process.Kill()
+			_ = c.Wait()
 		}
 	}()
-	r2, a2, err := startRelay("tls", echo.Addr().String())
+	start := func(netns string, args ...string) (string, error) {
+		c, addr, err := startHelper(netns, args...)
+		if err == nil {
+			cmds = append(cmds, c)
+		}
+		return addr, err
+	}
+	echo, err := start(e.memberNetns, "-echo", memberIP)
 	if err != nil {
 		return row{}, err
 	}
-	defer func() { _ = r2.Process.Kill(); _ = r2.Wait() }()
-	r1, a1, err := startRelay("plain", a2+",tls")
+	agentSide, err := start(e.memberNetns, "-relay", memberIP, "tls", echo)
 	if err != nil {
 		return row{}, err
 	}
-	defer func() { _ = r1.Process.Kill(); _ = r1.Wait() }()
+	proxySide, err := start("", "-relay", rootIP, "plain", agentSide+",tls")
+	if err != nil {
+		return row{}, err
+	}
+	relays := cmds[1:]
 	var per []float64
 	for rep := 0; rep < repeats; rep++ {
-		c, err := net.Dial("tcp", a1)
+		c, err := net.Dial("tcp", proxySide)
 		if err != nil {
 			return row{}, err
 		}
@@ -155,26 +189,29 @@ func (e *env) floorRow(n int) (row, error) {
 			c.Close()
 			return row{}, err
 		}
-		c0 := cpuBoth(r1, r2)
+		c0 := cpuOfCmds(relays)
 		for i := 0; i < n; i++ {
 			if err := round(); err != nil {
 				c.Close()
 				return row{}, err
 			}
 		}
-		per = append(per, ms2(cpuBoth(r1, r2)-c0)/float64(n))
+		per = append(per, ms2(cpuOfCmds(relays)-c0)/float64(n))
 		c.Close()
 	}
 	v := median(per)
-	return row{section: "LAN", name: "floor: CPU per small round trip, two byte-relay processes, TLS between them", ksmc: fmt.Sprintf("%.3f ms", v),
-		value: v, valueStr: fmt.Sprintf("%.3f ms", v), noGoal: true,
-		note: fmt.Sprintf("the bench binary as two relays (io.Copy both ways; %d-byte request, %d-byte answer, sequential): the least two processes spend per request before any tunnel work", floorRequest, floorAnswer)}, nil
+	return row{section: "LAN", name: "floor: CPU per small round trip, two byte-relay processes where proxy and agent run, TLS between them",
+		ksmc: fmt.Sprintf("%.3f ms", v), value: v, valueStr: fmt.Sprintf("%.3f ms", v), noGoal: true,
+		note: fmt.Sprintf("the bench binary as two relays (io.Copy both ways; %d-byte request, %d-byte answer, sequential) and an echo server in the member's namespace: the least two processes spend per request before any tunnel work", floorRequest, floorAnswer)}, nil
 }
 
-func cpuBoth(a, b *exec.Cmd) time.Duration {
-	x, _ := cpuOf(a.Process.Pid)
-	y, _ := cpuOf(b.Process.Pid)
-	return x + y
+func cpuOfCmds(cmds []*exec.Cmd) time.Duration {
+	var d time.Duration
+	for _, c := range cmds {
+		x, _ := cpuOf(c.Process.Pid)
+		d += x
+	}
+	return d
 }
 
 // selfSigned is a throwaway ECDSA P-256 certificate for the relay's TLS.

@@ -67,8 +67,8 @@ type options struct {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "-relay" { // the floor figure's relays (floor.go)
-		fmt.Fprintln(os.Stderr, "bench relay:", runRelay(os.Args[2:]))
+	if len(os.Args) > 1 && (os.Args[1] == "-relay" || os.Args[1] == "-echo") { // the floor figure's helpers (floor.go)
+		fmt.Fprintln(os.Stderr, "bench helper:", runHelper(os.Args[1:]))
 		os.Exit(1)
 	}
 	var o options
@@ -127,6 +127,8 @@ type env struct {
 	tower      *target // nil: not measured
 	towerAgent *proc
 	tunnelCfg  *rest.Config
+	// The member's network namespace and node IP (the floor figure runs its agent-side relay there).
+	memberNetns, memberIP string
 	// What the rendered manifests give the agent and proxy containers: memory limit and environment.
 	agentMem, proxyMem containerMem
 }
@@ -258,6 +260,7 @@ func eventually(timeout time.Duration, what string, f func() error) error {
 
 func (e *env) setup(ctx context.Context) error {
 	host, member := e.sb.Cluster("host"), e.sb.Cluster(cluster)
+	e.memberNetns, e.memberIP = member.Netns, member.NodeIP
 	// The root namespace's address on the sandbox network: 10.X.0.2 (host is 10.X.1.2).
 	f := strings.Split(host.NodeIP, ".")
 	e.rootIP = strings.Join([]string{f[0], f[1], "0", "2"}, ".")
