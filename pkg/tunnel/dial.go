@@ -78,11 +78,13 @@ func dialConnect(ctx context.Context, d *net.Dialer, via *url.URL, addr string) 
 	return &bufferedConn{Conn: c, r: br}, nil
 }
 
-// connListener is a net.Listener fed by push (the accepted, header-checked streams).
+// connListener is a net.Listener fed by push (the accepted, header-checked streams; the kube
+// listener's connections for its http.Server).
 type connListener struct {
 	ch     chan net.Conn
 	done   chan struct{}
 	closed sync.Once
+	addr   net.Addr // nil: tunnelAddr
 }
 
 func newConnListener() *connListener {
@@ -112,7 +114,12 @@ func (l *connListener) Close() error {
 	return nil
 }
 
-func (l *connListener) Addr() net.Addr { return tunnelAddr{} }
+func (l *connListener) Addr() net.Addr {
+	if l.addr != nil {
+		return l.addr
+	}
+	return tunnelAddr{}
+}
 
 type tunnelAddr struct{}
 

@@ -17,7 +17,8 @@
 //	protocol.go    upgrade constants, stream header and answer, splice helpers, frame coalescing
 //	backoff.go     full-jitter exponential backoff
 //	agent.go       Agent: TLS pin, upgrade, reconnect, serve streams, drain
-//	dial.go        the agent's dial (HTTP CONNECT proxies); connListener (Tower sessions, tests)
+//	dial.go        the agent's dial (HTTP CONNECT proxies); connListener (Tower sessions, the kube
+//	               listener's http.Server, tests)
 //	agent_serve.go the agent's stream server: keep-alive loop, forwarding, drain registry
 //	agent_long.go  its long-lived responses: watches (the stream watched for the caller leaving), upgrades
 //	agent_http.go  its request reading (header cap) and response writing, the upstream rewrite
@@ -36,6 +37,11 @@
 //	listener_client.go the kube listener's own HTTP/1.1 client over tunnel streams (upgrades excepted)
 //	listener_request.go its request writing (head, framing, body)
 //	listener_pool.go   its pool of idle streams (reuse check, idle sweep)
+//	listener_relay.go  the kube listener's TLS handshake and its HTTP/2 clients, relayed whole
+//	relay_h2.go    the agent's HTTP/2 relay: header blocks decoded and encoded again, credentials
+//	relay_h2_frames.go its frames: the server's direction, the agent's own frames, flow control
+//	proxy_relay.go data connections: a relayed client on a connection of its own (DialRelay)
+//	tlsbatch.go    one socket write per large TLS write; reading ahead by whole records
 //	certs.go       per-installation CA, serving and client certificates, renewal
 //	sniff.go       TLS and plain HTTP on one port
 //	metrics.go     Prometheus text metrics

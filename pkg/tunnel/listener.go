@@ -51,7 +51,7 @@ type ClusterListener struct {
 	kube, ks net.Listener
 	tlsCfg   *tls.Config
 	// handoff feeds srv the connections the kube listener does not relay.
-	handoff *connQueue
+	handoff *connListener
 	srv     *http.Server
 	// certRP and tokenRP forward upgrades (exec, attach, port-forward): a ReverseProxy with an
 	// http.Transport, which splices the switched connection.
@@ -99,7 +99,7 @@ func ListenCluster(cfg ClusterListenerConfig) (*ClusterListener, error) {
 		_ = kl.Close()
 		return nil, fmt.Errorf("listen for cluster %q ks-apiserver: %w", cfg.Cluster, err)
 	}
-	l := &ClusterListener{cfg: cfg, kube: kl, ks: kl2, tlsCfg: t, handoff: newConnQueue(kl.Addr()), conns: map[net.Conn]struct{}{}}
+	l := &ClusterListener{cfg: cfg, kube: kl, ks: kl2, tlsCfg: t, handoff: &connListener{ch: make(chan net.Conn), done: make(chan struct{}), addr: kl.Addr()}, conns: map[net.Conn]struct{}{}}
 	l.certRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthCert})
 	l.tokenRP = l.reverseProxy(StreamHeader{Target: TargetKubernetes, Auth: AuthToken})
 	l.certFwd = newKubeForwarder(l, StreamHeader{Target: TargetKubernetes, Auth: AuthCert})

@@ -71,45 +71,6 @@ func (l *ClusterListener) dialRelay(auth string) net.Conn {
 	return st
 }
 
-// connQueue is the http.Server's listener: the kube listener hands it connections whose TLS
-// handshake is done.
-type connQueue struct {
-	addr net.Addr
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newConnQueue(addr net.Addr) *connQueue {
-	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.ch:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return q.addr }
-
-// push hands c to the server; false once the queue is closed.
-func (q *connQueue) push(c net.Conn) bool {
-	select {
-	case q.ch <- c:
-		return true
-	case <-q.done:
-		return false
-	}
-}
-
 // relayPool holds the burst buffers towards relayed clients: the agent sends up to 64 KiB per
 // frame (relay_h2.go), and one read then makes one write to the client.
 var relayPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}

@@ -244,28 +244,17 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request) {
 // startSession upgrades an admitted agent's connection (serveTunnel) and runs its yamux session
 // until it closes.
 func (p *Proxy) startSession(w http.ResponseWriter, r *http.Request, cluster, token, identity, ip string, log logr.Logger) {
-	hj, ok := w.(http.Hijacker)
+	c, ok := hijackAgent(w, log)
 	if !ok {
-		http.Error(w, "connection cannot be upgraded", http.StatusInternalServerError)
 		return
 	}
-	conn, brw, err := hj.Hijack()
-	if err != nil {
-		log.Error(err, "hijack agent connection")
+	if _, err := io.WriteString(c, switchingTo(UpgradeProtocol)); err != nil {
+		_ = c.Close()
 		return
-	}
-	_ = conn.SetDeadline(time.Time{})
-	if _, err := io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+UpgradeProtocol+"\r\n\r\n"); err != nil {
-		_ = conn.Close()
-		return
-	}
-	c := tlsBatched(conn)
-	if brw.Reader.Buffered() > 0 {
-		c = &bufferedConn{Conn: c, r: brw.Reader}
 	}
 	sess, err := yamux.Client(&coalescingConn{Conn: c}, p.cfg.Config.yamuxConfig())
 	if err != nil {
-		_ = conn.Close()
+		_ = c.Close()
 		log.Error(err, "start session")
 		return
 	}

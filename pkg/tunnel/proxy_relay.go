@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/go-logr/logr"
 )
 
 // Data connections. A relayed HTTP/2 client (listener_relay.go) is best carried on a TCP
@@ -113,7 +115,7 @@ func (p *Proxy) DialRelay(ctx context.Context, cluster, auth string) (net.Conn, 
 		// The 101 leaves here, before anything of the client's: the agent ends the stream only
 		// once it read it, so the data connection is always in hand when the stream ends.
 		_ = st.Close()
-		if _, err := io.WriteString(dc, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+RelayUpgrade+"\r\n\r\n"); err != nil {
+		if _, err := io.WriteString(dc, switchingTo(RelayUpgrade)); err != nil {
 			_ = dc.Close()
 			return nil, err
 		}
@@ -185,19 +187,33 @@ func (p *Proxy) serveRelay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no such relay", http.StatusNotFound)
 		return
 	}
+	if c, ok := hijackAgent(w, a.log); ok {
+		pr.ch <- c // DialRelay answers 101 (or remove closes it, when it gave up)
+	}
+}
+
+// hijackAgent takes an admitted agent's connection from net/http: deadlines cleared, large TLS
+// writes batched (tlsbatch.go), what net/http read ahead still to be read.
+func hijackAgent(w http.ResponseWriter, log logr.Logger) (net.Conn, bool) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "connection cannot be upgraded", http.StatusInternalServerError)
-		return
+		return nil, false
 	}
 	conn, brw, err := hj.Hijack()
 	if err != nil {
-		return
+		log.Error(err, "hijack agent connection")
+		return nil, false
 	}
 	_ = conn.SetDeadline(time.Time{})
 	c := tlsBatched(conn)
 	if brw.Reader.Buffered() > 0 {
 		c = &bufferedConn{Conn: c, r: brw.Reader}
 	}
-	pr.ch <- c // DialRelay answers 101 (or remove closes it, when it gave up)
+	return c, true
+}
+
+// switchingTo is the 101 answer of an upgrade to protocol.
+func switchingTo(protocol string) string {
+	return "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + protocol + "\r\n\r\n"
 }

@@ -242,10 +242,7 @@ func caseRelayWatch(t *testing.T, h *harness) {
 }
 
 func caseRelayOlderAgent(t *testing.T, h *harness) {
-	h.start()
-	h.listen()
-	h.startAgent(agentOpts{noRelay: true})
-	h.waitAgents(1)
+	readyWith(h, agentOpts{noRelay: true})
 	resp, _, err := h.get(h.h2Client(true), "/api/v1/namespaces/default", "")
 	if err != nil || resp.StatusCode != 200 || resp.Header.Get("X-Identity") != "agent" {
 		t.Fatalf("%v %v", resp, err)
@@ -261,10 +258,7 @@ func caseRelayOlderAgent(t *testing.T, h *harness) {
 // caseRelayOnStream: an agent that opens no data connection relays on the stream, with the same
 // credential rules.
 func caseRelayOnStream(t *testing.T, h *harness) {
-	h.start()
-	h.listen()
-	h.startAgent(agentOpts{noDataConn: true})
-	h.waitAgents(1)
+	readyWith(h, agentOpts{noDataConn: true})
 	for _, tc := range []struct {
 		admin  bool
 		bearer string

@@ -156,20 +156,19 @@ const readAheadSize = 4 * (16384 + 2048)
 // tlsClientBatched and tlsServerBatched make a TLS connection over c whose large writes are
 // batched; with readAhead it also reads ahead (recordReady), at the cost of a 72 KiB buffer.
 func tlsClientBatched(c net.Conn, cfg *tls.Config, readAhead bool) (*tls.Conn, *batchedTLS) {
-	b := &recordBatcher{Conn: c}
-	if readAhead {
-		b.rbuf = make([]byte, readAheadSize)
-	}
-	tc := tls.Client(b, cfg)
-	return tc, &batchedTLS{Conn: tc, under: b}
+	return newBatchedTLS(c, cfg, readAhead, tls.Client)
 }
 
 func tlsServerBatched(c net.Conn, cfg *tls.Config, readAhead bool) (*tls.Conn, *batchedTLS) {
+	return newBatchedTLS(c, cfg, readAhead, tls.Server)
+}
+
+func newBatchedTLS(c net.Conn, cfg *tls.Config, readAhead bool, side func(net.Conn, *tls.Config) *tls.Conn) (*tls.Conn, *batchedTLS) {
 	b := &recordBatcher{Conn: c}
 	if readAhead {
 		b.rbuf = make([]byte, readAheadSize)
 	}
-	tc := tls.Server(b, cfg)
+	tc := side(b, cfg)
 	return tc, &batchedTLS{Conn: tc, under: b}
 }
 

@@ -53,10 +53,13 @@ func TestTunnel(t *testing.T) {
 }
 
 // ready starts the proxy, the cluster listeners and one agent.
-func ready(t testing.TB, h *harness) *runningAgent {
+func ready(t testing.TB, h *harness) *runningAgent { return readyWith(h, agentOpts{}) }
+
+// readyWith is ready with an agent of options o.
+func readyWith(h *harness, o agentOpts) *runningAgent {
 	h.start()
 	h.listen()
-	a := h.startAgent(agentOpts{})
+	a := h.startAgent(o)
 	h.waitAgents(1)
 	return a
 }

@@ -64,31 +64,39 @@ func runHelper(args []string) error {
 		return err
 	}
 	fmt.Println(ln.Addr().String())
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
+	return acceptEach(ln, func(c net.Conn) {
+		if cfg != nil {
+			c = tls.Server(c, cfg)
 		}
-		go func() {
-			defer c.Close()
-			if cfg != nil {
-				c = tls.Server(c, cfg)
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				return
-			}
-			if dialTLS {
-				up = tls.Client(up, &tls.Config{InsecureSkipVerify: true}) // the bench's own relay
-			}
-			defer up.Close()
-			go func() { _, _ = io.Copy(up, c) }()
-			_, _ = io.Copy(c, up)
-		}()
-	}
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		if dialTLS {
+			up = tls.Client(up, &tls.Config{InsecureSkipVerify: true}) // the bench's own relay
+		}
+		defer up.Close()
+		go func() { _, _ = io.Copy(up, c) }()
+		_, _ = io.Copy(c, up)
+	})
 }
 
 func serveEcho(ln net.Listener) error {
+	return acceptEach(ln, func(c net.Conn) {
+		req, ans := make([]byte, floorRequest), make([]byte, floorAnswer)
+		for {
+			if _, err := io.ReadFull(c, req); err != nil {
+				return
+			}
+			if _, err := c.Write(ans); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// acceptEach serves every connection of ln with serve in a goroutine of its own, then closes it.
+func acceptEach(ln net.Listener, serve func(net.Conn)) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -96,15 +104,7 @@ func serveEcho(ln net.Listener) error {
 		}
 		go func() {
 			defer c.Close()
-			req, ans := make([]byte, floorRequest), make([]byte, floorAnswer)
-			for {
-				if _, err := io.ReadFull(c, req); err != nil {
-					return
-				}
-				if _, err := c.Write(ans); err != nil {
-					return
-				}
-			}
+			serve(c)
 		}()
 	}
 }
