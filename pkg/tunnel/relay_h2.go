@@ -125,15 +125,13 @@ type h2Relay struct {
 	// upReady reports whether the server's next TLS record is already read (tlsbatch.go): the
 	// frames copied so far then wait for it, and leave together.
 	upReady func() bool
-	linger  time.Duration // h2Linger (tests set their own)
 }
 
 func newH2Relay(auth string, token func() (string, error), client io.Reader, server io.ReadWriter, toClient io.Writer) *h2Relay {
 	r := &h2Relay{auth: auth, token: token,
 		cr: bufio.NewReaderSize(client, 16<<10), sw: bufio.NewWriterSize(server, 16<<10),
 		sr: bufio.NewReaderSize(server, 16<<10), cw: bufio.NewWriterSize(toClient, 64<<10),
-		refused: map[uint32]struct{}{}, open: map[uint32]uint8{}, encLimit: 4096, clientWindow: 65535,
-		linger: h2Linger}
+		refused: map[uint32]struct{}{}, open: map[uint32]uint8{}, encLimit: 4096, clientWindow: 65535}
 	r.tableSize.Store(4096)
 	r.dec = hpack.NewDecoder(4096, r.emit)
 	r.dec.SetMaxStringLength(h2MaxHeaderList)

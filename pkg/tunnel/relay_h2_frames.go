@@ -313,7 +313,7 @@ const h2Linger = 200 * time.Microsecond
 // lingerForServer waits up to h2Linger for the server's next bytes, then sends what waits.
 func (r *h2Relay) lingerForServer() error {
 	up := r.conns[1]
-	_ = up.SetReadDeadline(time.Now().Add(r.linger))
+	_ = up.SetReadDeadline(time.Now().Add(h2Linger))
 	_, err := r.sr.Peek(1) // consumes nothing: a timeout leaves the reader where it was
 	_ = up.SetReadDeadline(time.Time{})
 	if err == nil {

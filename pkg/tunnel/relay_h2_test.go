@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -482,81 +481,4 @@ func TestRelayDataConnectionRefused(t *testing.T) {
 	if got := try(func(*http.Request) {}); got != 404 {
 		t.Fatalf("replayed id: %d, want 404", got)
 	}
-}
-
-// writeCounter counts the writes that reach the client.
-type writeCounter struct {
-	mu sync.Mutex
-	w  io.Writer
-	n  int
-}
-
-func (c *writeCounter) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	c.n++
-	c.mu.Unlock()
-	return c.w.Write(p)
-}
-
-// TestRelayLinger: a response's HEADERS and DATA, written by the server one after the other,
-// reach the client in one write; a response head alone (a watch's, before its first event) still
-// reaches the client without more from the server.
-func TestRelayLinger(t *testing.T) {
-	// linger: how long the relay waits; the first case waits longer than any scheduling delay, so
-	// the server's second write is always in time, the second case does not matter.
-	start := func(t *testing.T, linger time.Duration) (server net.Conn, client net.Conn, wc *writeCounter) {
-		c1, c2 := net.Pipe()
-		s1, s2 := net.Pipe()
-		wc = &writeCounter{w: c1}
-		r := newH2Relay(AuthCert, func() (string, error) { return "t", nil }, c1, s1, wc)
-		r.conns = [2]net.Conn{c1, s1}
-		r.linger = linger
-		r.started = true
-		go func() { _ = r.serverToClient() }()
-		t.Cleanup(func() { c2.Close(); s2.Close(); r.close() })
-		return s2, c2, wc
-	}
-	headers := appendFrameHeader(nil, 1, h2FrameHeaders, h2FlagEndHeaders, 1)
-	headers = append(headers, 0x88) // :status 200 (static index 8)
-	data := appendFrameHeader(nil, 2, h2FrameData, h2FlagEndStream, 1)
-	data = append(data, "ok"...)
-	read := func(t *testing.T, c net.Conn, n int) []byte {
-		t.Helper()
-		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second)) // a bound on the test, not a measurement
-		b := make([]byte, n)
-		if _, err := io.ReadFull(c, b); err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	t.Run("HEADERS and DATA in one write", func(t *testing.T) {
-		s, c, wc := start(t, time.Minute)
-		done := make(chan []byte)
-		go func() { done <- read(t, c, len(headers)+len(data)) }()
-		if _, err := s.Write(headers); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Write(data); err != nil {
-			t.Fatal(err)
-		}
-		if got := <-done; !bytes.Equal(got, append(slices.Clone(headers), data...)) {
-			t.Fatalf("client got %x", got)
-		}
-		wc.mu.Lock()
-		defer wc.mu.Unlock()
-		if wc.n != 1 {
-			t.Fatalf("%d writes to the client, want 1", wc.n)
-		}
-	})
-	t.Run("a response head alone still leaves", func(t *testing.T) {
-		s, c, _ := start(t, h2Linger)
-		done := make(chan []byte)
-		go func() { done <- read(t, c, len(headers)) }()
-		if _, err := s.Write(headers); err != nil {
-			t.Fatal(err)
-		}
-		if got := <-done; !bytes.Equal(got, headers) {
-			t.Fatalf("client got %x", got)
-		}
-	})
 }
