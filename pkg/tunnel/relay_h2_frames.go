@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"time"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -257,14 +256,7 @@ func (r *h2Relay) toClient(p []byte) error {
 // size from its SETTINGS; what arrived together leaves together.
 func (r *h2Relay) serverToClient() error {
 	var hdr [9]byte
-	linger := false
 	for {
-		if linger {
-			if err := r.lingerForServer(); err != nil {
-				return err
-			}
-			linger = false
-		}
 		length, typ, flags, stream, err := readFrameHeader(r.sr, &hdr)
 		if err != nil {
 			r.cmu.Lock()
@@ -285,11 +277,7 @@ func (r *h2Relay) serverToClient() error {
 			r.pending = nil
 		}
 		if err == nil && r.sr.Buffered() == 0 && (r.upReady == nil || !r.upReady()) {
-			if (typ == h2FrameHeaders || typ == h2FrameData) && flags&h2FlagEndStream == 0 && r.conns[1] != nil {
-				linger = true // more of this stream is likely on its way: a response's body, the next event
-			} else {
-				err = r.cw.Flush()
-			}
+			err = r.cw.Flush()
 		}
 		r.cmu.Unlock()
 		if err != nil {
@@ -301,31 +289,6 @@ func (r *h2Relay) serverToClient() error {
 			}
 		}
 	}
-}
-
-// h2Linger is how long frames of a stream that has not ended wait for more of the server's before
-// they leave: the kube-apiserver (Go's HTTP/2 server) writes a response's HEADERS and its DATA with
-// a socket write each, and leaving together they cost the agent one write, and the proxy one read
-// and one write, less per request. A stream's last frame, and every frame that is not a stream's
-// HEADERS or DATA, leaves at once.
-const h2Linger = 200 * time.Microsecond
-
-// lingerForServer waits up to h2Linger for the server's next bytes, then sends what waits.
-func (r *h2Relay) lingerForServer() error {
-	up := r.conns[1]
-	_ = up.SetReadDeadline(time.Now().Add(h2Linger))
-	_, err := r.sr.Peek(1) // consumes nothing: a timeout leaves the reader where it was
-	_ = up.SetReadDeadline(time.Time{})
-	if err == nil {
-		return nil
-	}
-	r.cmu.Lock()
-	ferr := r.cw.Flush()
-	r.cmu.Unlock()
-	if !isTimeout(err) {
-		return err // the server's end: what it sent has gone out
-	}
-	return ferr
 }
 
 // settings copies a SETTINGS frame's payload, noting SETTINGS_HEADER_TABLE_SIZE. A smaller table
