@@ -286,11 +286,13 @@ func (a *Agent) drain(sess *yamux.Session) {
 	_ = sess.GoAway()
 	a.srv.setKeepAlives(false)
 	a.log.Info("draining", "streams", sess.NumStreams(), "deadline", a.cfg.Config.DrainTimeout)
+	// Relayed clients on data connections count too: told GOAWAY, each closes once its streams
+	// have ended (closing the session would cut them: the proxy ties them to it).
 	waitStreamsDone(ctx, func() int64 {
 		if sess.IsClosed() {
 			return 0
 		}
-		return int64(sess.NumStreams())
+		return int64(sess.NumStreams()) + int64(a.srv.relayCount())
 	})
 	_ = sess.Close()
 }

@@ -208,6 +208,13 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 	}
 }
 
+// relayCount is the number of relayed connections being served.
+func (s *agentServer) relayCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.relays)
+}
+
 // trackRelay registers a relayed connection for drain and shutdown; false when the agent is
 // shutting down.
 func (s *agentServer) trackRelay(r *h2Relay, add bool) bool {

@@ -79,6 +79,7 @@ func TestRelay(t *testing.T) {
 				{"ListenerWithoutRelay", caseRelayOff},
 				{"DrainSendsGoAway", caseRelayGoAway},
 				{"OnTheStreamWithoutDataConnections", caseRelayOnStream},
+				{"AgentDrainWaitsForRelayedWatches", caseRelayAgentDrain},
 			} {
 				t.Run(c.name, func(t *testing.T) { c.run(t, newHarness(t, kind)) })
 			}
@@ -252,6 +253,47 @@ func caseRelayOlderAgent(t *testing.T, h *harness) {
 	}
 	if got := h.relayedConnections(t); got != "0" {
 		t.Fatalf("%s relayed connections to an agent that does not relay", got)
+	}
+}
+
+// caseRelayAgentDrain: on SIGTERM the agent keeps a relayed client's open watch flowing (its data
+// connection is not cut with the session) and exits once the watch has ended.
+func caseRelayAgentDrain(t *testing.T, h *harness) {
+	a := ready(t, h)
+	resp, err := h.h2Client(true).Get(h.kubeURL("/watch?watch=true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.metric("ksmc_proxy_relay_connections_total"); got != "1" {
+		t.Fatalf("relayed on %s data connections, want 1", got)
+	}
+	a.cancel() // SIGTERM
+	waitFor(t, "new streams refused", func() bool {
+		c, err := h.currentProxy().DialStream(context.Background(), testCluster, StreamHeader{Target: TargetKubeSphere, Auth: AuthNone})
+		if c != nil {
+			c.Close()
+		}
+		return errors.Is(err, ErrGoAway)
+	})
+	h.backend.watchNext <- struct{}{}
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, `"n":2}`) {
+		t.Fatalf("watch during drain: %q %v", line, err)
+	}
+	select {
+	case <-a.done:
+		t.Fatal("agent exited before its relayed watch ended")
+	default:
+	}
+	resp.Body.Close()
+	select {
+	case <-a.done:
+	case <-time.After(waitLimit):
+		t.Fatal("agent did not exit after the relayed watch ended")
 	}
 }
 
