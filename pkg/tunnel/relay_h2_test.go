@@ -264,37 +264,10 @@ func caseRelayAgentDrain(t *testing.T, h *harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	if _, err := br.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
 	if got := h.metric("ksmc_proxy_relay_connections_total"); got != "1" {
 		t.Fatalf("relayed on %s data connections, want 1", got)
 	}
-	a.cancel() // SIGTERM
-	waitFor(t, "new streams refused", func() bool {
-		c, err := h.currentProxy().DialStream(context.Background(), testCluster, StreamHeader{Target: TargetKubeSphere, Auth: AuthNone})
-		if c != nil {
-			c.Close()
-		}
-		return errors.Is(err, ErrGoAway)
-	})
-	h.backend.watchNext <- struct{}{}
-	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, `"n":2}`) {
-		t.Fatalf("watch during drain: %q %v", line, err)
-	}
-	select {
-	case <-a.done:
-		t.Fatal("agent exited before its relayed watch ended")
-	default:
-	}
-	resp.Body.Close()
-	select {
-	case <-a.done:
-	case <-time.After(waitLimit):
-		t.Fatal("agent did not exit after the relayed watch ended")
-	}
+	agentDrainKeepsWatch(t, h, a, resp)
 }
 
 // caseRelayOnStream: an agent that opens no data connection relays on the stream, with the same

@@ -473,6 +473,13 @@ func caseAgentDrain(t *testing.T, h *harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	agentDrainKeepsWatch(t, h, a, resp)
+}
+
+// agentDrainKeepsWatch: on SIGTERM the agent goes away for new streams while the open watch of
+// resp keeps flowing, and it exits once the watch has ended.
+func agentDrainKeepsWatch(t *testing.T, h *harness, a *runningAgent, resp *http.Response) {
+	t.Helper()
 	defer resp.Body.Close()
 	br := bufio.NewReader(resp.Body)
 	if _, err := br.ReadString('\n'); err != nil {
