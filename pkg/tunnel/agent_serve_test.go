@@ -223,20 +223,18 @@ func caseServeBadChunking(t *testing.T, h *harness, _ *runningAgent) {
 }
 
 func caseServeHeaderTooLarge(t *testing.T, h *harness, _ *runningAgent) {
-	s := certStream(t, h)
-	go func() {
-		_, _ = io.WriteString(s.c, "GET /api HTTP/1.1\r\nHost: k\r\nX-Big: "+strings.Repeat("a", agentMaxHeaderBytes+8192)+"\r\n\r\n")
-	}()
-	resp, body := s.read(http.MethodGet)
-	wantStatus(t, resp, body, http.StatusRequestHeaderFieldsTooLarge)
-	s.ended()
+	wantHeadTooLarge(t, h, "GET /api HTTP/1.1\r\nHost: k\r\nX-Big: "+strings.Repeat("a", agentMaxHeaderBytes+8192)+"\r\n\r\n")
 }
 
 func caseServeLineTooLong(t *testing.T, h *harness, _ *runningAgent) {
+	wantHeadTooLarge(t, h, "GET /"+strings.Repeat("a", agentMaxHeaderBytes+8192)+" HTTP/1.1\r\nHost: k\r\n\r\n")
+}
+
+// wantHeadTooLarge: a request head over the cap gets 431 and the stream ends.
+func wantHeadTooLarge(t *testing.T, h *harness, req string) {
+	t.Helper()
 	s := certStream(t, h)
-	go func() {
-		_, _ = io.WriteString(s.c, "GET /"+strings.Repeat("a", agentMaxHeaderBytes+8192)+" HTTP/1.1\r\nHost: k\r\n\r\n")
-	}()
+	go func() { _, _ = io.WriteString(s.c, req) }()
 	resp, body := s.read(http.MethodGet)
 	wantStatus(t, resp, body, http.StatusRequestHeaderFieldsTooLarge)
 	s.ended()
@@ -401,43 +399,40 @@ func caseServeWatchGoroutines(t *testing.T, h *harness, _ *runningAgent) {
 // caseServeStreamingCancelled: a response without a length that is not a watch (/watch without
 // ?watch=true streams like logs -f) ends upstream when the caller closes its stream.
 func caseServeStreamingCancelled(t *testing.T, h *harness, _ *runningAgent) {
-	warm := certStream(t, h)
-	warm.send(getNS)
-	warm.read(http.MethodGet)
-	before := runtime.NumGoroutine()
-	s := certStream(t, h)
-	s.send("GET /watch HTTP/1.1\r\nHost: k\r\n\r\n")
-	resp, err := http.ReadResponse(s.br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.Contains(line, "ADDED") {
-		t.Fatalf("first event %q %v", line, err)
-	}
-	_ = s.c.Close()
-	waitFor(t, "the streaming response to end upstream when its stream closes", func() bool {
-		return runtime.NumGoroutine() <= before+2
+	callerLeaves(t, h, "GET /watch HTTP/1.1\r\nHost: k\r\n\r\n", "the streaming response", func(resp *http.Response) {
+		if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.Contains(line, "ADDED") {
+			t.Fatalf("first event %q %v", line, err)
+		}
 	})
 }
 
 // caseServeLargeCancelled: a caller that goes away in the middle of a large response (a length,
 // more than a stream window) ends the upstream request.
 func caseServeLargeCancelled(t *testing.T, h *harness, _ *runningAgent) {
+	callerLeaves(t, h, "GET /large?n=50000000 HTTP/1.1\r\nHost: k\r\n\r\n", "the large response", func(resp *http.Response) {
+		if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil || resp.ContentLength != 50000000 {
+			t.Fatalf("large GET: length %d, %v", resp.ContentLength, err)
+		}
+	})
+}
+
+// callerLeaves sends req on a cert stream, lets started check the response's beginning, closes
+// the stream and waits for what served it upstream to end.
+func callerLeaves(t *testing.T, h *harness, req, what string, started func(*http.Response)) {
+	t.Helper()
 	warm := certStream(t, h)
 	warm.send(getNS)
 	warm.read(http.MethodGet)
 	before := runtime.NumGoroutine()
 	s := certStream(t, h)
-	s.send("GET /large?n=50000000 HTTP/1.1\r\nHost: k\r\n\r\n")
+	s.send(req)
 	resp, err := http.ReadResponse(s.br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.ReadFull(resp.Body, make([]byte, 1000)); err != nil || resp.ContentLength != 50000000 {
-		t.Fatalf("large GET: length %d, %v", resp.ContentLength, err)
-	}
+	started(resp)
 	_ = s.c.Close()
-	waitFor(t, "the large response to end upstream when its stream closes", func() bool {
+	waitFor(t, what+" to end upstream when its stream closes", func() bool {
 		return runtime.NumGoroutine() <= before+2
 	})
 }
