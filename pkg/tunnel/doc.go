@@ -42,6 +42,7 @@
 //	relay_h2_frames.go its frames: the server's direction, the agent's own frames, flow control
 //	proxy_relay.go data connections: a relayed client on a connection of its own (DialRelay)
 //	tlsbatch.go    one socket write per large TLS write; reading ahead by whole records
+//	rawio_linux.go their TCP reads and writes as raw system calls (no sysmon wake-ups)
 //	certs.go       per-installation CA, serving and client certificates, renewal
 //	sniff.go       TLS and plain HTTP on one port
 //	metrics.go     Prometheus text metrics

@@ -90,7 +90,7 @@ func (s *sniffListener) classify(c net.Conn) {
 	}
 	var out net.Conn = &bufferedConn{Conn: c, r: br}
 	if b[0] == 0x16 {
-		out = tls.Server(&recordBatcher{Conn: out}, s.cfg) // tlsBatched once it is a session
+		out = tls.Server(newRecordBatcher(out), s.cfg) // tlsBatched once it is a session
 	}
 	select {
 	case s.conns <- out:

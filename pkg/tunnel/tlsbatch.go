@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bufio"
 	"crypto/tls"
 	"io"
 	"net"
@@ -20,6 +21,10 @@ import (
 // returns them one Read at a time.
 type recordBatcher struct {
 	net.Conn
+	// raw, for a TCP connection on Linux, does the socket's reads and writes (rawio_linux.go);
+	// pre holds bytes read from it before (a sniffed first byte) and is handed over first.
+	raw *rawTCP
+	pre *bufio.Reader
 	mu  sync.Mutex
 	on  bool
 	buf []byte
@@ -33,9 +38,44 @@ type recordBatcher struct {
 	left       int // bytes of the current record's body not yet handed over
 }
 
+// newRecordBatcher makes a recordBatcher over c, a TCP connection or one with a sniffed head
+// (bufferedConn).
+func newRecordBatcher(c net.Conn) *recordBatcher {
+	b := &recordBatcher{Conn: c}
+	if bc, ok := c.(*bufferedConn); ok {
+		if b.raw = newRawTCP(bc.Conn); b.raw != nil {
+			b.pre = bc.r
+		}
+	} else {
+		b.raw = newRawTCP(c)
+	}
+	return b
+}
+
+// connRead reads the connection.
+func (b *recordBatcher) connRead(p []byte) (int, error) {
+	if b.raw == nil {
+		return b.Conn.Read(p)
+	}
+	if b.pre != nil {
+		if n := b.pre.Buffered(); n > 0 {
+			return b.pre.Read(p[:min(len(p), n)])
+		}
+		b.pre = nil
+	}
+	return b.raw.Read(p)
+}
+
+func (b *recordBatcher) connWrite(p []byte) (int, error) {
+	if b.raw == nil {
+		return b.Conn.Write(p)
+	}
+	return b.raw.Write(p)
+}
+
 func (b *recordBatcher) Read(p []byte) (int, error) {
 	if b.rbuf == nil {
-		return b.Conn.Read(p)
+		return b.connRead(p)
 	}
 	if b.rpos == b.rend {
 		if err := b.rerr; err != nil {
@@ -45,7 +85,7 @@ func (b *recordBatcher) Read(p []byte) (int, error) {
 			b.rerr = nil
 			return 0, err
 		}
-		n, err := b.Conn.Read(b.rbuf)
+		n, err := b.connRead(b.rbuf)
 		b.rpos, b.rend = 0, n
 		if n == 0 {
 			return 0, err
@@ -90,7 +130,7 @@ func (b *recordBatcher) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	b.mu.Unlock()
-	return b.Conn.Write(p)
+	return b.connWrite(p)
 }
 
 // batchPool holds the batches' buffers: a connection keeps none between writes.
@@ -123,7 +163,7 @@ func (c *batchedTLS) Write(p []byte) (int, error) {
 	b.on, b.buf = false, nil
 	b.mu.Unlock()
 	if len(out) > 0 {
-		if _, werr := b.Conn.Write(out); werr != nil && err == nil {
+		if _, werr := b.connWrite(out); werr != nil && err == nil {
 			n, err = 0, werr
 		}
 	}
@@ -164,7 +204,7 @@ func tlsServerBatched(c net.Conn, cfg *tls.Config, readAhead bool) (*tls.Conn, *
 }
 
 func newBatchedTLS(c net.Conn, cfg *tls.Config, readAhead bool, side func(net.Conn, *tls.Config) *tls.Conn) (*tls.Conn, *batchedTLS) {
-	b := &recordBatcher{Conn: c}
+	b := newRecordBatcher(c)
 	if readAhead {
 		b.rbuf = make([]byte, readAheadSize)
 	}

@@ -3,7 +3,8 @@
 // `kubectl-ks_mc agent` (the real binary), the member's kube-apiserver v1.34.2 and etcd (sandbox
 // binaries; the member in a network namespace of its own). It prints every figure beside its goal
 // and writes docs/benchmarks.md. Run it with `make bench`; -only=lan|wan|scale runs a subset
-// (-only=wan-watch the WAN watch delivery figure alone; -delivery-trace FILE records every event).
+// (-only=wan-watch the WAN watch delivery figure alone; -delivery-trace FILE records every event;
+// -only=seq a diagnostic of CPU per small GET, see seq.go).
 //
 // Benchmarks measure; nothing here asserts a time.
 package main
@@ -63,7 +64,7 @@ type options struct {
 	watches             int
 	towerAgent          string
 	deliveryTrace       string
-	agentEnv            string
+	agentEnv, proxyEnv  string
 }
 
 func main() {
@@ -75,7 +76,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "where to write the report (empty: do not write)")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a temporary one)")
 	flag.StringVar(&o.bin, "binary", "bin/kubectl-ks_mc", "the ks-mc binary run as proxy and agent")
-	flag.StringVar(&o.only, "only", "", "comma-separated subset of lan,wan,scale,restart (default: all; lan includes restart; wan-watch: the WAN watch delivery figure alone)")
+	flag.StringVar(&o.only, "only", "", "comma-separated subset of lan,wan,scale,restart (default: all; lan includes restart; wan-watch: the WAN watch delivery figure alone; seq, a diagnostic: CPU per small GET alone, and with perf(1) what each process does per GET)")
 	flag.BoolVar(&o.quick, "quick", false, "fewer iterations (a smoke run; the figures are noisier)")
 	flag.DurationVar(&o.downFor, "proxy-down", 10*time.Second, "how long the proxy stays down in the restart figure")
 	flag.StringVar(&o.profileDir, "profile", "", "directory for CPU and heap profiles of proxy and agent (written when they stop; -only=lan profiles the LAN loads)")
@@ -89,6 +90,7 @@ func main() {
 	flag.StringVar(&o.towerAgent, "tower-agent", "bin/tower-agent", "a Tower v0.2.x agent binary (test/toweragent/cmd/tower-agent) for the Tower column (empty: none)")
 	flag.StringVar(&o.deliveryTrace, "delivery-trace", "", "append every watch event's delivery time to this file (target, update start in Unix ns, update, event, ms), to study the tail")
 	flag.StringVar(&o.agentEnv, "agent-env", "", "comma-separated KEY=VALUE added to the agent's environment after the rendered one (e.g. GOGC=50, to compare)")
+	flag.StringVar(&o.proxyEnv, "proxy-env", "", "the same for the proxy")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -183,6 +185,9 @@ func run(o options) error {
 		r.notes = append(r.notes, "Tower agent column: Cluster "+towerCluster+" on the same host, served by the same proxy process through a Tower "+
 			"v0.2.1 agent (test/toweragent/cmd/tower-agent, Tower's /agent flags, websocket + SSH over plain HTTP as Tower does) in the member's "+
 			"network namespace; its CPU is proxy + tower-agent. LAN figures only (the WAN and scale figures are the ks-mc agent's).")
+	}
+	if o.only == "seq" {
+		return e.seq(e.n(20000, 3000))
 	}
 	if o.want("lan") {
 		if err := e.lan(ctx, r); err != nil {
@@ -307,7 +312,11 @@ func (e *env) setup(ctx context.Context) error {
 	if e.agentMem, e.proxyMem, err = renderedMem(); err != nil {
 		return err
 	}
-	if e.proxy, err = startProc("proxy", filepath.Join(e.dir, "proxy.log"), e.proxyMem.env, pargs...); err != nil {
+	penv := e.proxyMem.env
+	if e.o.proxyEnv != "" {
+		penv = append(slices.Clone(penv), strings.Split(e.o.proxyEnv, ",")...)
+	}
+	if e.proxy, err = startProc("proxy", filepath.Join(e.dir, "proxy.log"), penv, pargs...); err != nil {
 		return err
 	}
 	e.proxy.metrics = fmt.Sprintf("http://%s:%d/metrics", e.rootIP, mport)

@@ -134,13 +134,13 @@ func teardownNetwork(s *Sandbox) {
 	}
 }
 
-// dialable reports whether addr accepts TCP connections (from this machine's namespace).
-func dialable(ctx context.Context, _ *Cluster, addr string) bool {
+// dial connects to addr once (from this machine's namespace) and hangs up; the error says why it
+// cannot, for a wait's last error.
+func dial(ctx context.Context, _ *Cluster, addr string) error {
 	d := net.Dialer{Timeout: time.Second}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return false
+		return err
 	}
-	conn.Close()
-	return true
+	return conn.Close()
 }

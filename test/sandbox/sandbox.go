@@ -333,7 +333,8 @@ func (s *Sandbox) startCluster(ctx context.Context, c *Cluster, o Options, kcfg 
 		return err
 	}
 	if err := waitFor(ctx, c.Name+" etcd", 30*time.Second, []*Proc{etcd}, func(ctx context.Context) (bool, error) {
-		return dialable(ctx, c, fmt.Sprintf("%s:%d", bindHost, etcdPort)), nil
+		err := dial(ctx, c, fmt.Sprintf("%s:%d", bindHost, etcdPort))
+		return err == nil, err
 	}); err != nil {
 		return err
 	}
