@@ -158,15 +158,18 @@ func (c *batchedTLS) Write(p []byte) (int, error) {
 	b.on, b.buf = true, (*bp)[:0]
 	b.mu.Unlock()
 	n, err := c.Conn.Write(p)
+	// The batch leaves before batching ends: a record crypto/tls writes meanwhile from another
+	// goroutine (an alert, a KeyUpdate answer from the read side) either joins the batch after its
+	// records or waits for them, never overtaking them on the socket.
 	b.mu.Lock()
 	out := b.buf
-	b.on, b.buf = false, nil
-	b.mu.Unlock()
 	if len(out) > 0 {
 		if _, werr := b.connWrite(out); werr != nil && err == nil {
 			n, err = 0, werr
 		}
 	}
+	b.on, b.buf = false, nil
+	b.mu.Unlock()
 	if cap(out) <= 1<<20 {
 		*bp = out[:0]
 		batchPool.Put(bp)
