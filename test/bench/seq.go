@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-
 	"os/exec"
 	"slices"
 	"strconv"
