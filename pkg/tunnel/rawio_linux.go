@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -19,6 +20,19 @@ import (
 type rawTCP struct {
 	c  net.Conn
 	rc syscall.RawConn
+	// One call of each direction at a time (net.Conn allows concurrent calls): its buffer and
+	// result live here, and its function value is made once, so a call allocates nothing.
+	rmu, wmu sync.Mutex
+	rd, wr   rawCall
+}
+
+// rawCall is one direction's system call as RawConn.Read/Write runs it: p in, n and errno out.
+type rawCall struct {
+	p     []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
+	now   func(fd uintptr) bool // read's fn for readNow: one attempt, never waits
 }
 
 // newRawTCP returns nil for a connection that is not a TCP connection.
@@ -31,25 +45,54 @@ func newRawTCP(c net.Conn) *rawTCP {
 	if err != nil {
 		return nil
 	}
-	return &rawTCP{c: c, rc: rc}
+	r := &rawTCP{c: c, rc: rc}
+	r.rd.fn, r.wr.fn = r.rd.read, r.wr.write
+	r.rd.now = func(fd uintptr) bool { r.rd.read(fd); return true }
+	return r
+}
+
+// read is one read(2): done unless the socket has nothing yet (the poller then waits).
+func (x *rawCall) read(fd uintptr) bool {
+	for {
+		r1, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&x.p[0])), uintptr(len(x.p)))
+		if e == syscall.EINTR {
+			continue
+		}
+		x.n, x.errno = int(r1), e
+		return e != syscall.EAGAIN
+	}
+}
+
+// write writes the rest of p: done when all of it is written or on an error; not done while the
+// socket takes no more (the poller then waits).
+func (x *rawCall) write(fd uintptr) bool {
+	for x.n < len(x.p) {
+		rest := x.p[x.n:]
+		r1, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		switch e {
+		case 0:
+			x.n += int(r1)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			x.errno = e
+			return true
+		}
+	}
+	return true
 }
 
 func (r *rawTCP) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := r.rc.Read(func(fd uintptr) bool {
-		for {
-			r1, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			if e == syscall.EINTR {
-				continue
-			}
-			n, errno = int(r1), e
-			return e != syscall.EAGAIN
-		}
-	})
+	r.rmu.Lock()
+	r.rd.p, r.rd.n, r.rd.errno = p, 0, 0
+	err := r.rc.Read(r.rd.fn)
+	n, errno := r.rd.n, r.rd.errno
+	r.rd.p = nil
+	r.rmu.Unlock()
 	switch {
 	case err != nil:
 		return 0, r.opError("read", err)
@@ -61,28 +104,39 @@ func (r *rawTCP) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// readNow reads what the socket holds now, without waiting: 0 and no error when it holds nothing.
+func (r *rawTCP) readNow(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.rmu.Lock()
+	r.rd.p, r.rd.n, r.rd.errno = p, 0, 0
+	err := r.rc.Read(r.rd.now)
+	n, errno := r.rd.n, r.rd.errno
+	r.rd.p = nil
+	r.rmu.Unlock()
+	switch {
+	case err != nil:
+		return 0, nil // a deadline or a close: the next Read says so
+	case errno == syscall.EAGAIN:
+		return 0, nil
+	case errno != 0:
+		return 0, r.opError("read", os.NewSyscallError("read", errno))
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
 // Write writes all of p within one RawConn.Write, which holds the connection's write lock: no
 // other write comes between two parts of p.
 func (r *rawTCP) Write(p []byte) (int, error) {
-	var nn int
-	var errno syscall.Errno
-	err := r.rc.Write(func(fd uintptr) bool {
-		for nn < len(p) {
-			rest := p[nn:]
-			r1, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
-			switch e {
-			case 0:
-				nn += int(r1)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // the poller waits until the socket takes more
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+	r.wmu.Lock()
+	r.wr.p, r.wr.n, r.wr.errno = p, 0, 0
+	err := r.rc.Write(r.wr.fn)
+	nn, errno := r.wr.n, r.wr.errno
+	r.wr.p = nil
+	r.wmu.Unlock()
 	switch {
 	case err != nil:
 		return nn, r.opError("write", err)

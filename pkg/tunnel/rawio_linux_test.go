@@ -164,3 +164,22 @@ func TestRecordBatcherHandsSniffedBytesFirst(t *testing.T) {
 		t.Fatalf("read: %q, %v", got, err)
 	}
 }
+
+// TestRawTCPAllocatesNothing: a read or a write is a system call and nothing else (the data path
+// makes several per request in each process).
+func TestRawTCPAllocatesNothing(t *testing.T) {
+	a, b := tcpPair(t)
+	ra, rb := newRawTCP(a), newRawTCP(b)
+	out, in := make([]byte, 512), make([]byte, 512)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := ra.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(rb, in); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per write and read", allocs)
+	}
+}

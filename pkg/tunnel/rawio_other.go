@@ -8,3 +8,5 @@ import "net"
 type rawTCP struct{ net.Conn }
 
 func newRawTCP(net.Conn) *rawTCP { return nil }
+
+func (r *rawTCP) readNow([]byte) (int, error) { return 0, nil }

@@ -125,6 +125,9 @@ type h2Relay struct {
 	// upReady reports whether the server's next TLS record is already read (tlsbatch.go): the
 	// frames copied so far then wait for it, and leave together.
 	upReady func() bool
+	// upPeek reads what the server's socket already holds, without waiting, and reports upReady
+	// after it: before a response's HEADERS leave alone (serverToClient).
+	upPeek func() bool
 }
 
 func newH2Relay(auth string, token func() (string, error), client io.Reader, server io.ReadWriter, toClient io.Writer) *h2Relay {
@@ -183,6 +186,9 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 	r.conns = [2]net.Conn{client, up}
 	if b, ok := up.(interface{ recordReady() bool }); ok {
 		r.upReady = b.recordReady
+	}
+	if b, ok := up.(interface{ peekRecord() bool }); ok {
+		r.upPeek = b.peekRecord
 	}
 	if !s.trackRelay(r, true) {
 		return
@@ -452,6 +458,12 @@ func (r *h2Relay) authorize(stream uint32, endStream bool) (bool, error) {
 	return false, r.toClient(refusal(stream, !endStream, withBody))
 }
 
+// kubeRelayDialer dials the kube-apiserver for relayed connections, with a bounded receive buffer
+// (sockbuf_linux.go).
+func kubeRelayDialer() *net.Dialer {
+	return &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second, Control: boundRcvBuf(relayUpstreamRcvBuf)}
+}
+
 // NewKubeRelay is the KubeRelay of a kube-apiserver at addr (host:port) reached with tlsCfg
 // (server verification only: the relay carries no client certificate) and the agent's token.
 func NewKubeRelay(addr string, tlsCfg *tls.Config, token func() (string, error)) *KubeRelay {
@@ -460,7 +472,7 @@ func NewKubeRelay(addr string, tlsCfg *tls.Config, token func() (string, error))
 	if cfg.ServerName == "" {
 		cfg.ServerName, _, _ = net.SplitHostPort(addr)
 	}
-	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	d := kubeRelayDialer()
 	return &KubeRelay{Token: token, Dial: func(ctx context.Context) (net.Conn, error) {
 		raw, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {

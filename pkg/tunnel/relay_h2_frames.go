@@ -277,7 +277,12 @@ func (r *h2Relay) serverToClient() error {
 			r.pending = nil
 		}
 		if err == nil && r.sr.Buffered() == 0 && (r.upReady == nil || !r.upReady()) {
-			err = r.cw.Flush()
+			// A response's HEADERS with more to come: its DATA may be in the socket already
+			// (the kube-apiserver writes the two apart), then both leave in one write.
+			more := typ == h2FrameHeaders && flags&(h2FlagEndStream|h2FlagEndHeaders) == h2FlagEndHeaders && r.upPeek != nil && r.upPeek()
+			if !more {
+				err = r.cw.Flush()
+			}
 		}
 		r.cmu.Unlock()
 		if err != nil {

@@ -122,6 +122,19 @@ func (b *recordBatcher) recordReady() bool {
 
 const recordTypeApplicationData = 23
 
+// peek reads, without waiting, what the socket already holds when nothing is buffered here
+// (read-ahead over raw I/O only; the goroutine reading the tls.Conn calls it). A relay about to
+// write a response's HEADERS alone looks whether its DATA has come meanwhile: the kube-apiserver
+// writes the two apart, and a response that leaves in one write costs every later hop one read,
+// one write and one wake-up less.
+func (b *recordBatcher) peek() {
+	if b.rbuf == nil || b.raw == nil || b.rpos != b.rend || b.rerr != nil || b.pre != nil {
+		return
+	}
+	n, err := b.raw.readNow(b.rbuf)
+	b.rpos, b.rend, b.rerr = 0, n, err
+}
+
 func (b *recordBatcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	if b.on {
@@ -192,6 +205,12 @@ func tlsBatched(c net.Conn) net.Conn {
 
 // recordReady: see recordBatcher.recordReady (false without read-ahead).
 func (c *batchedTLS) recordReady() bool { return c.under.recordReady() }
+
+// peekRecord: see recordBatcher.peek; it reports recordReady after it.
+func (c *batchedTLS) peekRecord() bool {
+	c.under.peek()
+	return c.under.recordReady()
+}
 
 // readAheadSize holds four whole records: as much as the relay's 64 KiB writes take.
 const readAheadSize = 4 * (16384 + 2048)
