@@ -62,7 +62,7 @@ require (
 	golang.org/x/net v0.38.0
 	golang.org/x/oauth2 v0.33.0 // indirect
 	golang.org/x/sync v0.18.0 // indirect
-	golang.org/x/sys v0.50.0 // indirect
+	golang.org/x/sys v0.50.0
 	golang.org/x/term v0.48.0
 	golang.org/x/text v0.23.0 // indirect
 	golang.org/x/time v0.16.0

@@ -18,13 +18,14 @@ func TestMain(m *testing.M) {
 // TestFloorRow: the floor figure runs its relays, carries its round trips through them and
 // counts the relays' CPU.
 func TestFloorRow(t *testing.T) {
-	// /proc counts CPU in clock ticks (10 ms): 2,000 round trips are several of them.
-	x, err := (&env{}).floorRow(2000)
-	if err != nil {
-		t.Fatal(err)
+	for _, allTLS := range []bool{false, true} {
+		x, err := (&env{}).floorRow(2000, allTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !(x.value > 0) || !x.noGoal || x.section != "LAN" {
+			t.Fatalf("floor row %+v", x)
+		}
+		t.Logf("%s: %s", x.name, x.valueStr)
 	}
-	if !(x.value > 0) || !x.noGoal || x.section != "LAN" {
-		t.Fatalf("floor row %+v", x)
-	}
-	t.Logf("%s: %s", x.name, x.valueStr)
 }

@@ -97,8 +97,18 @@ var clkTck = func() float64 {
 	return 100
 }()
 
-// cpuOf is the CPU time (user + system) a process has used so far.
+// cpuOf is the CPU time (user + system) a process has used so far: its CPU clock where the
+// platform has one for another process (nanoseconds, procClock), else /proc/<pid>/stat, which
+// counts in USER_HZ ticks (10 ms): a figure that adds blocks of a run together needs the former.
 func cpuOf(pid int) (time.Duration, error) {
+	if d, err := procClock(pid); err == nil {
+		return d, nil
+	}
+	return cpuOfStat(pid)
+}
+
+// cpuOfStat is cpuOf from /proc/<pid>/stat.
+func cpuOfStat(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
@@ -152,6 +162,18 @@ func (s cpuSet) since(s0 cpuSet) cpuSet {
 		d[k] = v - s0[k]
 	}
 	return d
+}
+
+// plus adds two samples' differences.
+func (s cpuSet) plus(d cpuSet) cpuSet {
+	out := cpuSet{}
+	for k, v := range s {
+		out[k] = v
+	}
+	for k, v := range d {
+		out[k] += v
+	}
+	return out
 }
 
 // scrape reads one unlabelled sample of the process's /metrics.

@@ -103,7 +103,9 @@ func (r *report) render(e *env) string {
 	b.WriteString("  the Tower column is served request by request over its session).\n")
 	b.WriteString("- The client does not ask for gzip unless a row says so. Each figure is the median of 3 runs (direct and tunnel in\n")
 	b.WriteString("  rotating order). Added latency comes from a paired series: direct and tunnel requests alternate, each pair in a\n")
-	b.WriteString("  random order. CPU is utime+stime from /proc/<pid>/stat of each process, RSS from /proc/<pid>/status.\n")
+	b.WriteString("  random order; sequential GETs (and their CPU) run in 10 blocks per run, direct and tunnel alternating, so that a\n")
+	b.WriteString("  change of the machine's speed within a run moves both alike. CPU is each process's CPU clock (clock_gettime of\n")
+	b.WriteString("  its process clock: user + system of every thread, in nanoseconds), RSS from /proc/<pid>/status.\n")
 	for _, n := range r.notes {
 		b.WriteString("- " + n + "\n")
 	}
