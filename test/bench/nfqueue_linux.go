@@ -33,6 +33,9 @@ type nfLink struct {
 	done  chan struct{}
 	wg    sync.WaitGroup
 	drops int // tail drops (reader only)
+	// trace, with KSMC_WAN_PACKETS=FILE set, gets a line per packet: queue, arrival (Unix ns),
+	// IP length (a diagnostic: how a figure's traffic is cut into packets).
+	trace *os.File
 }
 
 type heldPacket struct {
@@ -70,6 +73,12 @@ func openNFLink(netns string, num uint16, delay time.Duration, rateBits float64,
 	}
 	l := &nfLink{fd: fd, num: num, delay: delay, rate: rateBits / 8, limit: limit,
 		q: make(chan heldPacket, 1<<16), done: make(chan struct{})}
+	if f := os.Getenv("KSMC_WAN_PACKETS"); f != "" {
+		if l.trace, err = os.OpenFile(f, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
+			syscall.Close(fd)
+			return nil, err
+		}
+	}
 	// Bind the queue, copy 40 bytes of each packet (its IPv4 header: the length), hold up to 64k.
 	cmd := []byte{nfqnlCfgCmdBind, 0, 0, syscall.AF_INET}
 	params := make([]byte, 5)
@@ -231,6 +240,10 @@ func (l *nfLink) read() {
 				continue
 			}
 			now := time.Now()
+			if l.trace != nil {
+				sp, dp := portsOf(m.Data[4:])
+				fmt.Fprintf(l.trace, "%d\t%d\t%d\t%d\t%d\n", l.num, now.UnixNano(), size, sp, dp)
+			}
 			if l.free.Before(now) {
 				l.free = now
 			}
@@ -247,6 +260,25 @@ func (l *nfLink) read() {
 			}
 		}
 	}
+}
+
+// portsOf returns a TCP packet's ports from a packet message's attributes (0 when it has none).
+func portsOf(b []byte) (src, dst uint16) {
+	for len(b) >= 4 {
+		alen := int(binary.NativeEndian.Uint16(b))
+		typ := binary.NativeEndian.Uint16(b[2:]) & 0x3fff
+		if alen < 4 || alen > len(b) {
+			return 0, 0
+		}
+		if data := b[4:alen]; typ == nfqaPayload && len(data) >= 24 && data[0]>>4 == 4 {
+			ihl := int(data[0]&0xf) * 4
+			if len(data) >= ihl+4 {
+				return binary.BigEndian.Uint16(data[ihl:]), binary.BigEndian.Uint16(data[ihl+2:])
+			}
+		}
+		b = b[min((alen+3)&^3, len(b)):]
+	}
+	return 0, 0
 }
 
 // packetOf returns the packet id and the IPv4 length from a packet message's attributes.
@@ -322,5 +354,8 @@ func (l *nfLink) Close() int {
 	close(l.done)
 	l.wg.Wait()
 	syscall.Close(l.fd)
+	if l.trace != nil {
+		_ = l.trace.Close()
+	}
 	return l.drops
 }
