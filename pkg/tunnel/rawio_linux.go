@@ -83,42 +83,29 @@ func (x *rawCall) write(fd uintptr) bool {
 	return true
 }
 
-func (r *rawTCP) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	r.rmu.Lock()
-	r.rd.p, r.rd.n, r.rd.errno = p, 0, 0
-	err := r.rc.Read(r.rd.fn)
-	n, errno := r.rd.n, r.rd.errno
-	r.rd.p = nil
-	r.rmu.Unlock()
-	switch {
-	case err != nil:
-		return 0, r.opError("read", err)
-	case errno != 0:
-		return 0, r.opError("read", os.NewSyscallError("read", errno))
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
-}
+func (r *rawTCP) Read(p []byte) (int, error) { return r.read(p, r.rd.fn, true) }
 
 // readNow reads what the socket holds now, without waiting: 0 and no error when it holds nothing.
-func (r *rawTCP) readNow(p []byte) (int, error) {
+func (r *rawTCP) readNow(p []byte) (int, error) { return r.read(p, r.rd.now, false) }
+
+// read runs fn (rawCall.read, or its one attempt for readNow) under RawConn.Read. Without wait a
+// deadline or a close reads nothing and is left for the next Read to report.
+func (r *rawTCP) read(p []byte, fn func(uintptr) bool, wait bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	r.rmu.Lock()
 	r.rd.p, r.rd.n, r.rd.errno = p, 0, 0
-	err := r.rc.Read(r.rd.now)
+	err := r.rc.Read(fn)
 	n, errno := r.rd.n, r.rd.errno
 	r.rd.p = nil
 	r.rmu.Unlock()
 	switch {
+	case err != nil && !wait:
+		return 0, nil
 	case err != nil:
-		return 0, nil // a deadline or a close: the next Read says so
-	case errno == syscall.EAGAIN:
+		return 0, r.opError("read", err)
+	case errno == syscall.EAGAIN: // readNow's only: Read's fn waits instead
 		return 0, nil
 	case errno != 0:
 		return 0, r.opError("read", os.NewSyscallError("read", errno))

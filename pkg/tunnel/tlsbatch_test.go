@@ -10,10 +10,9 @@ import (
 	"time"
 )
 
-// A batched large write and small writes from other goroutines on one TLS connection: every
-// record reaches the peer in the order crypto/tls numbered it (a record that overtook a batch on
-// the socket would fail the peer's decryption), and every byte arrives.
-func TestBatchedTLSConcurrentWritesKeepRecordOrder(t *testing.T) {
+// testServing is a CA and a serving certificate for "x" signed by it.
+func testServing(t *testing.T) (*CA, *RenewingCert) {
+	t.Helper()
 	ca, err := NewCA("test")
 	if err != nil {
 		t.Fatal(err)
@@ -22,6 +21,14 @@ func TestBatchedTLSConcurrentWritesKeepRecordOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca, rc
+}
+
+// A batched large write and small writes from other goroutines on one TLS connection: every
+// record reaches the peer in the order crypto/tls numbered it (a record that overtook a batch on
+// the socket would fail the peer's decryption), and every byte arrives.
+func TestBatchedTLSConcurrentWritesKeepRecordOrder(t *testing.T) {
+	ca, rc := testServing(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,14 +89,7 @@ func TestBatchedTLSConcurrentWritesKeepRecordOrder(t *testing.T) {
 // not after a wait), true once a whole record is in, which the next Read then returns; a passed
 // deadline makes it false and leaves no error behind; the peer's close reaches the next Read.
 func TestBatchedTLSPeekRecord(t *testing.T) {
-	ca, err := NewCA("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := NewRenewingCert(ca, "x", []string{"x"}, nil, ServingValidity)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, rc := testServing(t)
 	a, b := tcpPair(t)
 	sc, bs := tlsServerBatched(b, rc.ServerTLS(nil), true)
 	cc := tls.Client(a, &tls.Config{RootCAs: ca.Pool(), ServerName: "x"})
