@@ -184,11 +184,8 @@ func (s *agentServer) serveKubeRelay(st net.Conn, br *bufio.Reader, h StreamHead
 	}
 	r := newH2Relay(h.Auth, s.relay.Token, client, up, client)
 	r.conns = [2]net.Conn{client, up}
-	if b, ok := up.(interface{ recordReady() bool }); ok {
-		r.upReady = b.recordReady
-	}
-	if b, ok := up.(interface{ peekRecord() bool }); ok {
-		r.upPeek = b.peekRecord
+	if b, ok := up.(*batchedTLS); ok {
+		r.upReady, r.upPeek = b.recordReady, b.peekRecord
 	}
 	if !s.trackRelay(r, true) {
 		return

@@ -262,34 +262,38 @@ func (l *nfLink) read() {
 	}
 }
 
-// portsOf returns a TCP packet's ports from a packet message's attributes (0 when it has none).
-func portsOf(b []byte) (src, dst uint16) {
+// eachAttr calls fn with every attribute of a packet message (nfnetlink attributes: native-endian
+// length and type, 4-byte aligned); false, and no more calls, at a malformed one.
+func eachAttr(b []byte, fn func(typ uint16, data []byte)) bool {
 	for len(b) >= 4 {
 		alen := int(binary.NativeEndian.Uint16(b))
 		typ := binary.NativeEndian.Uint16(b[2:]) & 0x3fff
 		if alen < 4 || alen > len(b) {
-			return 0, 0
+			return false
 		}
-		if data := b[4:alen]; typ == nfqaPayload && len(data) >= 24 && data[0]>>4 == 4 {
-			ihl := int(data[0]&0xf) * 4
-			if len(data) >= ihl+4 {
-				return binary.BigEndian.Uint16(data[ihl:]), binary.BigEndian.Uint16(data[ihl+2:])
-			}
-		}
+		fn(typ, b[4:alen])
 		b = b[min((alen+3)&^3, len(b)):]
 	}
-	return 0, 0
+	return true
+}
+
+// portsOf returns a TCP packet's ports from a packet message's attributes (0 when it has none).
+func portsOf(b []byte) (src, dst uint16) {
+	if !eachAttr(b, func(typ uint16, data []byte) {
+		if typ == nfqaPayload && len(data) >= 24 && data[0]>>4 == 4 {
+			if ihl := int(data[0]&0xf) * 4; len(data) >= ihl+4 {
+				src, dst = binary.BigEndian.Uint16(data[ihl:]), binary.BigEndian.Uint16(data[ihl+2:])
+			}
+		}
+	}) {
+		return 0, 0
+	}
+	return src, dst
 }
 
 // packetOf returns the packet id and the IPv4 length from a packet message's attributes.
 func packetOf(b []byte) (id uint32, size int, ok bool) {
-	for len(b) >= 4 {
-		alen := int(binary.NativeEndian.Uint16(b))
-		typ := binary.NativeEndian.Uint16(b[2:]) & 0x3fff
-		if alen < 4 || alen > len(b) {
-			return 0, 0, false
-		}
-		data := b[4:alen]
+	if !eachAttr(b, func(typ uint16, data []byte) {
 		switch typ {
 		case nfqaPacketHdr:
 			if len(data) >= 4 {
@@ -301,7 +305,8 @@ func packetOf(b []byte) (id uint32, size int, ok bool) {
 				size = int(binary.BigEndian.Uint16(data[2:]))
 			}
 		}
-		b = b[min((alen+3)&^3, len(b)):]
+	}) {
+		return 0, 0, false
 	}
 	if size == 0 {
 		size = 60

@@ -15,4 +15,6 @@ var sigterm = os.Interrupt
 
 func setDeathSignal(*exec.Cmd) {}
 
-func procClock(int) (time.Duration, error) { return 0, errors.New("no cpu clock of another process here") }
+func procClock(int) (time.Duration, error) {
+	return 0, errors.New("no cpu clock of another process here")
+}
